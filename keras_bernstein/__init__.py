@@ -1,0 +1,19 @@
+"""keras-bernstein: learnable Bernstein-polynomial activations for Keras 3."""
+
+from keras_bernstein import constraints
+from keras_bernstein import initializers
+from keras_bernstein import layers
+from keras_bernstein import ops
+from keras_bernstein.layers import Bernstein
+from keras_bernstein.layers import BernsteinDense
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Bernstein",
+    "BernsteinDense",
+    "constraints",
+    "initializers",
+    "layers",
+    "ops",
+]

@@ -1,0 +1,244 @@
+"""Dense → (BatchNormalization) → Bernstein, in one layer."""
+
+import numbers
+
+import keras
+from keras.layers import InputSpec
+
+from keras_bernstein.layers.bernstein import Bernstein
+
+NORMALIZATIONS = (None, "batch")
+
+
+@keras.saving.register_keras_serializable(package="keras_bernstein")
+class BernsteinDense(keras.layers.Layer):
+    """Densely-connected layer followed by a learnable Bernstein activation.
+
+    Computes `Bernstein(BatchNormalization(inputs @ kernel + bias))`, the
+    block of the Deep Bernstein Networks paper (Linear → BatchNorm →
+    Bernstein, no skip connections). The normalization keeps pre-activations
+    inside the activation's interval `[l, u]`, where the range and derivative
+    guarantees of `Bernstein` hold.
+
+    The layer is a composition of `keras.layers.Dense`,
+    `keras.layers.BatchNormalization` and `keras_bernstein.Bernstein`;
+    `kernel`, `bias`, `coefficients` and `bounds` are their variables.
+
+    Reference:
+        Deep Bernstein Networks, arXiv:2602.04264.
+
+    Args:
+        units: Positive integer, dimensionality of the output space.
+        degree: Degree of the Bernstein activation.
+        bounds: Initial interval `(l, u)` of every neuron's activation.
+        normalization: `"batch"` (default, as the paper) for a
+            `BatchNormalization` between the matmul and the activation, or
+            `None`. The batch normalization uses momentum 0.9 (PyTorch's
+            default, used by the paper) so that short runs evaluate well.
+        extrapolation: `"linear"`, `"clip"` or `"polynomial"`; see
+            `Bernstein`.
+        use_bias: Whether the matmul adds a bias (redundant, but harmless,
+            before batch normalization).
+        kernel_initializer: Initializer for the kernel.
+        bias_initializer: Initializer for the bias.
+        kernel_regularizer: Regularizer for the kernel.
+        bias_regularizer: Regularizer for the bias.
+        activity_regularizer: Regularizer for the layer's output.
+        kernel_constraint: Constraint for the kernel.
+        bias_constraint: Constraint for the bias.
+        coefficient_initializer: Initializer for the activation coefficients;
+            see `Bernstein`.
+        coefficient_regularizer: Regularizer for the coefficients.
+        coefficient_constraint: Constraint for the coefficients.
+        trainable_bounds: Whether `[l, u]` is learned.
+        bounds_constraint: Constraint for the bounds (default
+            `OrderedBounds()`).
+        bounds_regularizer: Regularizer for the bounds.
+        **kwargs: Base layer keyword arguments, such as `name` and `dtype`.
+
+    Input shape:
+        N-D tensor with shape `(batch_size, ..., input_dim)`.
+
+    Output shape:
+        N-D tensor with shape `(batch_size, ..., units)`.
+
+    Example:
+
+    >>> model = keras.Sequential([
+    ...     keras.Input((784,)),
+    ...     BernsteinDense(256),
+    ...     BernsteinDense(256),
+    ...     keras.layers.Dense(10, activation="softmax"),
+    ... ])
+    """
+
+    def __init__(
+        self,
+        units,
+        degree=8,
+        bounds=(-3.0, 3.0),
+        normalization="batch",
+        extrapolation="linear",
+        use_bias=True,
+        kernel_initializer="glorot_uniform",
+        bias_initializer="zeros",
+        kernel_regularizer=None,
+        bias_regularizer=None,
+        activity_regularizer=None,
+        kernel_constraint=None,
+        bias_constraint=None,
+        coefficient_initializer="relu",
+        coefficient_regularizer=None,
+        coefficient_constraint=None,
+        trainable_bounds=False,
+        bounds_constraint="ordered_bounds",
+        bounds_regularizer=None,
+        **kwargs,
+    ):
+        super().__init__(activity_regularizer=activity_regularizer, **kwargs)
+        if (
+            isinstance(units, bool)
+            or not isinstance(units, numbers.Integral)
+            or units <= 0
+        ):
+            raise ValueError(
+                f"`units` must be a positive integer. Received: units={units!r}"
+            )
+        if normalization not in NORMALIZATIONS:
+            raise ValueError(
+                f"`normalization` must be one of {NORMALIZATIONS}. "
+                f"Received: normalization={normalization!r}"
+            )
+        self.units = int(units)
+        self.normalization = normalization
+        self.use_bias = use_bias
+        self.dense = keras.layers.Dense(
+            self.units,
+            use_bias=use_bias,
+            kernel_initializer=kernel_initializer,
+            bias_initializer=bias_initializer,
+            kernel_regularizer=kernel_regularizer,
+            bias_regularizer=bias_regularizer,
+            kernel_constraint=kernel_constraint,
+            bias_constraint=bias_constraint,
+            dtype=self.dtype_policy,
+            name="dense",
+        )
+        self.batch_normalization = (
+            keras.layers.BatchNormalization(
+                momentum=0.9, dtype=self.dtype_policy, name="batch_normalization"
+            )
+            if normalization == "batch"
+            else None
+        )
+        self.bernstein = Bernstein(
+            degree=degree,
+            bounds=bounds,
+            extrapolation=extrapolation,
+            coefficient_initializer=coefficient_initializer,
+            coefficient_regularizer=coefficient_regularizer,
+            coefficient_constraint=coefficient_constraint,
+            trainable_bounds=trainable_bounds,
+            bounds_constraint=bounds_constraint,
+            bounds_regularizer=bounds_regularizer,
+            dtype=self.dtype_policy,
+            name="bernstein",
+        )
+        self.input_spec = InputSpec(min_ndim=2)
+        self.supports_masking = True
+
+    # The sub-layers own the variables; these names are the public view.
+    @property
+    def kernel(self):
+        return self.dense.kernel
+
+    @property
+    def bias(self):
+        return self.dense.bias
+
+    @property
+    def coefficients(self):
+        return self.bernstein.coefficients
+
+    @property
+    def bounds(self):
+        return self.bernstein.bounds
+
+    @property
+    def degree(self):
+        return self.bernstein.degree
+
+    @property
+    def extrapolation(self):
+        return self.bernstein.extrapolation
+
+    def build(self, input_shape):
+        if input_shape[-1] is None:
+            raise ValueError(
+                "The last dimension of the input to `BernsteinDense` must be "
+                f"known. Received: input_shape={input_shape}"
+            )
+        self.dense.build(input_shape)
+        hidden_shape = self.dense.compute_output_shape(input_shape)
+        if self.batch_normalization is not None:
+            self.batch_normalization.build(hidden_shape)
+        self.bernstein.build(hidden_shape)
+        self.input_spec = InputSpec(min_ndim=2, axes={-1: input_shape[-1]})
+
+    def call(self, inputs, training=None):
+        return self.bernstein(self.pre_activation(inputs, training=training))
+
+    def compute_output_shape(self, input_shape):
+        return self.dense.compute_output_shape(input_shape)
+
+    def pre_activation(self, inputs, training=False):
+        """The input of the Bernstein activation (after the normalization)."""
+        hidden = self.dense(inputs)
+        if self.batch_normalization is not None:
+            hidden = self.batch_normalization(hidden, training=training)
+        return hidden
+
+    def derivative_lower_bound(self):
+        """See `Bernstein.derivative_lower_bound`; shape `(units,)`."""
+        return self.bernstein.derivative_lower_bound()
+
+    def output_bounds(self):
+        """See `Bernstein.output_bounds`; shape `(units, 2)`."""
+        return self.bernstein.output_bounds()
+
+    def get_config(self):
+        config = super().get_config()
+        bernstein_config = self.bernstein.get_config()
+        dense_config = self.dense.get_config()
+        config.update(
+            {
+                "units": self.units,
+                "normalization": self.normalization,
+                "use_bias": self.use_bias,
+                "activity_regularizer": keras.regularizers.serialize(
+                    self.activity_regularizer
+                ),
+            }
+        )
+        for key in (
+            "kernel_initializer",
+            "bias_initializer",
+            "kernel_regularizer",
+            "bias_regularizer",
+            "kernel_constraint",
+            "bias_constraint",
+        ):
+            config[key] = dense_config[key]
+        for key in (
+            "degree",
+            "bounds",
+            "extrapolation",
+            "coefficient_initializer",
+            "coefficient_regularizer",
+            "coefficient_constraint",
+            "trainable_bounds",
+            "bounds_constraint",
+            "bounds_regularizer",
+        ):
+            config[key] = bernstein_config[key]
+        return config

@@ -28,10 +28,9 @@ class OrderedBounds(keras.constraints.Constraint):
     Args:
         min_width: Smallest allowed `u - l`, a nonnegative float.
 
-    Example:
-
-    >>> layer = Bernstein(trainable_bounds=True,
-    ...                   bounds_constraint=OrderedBounds(min_width=0.1))
+    Examples:
+        >>> layer = Bernstein(trainable_bounds=True,
+        ...                   bounds_constraint=OrderedBounds(min_width=0.1))
     """
 
     def __init__(self, min_width=1e-3):
@@ -76,9 +75,8 @@ class MonotonicCoefficients(keras.constraints.Constraint):
     Args:
         min_gap: Smallest allowed `c_{k+1} - c_k`, a nonnegative float.
 
-    Example:
-
-    >>> layer = Bernstein(coefficient_constraint=MonotonicCoefficients(0.01))
+    Examples:
+        >>> layer = Bernstein(coefficient_constraint=MonotonicCoefficients(0.01))
     """
 
     def __init__(self, min_gap=0.0):

@@ -46,10 +46,9 @@ class ActivationCoefficients(keras.initializers.Initializer):
             `"tanh"`, ...) or `"identity"` (the same as `"linear"`).
         bounds: The interval `(l, u)` of the layer the coefficients are for.
 
-    Example:
-
-    >>> init = ActivationCoefficients("relu", bounds=(-1.0, 1.0))
-    >>> init(shape=(1, 3))  # c = relu([-1, 0, 1])
+    Examples:
+        >>> init = ActivationCoefficients("relu", bounds=(-1.0, 1.0))
+        >>> init(shape=(1, 3))  # c = relu([-1, 0, 1])
     """
 
     def __init__(self, activation="linear", bounds=(-3.0, 3.0)):

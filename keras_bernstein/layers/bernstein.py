@@ -83,11 +83,10 @@ class Bernstein(keras.layers.Layer):
     Output shape:
         Same as the input.
 
-    Example:
-
-    >>> layer = Bernstein(degree=8, bounds=(-3.0, 3.0))
-    >>> y = layer(keras.ops.ones((4, 16)))       # coefficients: (16, 9)
-    >>> layer.derivative_lower_bound().shape      # (16,)
+    Examples:
+        >>> layer = Bernstein(degree=8, bounds=(-3.0, 3.0))
+        >>> y = layer(keras.ops.ones((4, 16)))       # coefficients: (16, 9)
+        >>> layer.derivative_lower_bound().shape      # (16,)
     """
 
     def __init__(

@@ -62,14 +62,13 @@ class BernsteinDense(keras.layers.Layer):
     Output shape:
         N-D tensor with shape `(batch_size, ..., units)`.
 
-    Example:
-
-    >>> model = keras.Sequential([
-    ...     keras.Input((784,)),
-    ...     BernsteinDense(256),
-    ...     BernsteinDense(256),
-    ...     keras.layers.Dense(10, activation="softmax"),
-    ... ])
+    Examples:
+        >>> model = keras.Sequential([
+        ...     keras.Input((784,)),
+        ...     BernsteinDense(256),
+        ...     BernsteinDense(256),
+        ...     keras.layers.Dense(10, activation="softmax"),
+        ... ])
     """
 
     def __init__(

@@ -1,0 +1,81 @@
+"""Shared fixtures for the keras-bernstein test suite.
+
+The suite runs once per backend, in separate processes:
+
+    KERAS_BACKEND=jax python -m pytest tests -q -p no:cacheprovider
+    KERAS_BACKEND=tensorflow python -m pytest tests -q -p no:cacheprovider
+    KERAS_BACKEND=torch python -m pytest tests -q -p no:cacheprovider
+"""
+
+import contextlib
+import os
+
+# Must be set before any backend (and its thread pools) is imported.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import keras  # noqa: E402
+import pytest  # noqa: E402
+
+SEED = 1337
+
+
+@pytest.fixture(autouse=True)
+def seed():
+    """Seeds Python, NumPy and the backend before every test."""
+    keras.utils.set_random_seed(SEED)
+    return SEED
+
+
+@pytest.fixture(autouse=True)
+def restore_dtype_policy():
+    """Restores the global float32 policy after every test.
+
+    Mixed-precision tests set `keras.config.set_dtype_policy("mixed_float16")`;
+    without this a failing one would leak the policy into later tests.
+    """
+    yield
+    keras.config.set_dtype_policy("float32")
+
+
+def float64_context():
+    """A context in which float64 tensors really are float64.
+
+    JAX silently downcasts float64 to float32 unless x64 is enabled; the
+    other backends need nothing.
+    """
+    if keras.backend.backend() == "jax":
+        import jax
+
+        return jax.enable_x64(True)
+    return contextlib.nullcontext()
+
+
+@pytest.fixture
+def float64():
+    """Runs the test body with real float64 support (see `float64_context`)."""
+    with float64_context():
+        yield
+
+
+def load_autompg():
+    """The Auto MPG data set (UCI, 392 cars, shipped by `mlxtend`).
+
+    Returns `(x, mpg, origin)`: the six numeric features (cylinders,
+    displacement, horsepower, weight, acceleration, model year) standardized
+    to zero mean and unit variance as float32, miles per gallon standardized
+    the same way as float32 `(392, 1)`, and the region of origin as int labels
+    0, 1, 2.
+    """
+    from mlxtend.data import autompg_data
+
+    features, mpg = autompg_data()
+    x = features[:, :6].astype("float64")
+    x = (x - x.mean(axis=0)) / x.std(axis=0)
+    mpg = (mpg - mpg.mean()) / mpg.std()
+    origin = features[:, 6].astype("int64") - 1
+    return x.astype("float32"), mpg.reshape(-1, 1).astype("float32"), origin
+
+
+@pytest.fixture(scope="session")
+def autompg():
+    return load_autompg()

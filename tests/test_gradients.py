@@ -1,0 +1,101 @@
+"""The hand-written backward of `ops.bernstein_polynomial` against autodiff.
+
+JAX uses the recomputing backward in training; it is portable Keras code, so it
+is checked here on every backend against autodiff of the plain evaluation, and
+both against central finite differences, in float64.
+"""
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+from keras_bernstein import ops as bernstein_ops
+
+BACKEND = keras.backend.backend()
+
+
+def backend_gradients(fn, arrays, weights):
+    """Gradients of `sum(fn(*arrays) * weights)` with the backend's autodiff."""
+    if BACKEND == "jax":
+        import jax
+
+        def loss(*args):
+            return (fn(*args) * weights).sum()
+
+        return [np.asarray(g) for g in jax.grad(loss, argnums=(0, 1, 2))(*arrays)]
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        variables = [tf.Variable(a) for a in arrays]
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(fn(*variables) * weights)
+        return [g.numpy() for g in tape.gradient(loss, variables)]
+    import torch
+
+    tensors = [torch.tensor(a, requires_grad=True) for a in arrays]
+    (fn(*tensors) * torch.tensor(weights)).sum().backward()
+    return [t.grad.numpy() for t in tensors]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def float64_jax():
+    if BACKEND == "jax":
+        import jax
+
+        previous = jax.config.jax_enable_x64
+        jax.config.update("jax_enable_x64", True)
+        yield
+        jax.config.update("jax_enable_x64", previous)
+    else:
+        yield
+
+
+def plain(extrapolation, degree):
+    def evaluate(x, coefficients, bounds):
+        t = bernstein_ops.to_unit_interval(x, bounds)
+        return bernstein_ops._evaluate(t, coefficients, degree, extrapolation)
+
+    return evaluate
+
+
+@pytest.mark.parametrize("extrapolation", ["linear", "clip", "polynomial"])
+@pytest.mark.parametrize("degree", [1, 2, 5, 8, 16, 24])
+def test_lean_backward_matches_autodiff_and_finite_differences(extrapolation, degree):
+    rng = np.random.default_rng(degree)
+    x = rng.normal(size=(9, 4)) * 1.5
+    if extrapolation == "polynomial":  # t**24 far outside swamps any difference
+        x[0] = [-2.2, 2.3, 1.3, -1.6]
+    else:  # far outside and just outside the bounds
+        x[0] = [-7.0, 5.0, 1.3, -1.6]
+    coefficients = rng.normal(size=(4, degree + 1))
+    bounds = np.stack([rng.uniform(-2, -1, 4), rng.uniform(1, 2, 4)], -1)
+    weights = rng.normal(size=(9, 4))
+    lean = bernstein_ops._with_lean_gradient(extrapolation)
+    lean_grads = backend_gradients(lean, (x, coefficients, bounds), weights)
+    plain_grads = backend_gradients(
+        plain(extrapolation, degree), (x, coefficients, bounds), weights
+    )
+    for name, a, b in zip(("x", "coefficients", "bounds"), lean_grads, plain_grads):
+        np.testing.assert_allclose(
+            a, b, rtol=1e-10, atol=1e-10 * np.abs(b).max(), err_msg=name
+        )
+
+    def loss(x_, c_, b_):
+        values = bernstein_ops.bernstein_polynomial(x_, c_, b_, extrapolation)
+        return float(np.sum(ops.convert_to_numpy(values) * weights))
+
+    step = 1e-6
+    arrays = [x, coefficients, bounds]
+    for index, grad in enumerate(lean_grads):
+        shape = arrays[index].shape
+        for position in [(0,) * len(shape), tuple(size - 1 for size in shape)]:
+            up = [a.copy() for a in arrays]
+            down = [a.copy() for a in arrays]
+            up[index][position] += step
+            down[index][position] -= step
+            loss_up, loss_down = loss(*up), loss(*down)
+            numeric = (loss_up - loss_down) / (2 * step)
+            # Rounding of the loss, divided by the step, bounds the FD error.
+            rounding = 1e-7 * max(1.0, abs(loss_up))
+            assert grad[position] == pytest.approx(numeric, rel=1e-5, abs=rounding)

@@ -1,0 +1,434 @@
+"""Tests of the `Bernstein` and `BernsteinDense` layers."""
+
+import math
+import re
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+from layer_test import run_layer_test
+
+from keras_bernstein import Bernstein
+from keras_bernstein import BernsteinDense
+from keras_bernstein import constraints
+from keras_bernstein import initializers
+
+
+def _numpy(x):
+    return np.asarray(ops.convert_to_numpy(x))
+
+
+# ---------------------------------------------------------------------------
+# The standard layer checks.
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("trainable_bounds", [False, True])
+@pytest.mark.parametrize("extrapolation", ["linear", "clip", "polynomial"])
+def test_bernstein_standard_checks_2d(extrapolation, trainable_bounds, tmp_path):
+    run_layer_test(
+        Bernstein,
+        {
+            "degree": 4,
+            "extrapolation": extrapolation,
+            "trainable_bounds": trainable_bounds,
+        },
+        input_shape=(8, 5),
+        expected_output_shape=(8, 5),
+        expected_num_trainable_weights=2 if trainable_bounds else 1,
+        expected_num_non_trainable_weights=0 if trainable_bounds else 1,
+        expected_weight_shapes={"coefficients": (5, 5), "bounds": (5, 2)},
+        tmp_path=tmp_path,
+    )
+
+
+@pytest.mark.parametrize("shared_axes", [[1, 2], [-3, -2]])
+def test_bernstein_standard_checks_4d_shared_axes(shared_axes, tmp_path):
+    run_layer_test(
+        Bernstein,
+        {"degree": 3, "shared_axes": shared_axes, "trainable_bounds": True},
+        input_shape=(2, 3, 4, 5),
+        expected_output_shape=(2, 3, 4, 5),
+        expected_num_trainable_weights=2,
+        expected_num_non_trainable_weights=0,
+        expected_weight_shapes={"coefficients": (1, 1, 5, 4), "bounds": (1, 1, 5, 2)},
+        tmp_path=tmp_path,
+    )
+
+
+@pytest.mark.parametrize(
+    "normalization, trainable, non_trainable", [("batch", 5, 3), (None, 3, 1)]
+)
+def test_bernstein_dense_standard_checks(
+    normalization, trainable, non_trainable, tmp_path
+):
+    run_layer_test(
+        BernsteinDense,
+        {"units": 4, "degree": 5, "normalization": normalization},
+        input_shape=(8, 6),
+        expected_output_shape=(8, 4),
+        expected_num_trainable_weights=trainable,
+        expected_num_non_trainable_weights=non_trainable,
+        expected_weight_shapes={
+            "kernel": (6, 4),
+            "bias": (4,),
+            "coefficients": (4, 6),
+            "bounds": (4, 2),
+        },
+        tmp_path=tmp_path,
+    )
+
+
+# ---------------------------------------------------------------------------
+# Argument validation.
+# ---------------------------------------------------------------------------
+
+
+def _raises_naming(name, value):
+    """`pytest.raises` for a ValueError ending in `Received: name=repr(value)`."""
+    return pytest.raises(
+        ValueError, match=re.escape(f"Received: {name}={value!r}") + r"\s*$"
+    )
+
+
+@pytest.mark.parametrize("degree", [0, -1, 2.5, True, "8", None])
+def test_bad_degree(degree):
+    with _raises_naming("degree", degree):
+        Bernstein(degree=degree)
+    with _raises_naming("degree", degree):
+        BernsteinDense(4, degree=degree)
+
+
+@pytest.mark.parametrize(
+    "bounds",
+    [(1, 1), (2, 1), (0, math.inf), (-math.inf, 0), (math.nan, 1), (1,), (0, 1, 2), "ab", None],
+)
+def test_bad_bounds(bounds):
+    with _raises_naming("bounds", bounds):
+        Bernstein(bounds=bounds)
+    with _raises_naming("bounds", bounds):
+        BernsteinDense(4, bounds=bounds)
+    with _raises_naming("bounds", bounds):
+        initializers.ActivationCoefficients("relu", bounds=bounds)
+
+
+@pytest.mark.parametrize("extrapolation", ["cubic", "Linear", None])
+def test_bad_extrapolation(extrapolation):
+    with _raises_naming("extrapolation", extrapolation):
+        Bernstein(extrapolation=extrapolation)
+    with _raises_naming("extrapolation", extrapolation):
+        BernsteinDense(4, extrapolation=extrapolation)
+
+
+@pytest.mark.parametrize("normalization", ["layer", "Batch", True])
+def test_bad_normalization(normalization):
+    with _raises_naming("normalization", normalization):
+        BernsteinDense(4, normalization=normalization)
+
+
+@pytest.mark.parametrize("units", [0, -3, 2.5, True, "4", None])
+def test_bad_units(units):
+    with _raises_naming("units", units):
+        BernsteinDense(units)
+
+
+@pytest.mark.parametrize("shared_axes", [[0], [1, 0], 0, [1.5], [True]])
+def test_bad_shared_axes_at_construction(shared_axes):
+    with _raises_naming("shared_axes", shared_axes):
+        Bernstein(shared_axes=shared_axes)
+
+
+@pytest.mark.parametrize("shared_axes", [[3], [-3], [1, 5]])
+def test_shared_axes_out_of_range_for_input_rank(shared_axes):
+    layer = Bernstein(shared_axes=shared_axes)  # Valid until the rank is known.
+    with _raises_naming("shared_axes", shared_axes):
+        layer(np.zeros((2, 3, 4), "float32"))
+    with _raises_naming("shared_axes", shared_axes):
+        Bernstein(shared_axes=shared_axes).build((None, 3, 4))
+
+
+def test_scalar_shared_axis_is_accepted():
+    layer = Bernstein(degree=2, shared_axes=1)
+    layer.build((None, 3, 4))
+    assert layer.shared_axes == [1]
+    assert tuple(layer.coefficients.shape) == (1, 4, 3)
+
+
+@pytest.mark.parametrize("value", [-0.1, -1, "abc", None, math.nan])
+def test_bad_min_width_and_min_gap(value):
+    with _raises_naming("min_width", value):
+        constraints.OrderedBounds(min_width=value)
+    with _raises_naming("min_gap", value):
+        constraints.MonotonicCoefficients(min_gap=value)
+
+
+def test_rank_one_input_is_rejected():
+    with pytest.raises(ValueError, match="rank >= 2"):
+        Bernstein().build((5,))
+
+
+def test_unknown_unshared_axis_is_rejected():
+    with pytest.raises(ValueError, match="known size"):
+        Bernstein().build((None, None, 4))
+    # A shared unknown axis is fine.
+    layer = Bernstein(shared_axes=[1])
+    layer.build((None, None, 4))
+    assert tuple(layer.coefficients.shape) == (1, 4, 9)
+
+
+def test_unknown_last_axis_is_rejected_by_bernstein_dense():
+    with pytest.raises(ValueError, match="must be known"):
+        BernsteinDense(3).build((None, None))
+
+
+def _incompatible_input():
+    return pytest.raises(ValueError, match="is incompatible with the layer")
+
+
+def test_bernstein_rejects_wrong_feature_size_and_rank_after_build():
+    layer = Bernstein(degree=3)
+    layer(np.zeros((2, 5), "float32"))
+    with _incompatible_input():
+        layer(np.zeros((2, 4), "float32"))
+    with _incompatible_input():
+        layer(np.zeros((2, 3, 5), "float32"))
+    with _incompatible_input():
+        layer(keras.KerasTensor((None, 6)))
+
+
+def test_bernstein_with_shared_axes_accepts_any_size_on_shared_axes():
+    layer = Bernstein(degree=3, shared_axes=[1])
+    layer(np.zeros((2, 3, 5), "float32"))
+    assert tuple(layer(np.zeros((2, 7, 5), "float32")).shape) == (2, 7, 5)
+    with _incompatible_input():
+        layer(np.zeros((2, 3, 4), "float32"))
+
+
+def test_bernstein_dense_rejects_wrong_feature_size_and_rank_after_build():
+    layer = BernsteinDense(3, degree=3)
+    layer(np.zeros((2, 5), "float32"))
+    with _incompatible_input():
+        layer(np.zeros((2, 4), "float32"))
+    with _incompatible_input():
+        layer(np.zeros((5,), "float32"))
+
+
+# ---------------------------------------------------------------------------
+# Initializers.
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bounds", [(-3.0, 3.0), (0.0, 1.0), (-0.5, 2.0)])
+@pytest.mark.parametrize("degree", [1, 4, 8, 16])
+def test_identity_initializer_gives_identity_on_bounds(degree, bounds):
+    lower, upper = bounds
+    layer = Bernstein(degree=degree, bounds=bounds, coefficient_initializer="identity")
+    x = np.linspace(lower, upper, 257, dtype="float32")[:, None] * np.ones(
+        (1, 3), "float32"
+    )
+    y = _numpy(layer(x))
+    np.testing.assert_allclose(y, x, rtol=0, atol=1e-6 * max(1.0, abs(lower), abs(upper)))
+    # The linear extrapolation continues the line.
+    outside = np.array([[lower - 2.0] * 3, [upper + 5.0] * 3], "float32")
+    np.testing.assert_allclose(_numpy(layer(outside)), outside, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("bounds", [(-3.0, 3.0), (-1.0, 2.0), (0.5, 1.5)])
+@pytest.mark.parametrize("degree", [1, 5, 8])
+def test_relu_initializer_gives_relu_of_nodes(degree, bounds):
+    lower, upper = bounds
+    layer = Bernstein(degree=degree, bounds=bounds)  # "relu" is the default.
+    layer.build((None, 4))
+    nodes = lower + (upper - lower) * np.arange(degree + 1) / degree
+    expected = np.broadcast_to(np.maximum(nodes, 0.0), (4, degree + 1))
+    np.testing.assert_allclose(_numpy(layer.coefficients), expected, rtol=1e-7, atol=0)
+    explicit = Bernstein(degree=degree, bounds=bounds, coefficient_initializer="relu")
+    explicit.build((None, 4))
+    np.testing.assert_array_equal(
+        _numpy(explicit.coefficients), _numpy(layer.coefficients)
+    )
+
+
+def test_activation_coefficients_initializer():
+    init = initializers.ActivationCoefficients("tanh", bounds=(-2.0, 2.0))
+    values = _numpy(init(shape=(2, 3, 5)))
+    assert values.shape == (2, 3, 5)
+    np.testing.assert_allclose(
+        values[1, 2], np.tanh(np.linspace(-2.0, 2.0, 5)), rtol=1e-6
+    )
+    assert init.get_config() == {"activation": "tanh", "bounds": [-2.0, 2.0]}
+    revived = keras.initializers.deserialize(keras.initializers.serialize(init))
+    assert isinstance(revived, initializers.ActivationCoefficients)
+    assert revived.get_config() == init.get_config()
+    # "identity" is an alias of "linear".
+    assert initializers.ActivationCoefficients("identity").activation == "linear"
+    with pytest.raises(ValueError, match=r"Received: shape=\(3, 1\)"):
+        init(shape=(3, 1))
+
+
+def test_keras_initializer_for_coefficients():
+    layer = Bernstein(degree=3, coefficient_initializer="ones")
+    layer.build((None, 2))
+    np.testing.assert_array_equal(_numpy(layer.coefficients), np.ones((2, 4)))
+    # Constant coefficients give a constant activation, everywhere.
+    y = _numpy(layer(np.array([[-10.0, 0.3], [2.9, 40.0]], "float32")))
+    np.testing.assert_allclose(y, np.ones((2, 2)), rtol=1e-6)
+
+
+def test_bounds_weight_is_initialized_from_bounds():
+    layer = Bernstein(degree=2, bounds=(-1.5, 0.25), shared_axes=[1])
+    layer.build((None, 3, 2))
+    np.testing.assert_array_equal(
+        _numpy(layer.bounds), np.broadcast_to([-1.5, 0.25], (1, 2, 2))
+    )
+    assert not layer.bounds.trainable
+    assert layer.coefficients.trainable
+
+
+# ---------------------------------------------------------------------------
+# Guarantees read from the weights.
+# ---------------------------------------------------------------------------
+
+
+def test_derivative_lower_bound_and_output_bounds_on_hand_set_coefficients():
+    layer = Bernstein(degree=3, bounds=(-1.0, 1.0))
+    layer.build((None, 3))
+    layer.coefficients.assign(
+        np.array(
+            [
+                [0.0, 1.0, 2.0, 3.0],  # gaps 1, 1, 1
+                [-1.0, -0.5, 1.0, 1.25],  # gaps 0.5, 1.5, 0.25
+                [2.0, 0.0, 1.0, -1.0],  # gaps -2, 1, -2
+            ],
+            "float32",
+        )
+    )
+    layer.bounds.assign(np.array([[-1.0, 1.0], [0.0, 4.0], [-2.0, -1.5]], "float32"))
+    bound = _numpy(layer.derivative_lower_bound())
+    assert bound.shape == (3,)
+    # n * min gap / (u - l)
+    np.testing.assert_allclose(bound, [3 * 1 / 2, 3 * 0.25 / 4, 3 * -2 / 0.5], rtol=1e-6)
+    ranges = _numpy(layer.output_bounds())
+    assert ranges.shape == (3, 2)
+    np.testing.assert_array_equal(ranges, [[0.0, 3.0], [-1.0, 1.25], [-1.0, 2.0]])
+
+
+def test_guarantee_shapes_with_shared_axes_and_bernstein_dense():
+    layer = Bernstein(degree=4, shared_axes=[1, 2])
+    layer.build((None, 5, 6, 7))
+    assert tuple(layer.derivative_lower_bound().shape) == (1, 1, 7)
+    assert tuple(layer.output_bounds().shape) == (1, 1, 7, 2)
+    dense = BernsteinDense(3, degree=4, bounds=(-2.0, 2.0))
+    dense.build((None, 5))
+    assert tuple(dense.derivative_lower_bound().shape) == (3,)
+    assert tuple(dense.output_bounds().shape) == (3, 2)
+    # ReLU coefficients at nodes -2, -1, 0, 1, 2: 0, 0, 0, 1, 2.
+    np.testing.assert_allclose(_numpy(dense.derivative_lower_bound()), np.zeros(3))
+    np.testing.assert_allclose(_numpy(dense.output_bounds()), [[0.0, 2.0]] * 3)
+
+
+def test_layer_derivative_matches_ops():
+    from keras_bernstein import ops as bernstein_ops
+
+    layer = Bernstein(degree=5, extrapolation="clip", coefficient_initializer="glorot_normal")
+    x = np.linspace(-5.0, 5.0, 40, dtype="float32").reshape(10, 4)
+    layer.build((None, 4))
+    expected = bernstein_ops.bernstein_derivative(
+        x, layer.coefficients, layer.bounds, "clip"
+    )
+    np.testing.assert_array_equal(_numpy(layer.derivative(x)), _numpy(expected))
+    assert tuple(layer.derivative(x).shape) == (10, 4)
+
+
+# ---------------------------------------------------------------------------
+# BernsteinDense composition.
+# ---------------------------------------------------------------------------
+
+
+def test_bernstein_dense_attributes_are_the_variables():
+    layer = BernsteinDense(4, degree=3, trainable_bounds=True)
+    layer.build((None, 6))
+    ids = [id(v) for v in layer.weights]
+    for name in ("kernel", "bias", "coefficients", "bounds"):
+        assert id(getattr(layer, name)) in ids, name
+    assert layer.kernel is layer.dense.kernel
+    assert layer.bias is layer.dense.bias
+    assert layer.coefficients is layer.bernstein.coefficients
+    assert layer.bounds is layer.bernstein.bounds
+    assert tuple(layer.kernel.shape) == (6, 4)
+    assert tuple(layer.coefficients.shape) == (4, 4)
+    assert layer.degree == 3 and layer.extrapolation == "linear"
+    assert layer.bounds.trainable
+    # The pieces are computed in order: Dense -> BatchNormalization -> Bernstein.
+    x = np.random.default_rng(0).standard_normal((5, 6)).astype("float32")
+    hidden = layer.batch_normalization(layer.dense(x), training=False)
+    np.testing.assert_allclose(
+        _numpy(layer.pre_activation(x)), _numpy(hidden), rtol=1e-6
+    )
+    np.testing.assert_allclose(
+        _numpy(layer(x)), _numpy(layer.bernstein(hidden)), rtol=1e-6, atol=1e-7
+    )
+
+
+def test_bernstein_dense_without_bias_and_normalization():
+    layer = BernsteinDense(2, normalization=None, use_bias=False, degree=2)
+    layer.build((None, 3))
+    assert layer.bias is None
+    assert layer.batch_normalization is None
+    assert len(layer.weights) == 3
+
+
+def test_bernstein_dense_config_carries_dense_and_bernstein_arguments():
+    layer = BernsteinDense(
+        3,
+        degree=6,
+        bounds=(-2.0, 1.0),
+        extrapolation="clip",
+        kernel_regularizer="l2",
+        coefficient_constraint="monotonic_coefficients",
+        trainable_bounds=True,
+        bounds_constraint=constraints.OrderedBounds(min_width=0.25),
+    )
+    config = layer.get_config()
+    assert config["units"] == 3 and config["degree"] == 6
+    assert config["bounds"] == [-2.0, 1.0]
+    assert config["extrapolation"] == "clip"
+    revived = BernsteinDense.from_config(config)
+    revived.build((None, 2))
+    assert isinstance(
+        revived.bernstein.coefficient_constraint, constraints.MonotonicCoefficients
+    )
+    assert revived.bernstein.bounds_constraint.min_width == 0.25
+    assert revived.bernstein.trainable_bounds
+    assert revived.dense.kernel_regularizer is not None
+
+
+def test_global_mixed_float16_policy_trains_bernstein_dense_model():
+    keras.config.set_dtype_policy("mixed_float16")
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((32, 6)).astype("float32")
+    y = rng.standard_normal((32, 1)).astype("float32")
+    model = keras.Sequential(
+        [
+            keras.Input((6,)),
+            BernsteinDense(8, degree=4),
+            BernsteinDense(8, degree=4, normalization=None),
+            keras.layers.Dense(1, dtype="float32"),
+        ]
+    )
+    for layer in model.layers[:2]:
+        assert layer.dtype_policy.name == "mixed_float16"
+        assert layer.bernstein.dtype_policy.name == "mixed_float16"
+    model.compile(optimizer="adam", loss="mse")
+    before = _numpy(model.layers[0].coefficients).copy()
+    history = model.fit(x, y, batch_size=16, epochs=2, verbose=0)
+    assert np.all(np.isfinite(history.history["loss"]))
+    assert np.any(_numpy(model.layers[0].coefficients) != before)
+    for variable in model.weights:
+        assert variable.dtype == "float32", variable.path
+    hidden = model.layers[0](x[:4])
+    assert keras.backend.standardize_dtype(hidden.dtype) == "float16"
+    predictions = model.predict(x, verbose=0)
+    assert predictions.dtype == np.float32
+    assert np.all(np.isfinite(predictions))

@@ -35,6 +35,10 @@ class BernsteinDense(keras.layers.Layer):
             `BatchNormalization` between the matmul and the activation, or
             `None`. The batch normalization uses momentum 0.9 (PyTorch's
             default, used by the paper) so that short runs evaluate well.
+            Measured: batch norm is needed in deep stacks (16 layers on
+            MNIST: 92-93% with it, 81-83% without), but on a small 1-D
+            regression `None` is 50-100x more accurate; see the guide's
+            "Choosing the defaults".
         extrapolation: `"linear"`, `"clip"` or `"polynomial"`; see
             `Bernstein`.
         use_bias: Whether the matmul adds a bias (redundant, but harmless,

@@ -1,0 +1,140 @@
+"""Saving and loading, including models saved under the other backends."""
+
+import os
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+from keras_bernstein import Bernstein
+from keras_bernstein import BernsteinDense
+from keras_bernstein import constraints
+from keras_bernstein import initializers
+
+DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
+BACKENDS = ("jax", "tensorflow", "torch")
+
+
+def _numpy(x):
+    return np.asarray(ops.convert_to_numpy(x))
+
+
+def test_golden_files_exist():
+    """All six files are there (regenerate with tests/data/make_golden.py)."""
+    for backend in BACKENDS:
+        for extension in ("keras", "npz"):
+            path = os.path.join(DATA, f"golden_{backend}.{extension}")
+            assert os.path.isfile(path), path
+
+
+@pytest.mark.parametrize("saved_under", BACKENDS)
+def test_golden_model_loads_and_predicts_the_same(saved_under):
+    """A model saved under `saved_under` predicts the stored values here."""
+    stored = np.load(os.path.join(DATA, f"golden_{saved_under}.npz"))
+    assert str(stored["backend"]) == saved_under
+    # compile=False: the compile config saved under JAX/TensorFlow holds
+    # `jit_compile=True` (their "auto"), which on torch means torch.compile.
+    model = keras.saving.load_model(
+        os.path.join(DATA, f"golden_{saved_under}.keras"), compile=False
+    )
+    dense, bernstein = model.get_layer("bernstein_dense"), model.get_layer("bernstein")
+    assert type(dense) is BernsteinDense and dense.units == 8 and dense.degree == 4
+    assert type(bernstein) is Bernstein
+    assert bernstein.degree == 5 and bernstein.extrapolation == "clip"
+    predictions = model.predict(stored["inputs"], verbose=0)
+    assert predictions.shape == stored["predictions"].shape == (50, 3)
+    np.testing.assert_allclose(predictions, stored["predictions"], rtol=1e-5, atol=1e-5)
+    # The clip layer sees inputs outside its bounds, so all its modes of
+    # evaluation are covered by the comparison.
+    hidden = keras.Model(model.inputs, model.get_layer("dense").output)
+    pre_activation = hidden.predict(stored["inputs"], verbose=0)
+    assert np.any(np.abs(pre_activation) > 3.0)
+    assert np.any(np.abs(pre_activation) < 3.0)
+
+
+def test_golden_model_keeps_training_after_loading():
+    backend = keras.backend.backend()
+    stored = np.load(os.path.join(DATA, f"golden_{backend}.npz"))
+    model = keras.saving.load_model(os.path.join(DATA, f"golden_{backend}.keras"))
+    assert model.optimizer is not None
+    assert int(_numpy(model.optimizer.iterations)) == 2  # restored state
+    labels = np.arange(len(stored["inputs"])) % 3
+    before = _numpy(model.get_layer("bernstein").coefficients).copy()
+    loss = model.train_on_batch(stored["inputs"], labels)
+    assert np.isfinite(loss)
+    assert np.any(_numpy(model.get_layer("bernstein").coefficients) != before)
+
+
+def _custom_model():
+    inputs = keras.Input((5,))
+    hidden = BernsteinDense(
+        6,
+        degree=7,
+        bounds=(-2.0, 2.5),
+        extrapolation="polynomial",
+        coefficient_initializer=initializers.ActivationCoefficients(
+            "tanh", bounds=(-2.0, 2.5)
+        ),
+        coefficient_regularizer=keras.regularizers.L2(1e-3),
+        coefficient_constraint=constraints.MonotonicCoefficients(min_gap=0.02),
+        trainable_bounds=True,
+        bounds_constraint=constraints.OrderedBounds(min_width=0.5),
+        kernel_regularizer="l1",
+    )(inputs)
+    hidden = keras.layers.Reshape((2, 3))(hidden)
+    hidden = Bernstein(
+        degree=3, shared_axes=[1], extrapolation="clip", coefficient_initializer="identity"
+    )(hidden)
+    outputs = keras.layers.Dense(2)(keras.layers.Flatten()(hidden))
+    return keras.Model(inputs, outputs)
+
+
+def test_save_and_load_with_non_default_arguments(tmp_path):
+    model = _custom_model()
+    model.compile(optimizer="adam", loss="mse")
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((16, 5)).astype("float32")
+    model.fit(x, rng.standard_normal((16, 2)).astype("float32"), epochs=1, verbose=0)
+    path = os.path.join(tmp_path, "custom.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    for original, revived in zip(model.layers, loaded.layers):
+        assert type(original) is type(revived)
+        assert original.get_config() == revived.get_config()
+    dense = loaded.layers[1]
+    assert isinstance(dense.bernstein.coefficient_constraint, constraints.MonotonicCoefficients)
+    assert dense.bernstein.coefficient_constraint.min_gap == 0.02
+    assert dense.bernstein.bounds_constraint.min_width == 0.5
+    assert isinstance(dense.bernstein.coefficient_initializer, initializers.ActivationCoefficients)
+    assert dense.bounds.trainable
+    assert len(loaded.losses) == len(model.losses) == 2  # L1 kernel, L2 coefficients
+    np.testing.assert_array_equal(
+        loaded.predict(x, verbose=0), model.predict(x, verbose=0)
+    )
+
+
+def test_weights_only_round_trip(tmp_path):
+    model = _custom_model()
+    path = os.path.join(tmp_path, "custom.weights.h5")
+    model.save_weights(path)
+    other = _custom_model()
+    x = np.random.default_rng(1).standard_normal((4, 5)).astype("float32")
+    other.load_weights(path)
+    for a, b in zip(model.weights, other.weights):
+        np.testing.assert_array_equal(_numpy(a), _numpy(b))
+    np.testing.assert_array_equal(other.predict(x, verbose=0), model.predict(x, verbose=0))
+
+
+def test_mixed_precision_layer_saves_its_policy(tmp_path):
+    model = keras.Sequential(
+        [keras.Input((4,)), Bernstein(degree=3, dtype="mixed_bfloat16")]
+    )
+    path = os.path.join(tmp_path, "mixed.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    layer = loaded.layers[-1]
+    assert layer.dtype_policy.name == "mixed_bfloat16"
+    assert layer.coefficients.dtype == "float32"
+    y = layer(np.ones((2, 4), "float32"))
+    assert keras.backend.standardize_dtype(y.dtype) == "bfloat16"

@@ -371,6 +371,36 @@ def test_bernstein_dense_attributes_are_the_variables():
     )
 
 
+def test_bernstein_dense_standard_checks_3d(tmp_path):
+    run_layer_test(
+        BernsteinDense,
+        {"units": 4, "degree": 3},
+        input_shape=(4, 3, 6),
+        expected_output_shape=(4, 3, 4),
+        expected_num_trainable_weights=5,
+        expected_num_non_trainable_weights=3,
+        expected_weight_shapes={"kernel": (6, 4), "coefficients": (1, 4, 4)},
+        tmp_path=tmp_path,
+    )
+
+
+def test_bernstein_dense_on_sequences_acts_per_unit_like_dense():
+    """As Dense, BernsteinDense on `(batch, time, features)` applies the same
+    map at every position: one activation per unit, any sequence length."""
+    layer = BernsteinDense(3, degree=4, coefficient_initializer="glorot_normal")
+    symbolic = layer(keras.KerasTensor((None, None, 5)))
+    assert tuple(symbolic.shape) == (None, None, 3)
+    assert tuple(layer.coefficients.shape) == (1, 3, 5)
+    assert tuple(layer.derivative_lower_bound().shape) == (1, 3)
+    x = np.random.default_rng(0).standard_normal((2, 7, 5)).astype("float32")
+    y = _numpy(layer(x))
+    assert y.shape == (2, 7, 3)
+    # Position by position, it is the layer applied to 2-D slices.
+    for step in (0, 6):
+        np.testing.assert_allclose(y[:, step], _numpy(layer(x[:, step : step + 1]))[:, 0], rtol=1e-6, atol=1e-6)
+    assert _numpy(layer(x[:, :2])).shape == (2, 2, 3)
+
+
 def test_bernstein_dense_without_bias_and_normalization():
     layer = BernsteinDense(2, normalization=None, use_bias=False, degree=2)
     layer.build((None, 3))

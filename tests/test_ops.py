@@ -19,6 +19,9 @@ from keras_bernstein import ops as bernstein_ops
 MODES = ("linear", "clip", "polynomial")
 DEGREES = tuple(range(1, 25))
 FLOAT32_TOLERANCE = 2e-5
+# Most float32 tests use inputs of one shape, (GRID, NEURONS): JAX compiles
+# each eager op once per shape, so this keeps the suite fast.
+GRID, NEURONS = 513, 16
 
 
 # ---------------------------------------------------------------------------
@@ -102,12 +105,12 @@ def _dyadic_grid(lower, width, t_values, neurons):
 @pytest.mark.parametrize("degree", DEGREES)
 def test_values_inside_bounds_match_float64_reference(degree):
     rng = np.random.default_rng(degree)
-    neurons = 16
+    neurons = NEURONS
     coefficients = _random_coefficients(rng, neurons, degree)
     lower = rng.uniform(-3.0, 1.0, neurons).astype("float32")
     upper = (lower + rng.uniform(0.25, 6.0, neurons)).astype("float32")
     bounds = np.stack([lower, upper], axis=-1)
-    x = lower + (upper - lower) * np.linspace(0.0, 1.0, 513)[:, None]
+    x = lower + (upper - lower) * np.linspace(0.0, 1.0, GRID)[:, None]
     x = np.clip(x.astype("float32"), lower, upper)
     # The reference sees exactly the float32 inputs, in float64.
     t = (x.astype("float64") - lower.astype("float64")) / (
@@ -127,9 +130,9 @@ def test_values_inside_bounds_match_float64_reference(degree):
 @pytest.mark.parametrize("degree", DEGREES)
 def test_values_inside_bounds_within_condition_scale(degree):
     rng = np.random.default_rng(100 + degree)
-    neurons = 16
+    neurons = NEURONS
     coefficients = _random_coefficients(rng, neurons, degree)
-    x, t, bounds = _dyadic_grid(-2.0, 4.0, np.arange(1025) / 1024, neurons)
+    x, t, bounds = _dyadic_grid(-2.0, 4.0, np.arange(GRID) / (GRID - 1), neurons)
     reference = reference_polynomial(t, coefficients)
     scale = condition_scale(t, coefficients)
     for extrapolation in MODES:
@@ -167,14 +170,15 @@ def test_values_broadcast_a_lower_rank_input_against_the_neurons():
 @pytest.mark.parametrize("extrapolation", MODES)
 def test_values_outside_bounds(extrapolation, degree):
     rng = np.random.default_rng(200 + degree)
-    neurons = 8
+    neurons = NEURONS
     coefficients = _random_coefficients(rng, neurons, degree)
+    # 257 points below l, 256 above u.
     if extrapolation == "polynomial":
         # Far out the polynomial is dominated by t^n; stay within half a width.
-        steps = np.arange(1, 129) / 256
+        steps = np.arange(1, 258) / 512
     else:
-        steps = np.arange(1, 257) / 64  # up to four widths beyond each end
-    t_values = np.concatenate([-steps[::-1], 1.0 + steps])
+        steps = np.arange(1, 258) / 64  # up to four widths beyond each end
+    t_values = np.concatenate([-steps[::-1], 1.0 + steps[:-1]])
     x, t, bounds = _dyadic_grid(-1.0, 2.0, t_values, neurons)
     y = _numpy(bernstein_ops.bernstein_polynomial(x, coefficients, bounds, extrapolation))
     c = coefficients.astype("float64")
@@ -312,11 +316,13 @@ def test_layer_derivative_in_float64(extrapolation, float64):
 @pytest.mark.parametrize("extrapolation", MODES)
 def test_derivative_in_float32_matches_formula(extrapolation, degree):
     rng = np.random.default_rng(400 + degree)
-    neurons = 6
+    neurons = NEURONS
     coefficients = _random_coefficients(rng, neurons, degree)
-    x, t, bounds = _dyadic_grid(-4.0, 8.0, np.arange(-256, 513) / 256, neurons)
     if extrapolation == "polynomial":
-        x, t = x[256:513], t[256:513]  # inside only: t^n overflows scale outside
+        t_values = np.arange(GRID) / (GRID - 1)  # inside: t^n swamps the scale outside
+    else:
+        t_values = np.arange(-128, GRID - 128) / 256  # half a width beyond each end
+    x, t, bounds = _dyadic_grid(-4.0, 8.0, t_values, neurons)
     derivative = _numpy(
         bernstein_ops.bernstein_derivative(x, coefficients, bounds, extrapolation)
     )
@@ -436,10 +442,10 @@ def test_linear_precision(degree):
 @pytest.mark.parametrize("degree", (1, 2, 3, 6, 10, 17, 24))
 def test_range_enclosure(degree):
     rng = np.random.default_rng(500 + degree)
-    neurons = 32
+    neurons = NEURONS
     coefficients = (3.0 * _random_coefficients(rng, neurons, degree)).astype("float32")
     bounds = np.tile(np.array([-0.75, 4.0], "float32"), (neurons, 1))
-    x = np.linspace(-0.75, 4.0, 2001, dtype="float32")[:, None] * np.ones(
+    x = np.linspace(-0.75, 4.0, GRID, dtype="float32")[:, None] * np.ones(
         (1, neurons), "float32"
     )
     ranges = _numpy(bernstein_ops.coefficient_range(coefficients))
@@ -464,7 +470,7 @@ def test_range_enclosure(degree):
 @pytest.mark.parametrize("increasing", [True, False])
 def test_derivative_lower_bound_holds_on_a_dense_grid(degree, increasing):
     rng = np.random.default_rng(600 + degree)
-    neurons = 16
+    neurons = NEURONS
     if increasing:
         gaps = rng.uniform(0.0, 0.5, (neurons, degree))
         gaps[:, rng.integers(degree)] = rng.uniform(0.001, 0.05, neurons)
@@ -500,7 +506,7 @@ def test_derivative_lower_bound_holds_on_a_dense_grid(degree, increasing):
     np.testing.assert_allclose(ends[0, at_start], bound[at_start], rtol=1e-5, atol=1e-6)
     # ... and the package's float32 derivative, with "linear" extrapolation on
     # the whole line (here four widths beyond each end).
-    s = np.linspace(-4.0, 5.0, 4001)[:, None]
+    s = np.linspace(-4.0, 5.0, 4 * GRID - 3)[:, None]  # four widths beyond each end
     x = (lower + width * s).astype("float32")
     derivative = _numpy(bernstein_ops.bernstein_derivative(x, coefficients, bounds))
     assert np.all(derivative >= bound - FLOAT32_TOLERANCE * scale)
@@ -531,37 +537,45 @@ class _Shift(keras.layers.Layer):
         return inputs + self.shift
 
 
-@pytest.mark.parametrize("degree", (1, 2, 6))
+@pytest.mark.parametrize(
+    "degree, shared", [(1, False), (2, False), (6, False), (3, True)]
+)
 @pytest.mark.parametrize("extrapolation", MODES)
-def test_training_gradients_match_finite_differences(extrapolation, degree, float64):
+def test_training_gradients_match_finite_differences(
+    extrapolation, degree, shared, float64
+):
     """One SGD step reveals the gradient: `g = (w_before - w_after) / lr`.
 
     It is compared with central differences of the float64 loss for every
     weight: the shift (the gradient with respect to the input), the
-    coefficients and the bounds.
+    coefficients and the bounds. With `shared`, the input is 3-D and the
+    activation is shared along axis 1, so gradients are reduced over it.
     """
     rng = np.random.default_rng(700 + degree)
     features = 3
+    feature_shape = (2, features) if shared else (features,)
     x = np.concatenate(
         [
-            rng.uniform(-1.9, 2.9, (10, features)),  # inside [-2, 3]
-            rng.uniform(-5.0, -2.1, (3, features)),  # below
-            rng.uniform(3.1, 6.0, (3, features)),  # above
+            rng.uniform(-1.9, 2.9, (10,) + feature_shape),  # inside [-2, 3]
+            rng.uniform(-5.0, -2.1, (3,) + feature_shape),  # below
+            rng.uniform(3.1, 6.0, (3,) + feature_shape),  # above
         ]
     ).astype("float64")
-    y = rng.standard_normal((len(x), features)).astype("float64")
+    y = rng.standard_normal(x.shape).astype("float64")
     layer = Bernstein(
         degree=degree,
         bounds=(-2.0, 3.0),
         extrapolation=extrapolation,
+        shared_axes=[1] if shared else None,
         trainable_bounds=True,
         coefficient_initializer=keras.initializers.RandomNormal(seed=degree),
         dtype="float64",
     )
-    inputs = keras.Input((features,), dtype="float64")
+    inputs = keras.Input(feature_shape, dtype="float64")
     shift = _Shift(dtype="float64")
     model = keras.Model(inputs, layer(shift(inputs)))
     assert len(model.trainable_weights) == 3
+    assert tuple(layer.coefficients.shape) == (1,) * shared + (features, degree + 1)
     learning_rate = 2.0**-12
     model.compile(
         optimizer=keras.optimizers.SGD(learning_rate),

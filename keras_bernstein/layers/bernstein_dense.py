@@ -185,6 +185,10 @@ class BernsteinDense(keras.layers.Layer):
         hidden_shape = self.dense.compute_output_shape(input_shape)
         if self.batch_normalization is not None:
             self.batch_normalization.build(hidden_shape)
+        if len(hidden_shape) > 2:
+            # Like the kernel, each unit's activation is shared by all
+            # positions of an N-D input (which may have unknown sizes).
+            self.bernstein.shared_axes = list(range(1, len(hidden_shape) - 1))
         self.bernstein.build(hidden_shape)
         self.input_spec = InputSpec(min_ndim=2, axes={-1: input_shape[-1]})
 

@@ -133,7 +133,12 @@ def test_monotonic_coefficients_property(min_gap):
 
 @pytest.mark.parametrize(
     "constraint",
-    [OrderedBounds(), OrderedBounds(min_width=0.25), MonotonicCoefficients(), MonotonicCoefficients(min_gap=0.05)],
+    [
+        OrderedBounds(),
+        OrderedBounds(min_width=0.25),
+        MonotonicCoefficients(),
+        MonotonicCoefficients(min_gap=0.05),
+    ],
 )
 def test_serialization(constraint):
     cls = type(constraint)

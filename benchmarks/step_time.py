@@ -117,9 +117,6 @@ def main():
     rows = []
     for backend in args.backends:
         env = dict(os.environ, KERAS_BACKEND=backend, **SINGLE_THREAD_ENV)
-        command = [sys.executable, os.path.abspath(__file__), "--child"] + [
-            a for a in sys.argv[1:] if not a.startswith("--backends")
-        ]
         command = [sys.executable, os.path.abspath(__file__), "--child",
                    "--depth", str(args.depth), "--width", str(args.width),
                    "--degree", str(args.degree), "--batch-size", str(args.batch_size),

@@ -1,9 +1,12 @@
 """keras-bernstein: learnable Bernstein-polynomial activations for Keras 3."""
 
+from keras_bernstein import callbacks
 from keras_bernstein import constraints
 from keras_bernstein import initializers
 from keras_bernstein import layers
 from keras_bernstein import ops
+from keras_bernstein import transforms
+from keras_bernstein import verification
 from keras_bernstein.layers import Bernstein
 from keras_bernstein.layers import BernsteinDense
 
@@ -12,8 +15,11 @@ __version__ = "0.1.0"
 __all__ = [
     "Bernstein",
     "BernsteinDense",
+    "callbacks",
     "constraints",
     "initializers",
     "layers",
     "ops",
+    "transforms",
+    "verification",
 ]

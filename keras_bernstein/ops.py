@@ -136,34 +136,58 @@ def end_slopes(coefficients):
     return slope_lower, slope_upper
 
 
-def _evaluate(t, coefficients, degree, extrapolation):
-    """Value of the polynomial (with extrapolation) at `t`; plain autodiff-able."""
+def _split_at_bounds(x, bounds):
+    """`(inside, below, above)`: `x` clamped to `[l, u]` and the overshoots.
+
+    `below = min(x - l, 0)` and `above = max(x - u, 0)` stay in the units of
+    `x`: a huge `x` on narrow bounds would overflow `t = (x - l) / (u - l)`.
+    """
+    lower, upper = bounds[..., 0], bounds[..., 1]
+    # where, not clip or maximum/minimum: those do not broadcast `x` up to the
+    # neurons' shape on TensorFlow, and Keras' torch maximum/minimum return
+    # float32 for float64 tensors. A NaN fails both tests and stays NaN.
+    inside = ops.where(ops.less(x, lower), lower, ops.where(ops.greater(x, upper), upper, x))
+    overshoot = ops.subtract(x, inside)
+    # relu, not maximum(x, 0.0): Keras' torch backend casts a float64 tensor
+    # paired with a Python float to float32.
+    above = ops.relu(overshoot)
+    return inside, ops.subtract(overshoot, above), above
+
+
+def _evaluate(x, coefficients, bounds, extrapolation):
+    """Value of the polynomial (with extrapolation) at `x`; plain autodiff-able."""
+    degree = _degree_of(coefficients)
     scaled = _scaled(coefficients, degree)
     if extrapolation == "polynomial":
-        return _bernstein_sum(t, scaled)
-    inside = ops.clip(t, 0.0, 1.0)
-    values = _bernstein_sum(inside, scaled)
+        return _bernstein_sum(to_unit_interval(x, bounds), scaled)
+    inside, below, above = _split_at_bounds(x, bounds)
+    values = _bernstein_sum(to_unit_interval(inside, bounds), scaled)
     if extrapolation == "clip":
         return values
-    # Linear: add the end slope times the distance past the end. `t - inside`
-    # is 0 inside, so the branch costs a select and a multiply-add.
+    # Linear: the end value plus the end slope times the overshoot; both
+    # overshoots are 0 inside, so there is no branch.
+    width = bounds[..., 1] - bounds[..., 0]
     slope_lower, slope_upper = end_slopes(coefficients)
-    slope = ops.where(ops.less(t, 0.0), slope_lower, slope_upper)
-    return ops.add(values, ops.multiply(slope, ops.subtract(t, inside)))
+    return values + (
+        ops.multiply(below, slope_lower / width) + ops.multiply(above, slope_upper / width)
+    )
 
 
-def _slope_in_t(t, coefficients, degree, extrapolation):
-    """`dσ/dt` at `t` for the given extrapolation (0 outside for `"clip"`)."""
-    derivative = derivative_coefficients(coefficients)
-    scaled = _scaled(derivative, degree - 1)
+def _slope_in_t(x, coefficients, bounds, extrapolation):
+    """`dσ/dt` at `x` for the given extrapolation (0 outside for `"clip"`)."""
+    degree = _degree_of(coefficients)
+    scaled = _scaled(derivative_coefficients(coefficients), degree - 1)
     if extrapolation == "polynomial":
-        return _bernstein_sum(t, scaled)
-    # At a clamped t the derivative polynomial equals the end slope, which is
-    # exactly the linear extrapolation's slope.
-    slope = _bernstein_sum(ops.clip(t, 0.0, 1.0), scaled)
+        return _bernstein_sum(to_unit_interval(x, bounds), scaled)
+    # At a clamped point the derivative polynomial equals the end slope, which
+    # is exactly the linear extrapolation's slope.
+    inside, _, _ = _split_at_bounds(x, bounds)
+    slope = _bernstein_sum(to_unit_interval(inside, bounds), scaled)
     if extrapolation == "linear":
         return slope
-    outside = ops.logical_or(ops.less(t, 0.0), ops.greater(t, 1.0))
+    outside = ops.logical_or(
+        ops.less(x, bounds[..., 0]), ops.greater(x, bounds[..., 1])
+    )  # False for NaN, which keeps its NaN slope
     return ops.where(outside, ops.zeros_like(slope), slope)
 
 
@@ -180,59 +204,61 @@ def _sum_to_shape(tensor, shape):
     return tensor
 
 
-def _with_lean_gradient(extrapolation):
-    """The polynomial as a function with a hand-written, recomputing backward.
+def _recomputed_gradients(x, coefficients, bounds, upstream, extrapolation):
+    """Gradients of `sum(upstream * σ(x))` with respect to `x`, `c` and `bounds`.
 
-    Plain autodiff of the Horner loop keeps about `2 n` tensors of the input's
-    size for the backward pass. This backward keeps only the inputs and
-    recomputes: `dσ/dx = σ_t / (u - l)` (one Horner pass of degree n - 1),
-    `dσ/dc_k = b_{n,k}(t)` reduced over the batch, and the bounds' gradients
-    from `dt/dl = (t - 1)/(u - l)`, `dt/du = -t/(u - l)`.
+    The hand-written backward of `bernstein_polynomial`, which keeps only the
+    inputs and recomputes: `dσ/dx = σ_t / (u - l)` (one Horner pass of degree
+    n - 1), `dσ/dc_k = b_{n,k}(t)` reduced over the batch (plus the end-slope
+    terms of linear extrapolation), and the bounds' gradients from
+    `dt/dl = (t - 1)/(u - l)`, `dt/du = -t/(u - l)` with `t` unclamped, which
+    also holds on the linear pieces outside `[l, u]`. Plain autodiff of the
+    Horner loop instead keeps about `2 n` tensors of the input's size.
     """
+    degree = coefficients.shape[-1] - 1
+    width = bounds[..., 1] - bounds[..., 0]
+    neuron_shape = coefficients.shape[:-1]
+    weighted = ops.multiply(upstream, _slope_in_t(x, coefficients, bounds, extrapolation))
+    grad_x = _sum_to_shape(ops.divide(weighted, width), x.shape)
+    if extrapolation == "polynomial":
+        basis_at = x
+    else:
+        basis_at, below, above = _split_at_bounds(x, bounds)
+    basis = bernstein_basis(to_unit_interval(basis_at, bounds), degree)
+    grad_c = _sum_to_shape(
+        ops.multiply(ops.expand_dims(upstream, -1), basis), coefficients.shape
+    )
+    if extrapolation == "linear":
+        below = _sum_to_shape(upstream * below, neuron_shape) / width
+        above = _sum_to_shape(upstream * above, neuron_shape) / width
+        unit = np.eye(degree + 1, dtype="float64")
+        lower_pattern = ops.convert_to_tensor(
+            degree * (unit[1] - unit[0]), dtype=coefficients.dtype
+        )
+        upper_pattern = ops.convert_to_tensor(
+            degree * (unit[-1] - unit[-2]), dtype=coefficients.dtype
+        )
+        grad_c = grad_c + (
+            ops.expand_dims(below, -1) * lower_pattern
+            + ops.expand_dims(above, -1) * upper_pattern
+        )
+    t = to_unit_interval(x, bounds)
+    grad_lower = _sum_to_shape(weighted * (t - 1.0), neuron_shape) / width
+    grad_upper = -_sum_to_shape(weighted * t, neuron_shape) / width
+    return grad_x, grad_c, ops.stack([grad_lower, grad_upper], axis=-1)
+
+
+def _with_lean_gradient(extrapolation):
+    """The polynomial as a function whose backward is `_recomputed_gradients`."""
 
     @ops.custom_gradient
     def polynomial(x, coefficients, bounds):
-        degree = coefficients.shape[-1] - 1
-        t = to_unit_interval(x, bounds)
-        values = _evaluate(t, coefficients, degree, extrapolation)
+        values = _evaluate(x, coefficients, bounds, extrapolation)
 
         def gradient(*args, upstream=None):
             if upstream is None:
                 (upstream,) = args
-            width = bounds[..., 1] - bounds[..., 0]
-            t_slope = _slope_in_t(t, coefficients, degree, extrapolation)
-            weighted = ops.multiply(upstream, t_slope)
-            grad_x = _sum_to_shape(ops.divide(weighted, width), x.shape)
-            basis_at = t if extrapolation == "polynomial" else ops.clip(t, 0.0, 1.0)
-            basis = bernstein_basis(basis_at, degree)
-            grad_c = _sum_to_shape(
-                ops.multiply(ops.expand_dims(upstream, -1), basis), coefficients.shape
-            )
-            if extrapolation == "linear" and degree >= 1:
-                # relu, not minimum(x, 0.0): Keras' torch backend casts a
-                # float64 tensor paired with a Python float to float32.
-                overshoot = ops.subtract(t, basis_at)
-                below = _sum_to_shape(
-                    -upstream * ops.relu(-overshoot), coefficients.shape[:-1]
-                )
-                above = _sum_to_shape(
-                    upstream * ops.relu(overshoot), coefficients.shape[:-1]
-                )
-                unit = np.eye(degree + 1, dtype="float64")
-                lower_pattern = ops.convert_to_tensor(
-                    degree * (unit[1] - unit[0]), dtype=coefficients.dtype
-                )
-                upper_pattern = ops.convert_to_tensor(
-                    degree * (unit[-1] - unit[-2]), dtype=coefficients.dtype
-                )
-                grad_c = grad_c + (
-                    ops.expand_dims(below, -1) * lower_pattern
-                    + ops.expand_dims(above, -1) * upper_pattern
-                )
-            grad_lower = _sum_to_shape(weighted * (t - 1.0), width.shape) / width
-            grad_upper = -_sum_to_shape(weighted * t, width.shape) / width
-            grad_bounds = ops.stack([grad_lower, grad_upper], axis=-1)
-            return grad_x, grad_c, grad_bounds
+            return _recomputed_gradients(x, coefficients, bounds, upstream, extrapolation)
 
         return values, gradient
 
@@ -258,26 +284,32 @@ def bernstein_polynomial(x, coefficients, bounds, extrapolation="linear"):
 
     Returns:
         Tensor of the broadcast shape of `x` and the neuron axes. NaN inputs
-        give NaN outputs. On JAX its gradient (with respect to all three
-        inputs) is hand-written and recomputes instead of storing the basis;
-        elsewhere it is plain autodiff. Both are tested to agree.
+        give NaN outputs; finite inputs of any size give finite outputs with
+        `"linear"` and `"clip"` (the overshoot is taken in the units of `x`).
+        The gradient (with respect to all three inputs) recomputes instead of
+        storing the basis on JAX (a custom gradient XLA fuses) and on PyTorch
+        (one in-place autograd node, `keras_bernstein/_fast`); TensorFlow
+        uses autodiff. All are tested against autodiff of the same formula.
     """
     check_extrapolation(extrapolation)
     degree = _degree_of(coefficients)
     x = ops.convert_to_tensor(x)
     coefficients = ops.convert_to_tensor(coefficients)
     bounds = ops.convert_to_tensor(bounds)
-    if (
-        keras.backend.backend() != "jax"
-        or degree == 0
-        or len(x.shape) < len(coefficients.shape) - 1
+    backend = keras.backend.backend()
+    if degree == 0 or len(x.shape) < len(coefficients.shape) - 1 or backend not in (
+        "jax",
+        "torch",
     ):
-        # The recomputing backward pays only where XLA fuses it (JAX's `fit`
-        # default): measured 2.75x -> 1.23x of ReLU's step there, but slower
-        # than autodiff on op-by-op TensorFlow-CPU graphs and eager PyTorch,
-        # whose cost is the number of kernels (benchmarks/step_time.py).
-        t = to_unit_interval(x, bounds)
-        return _evaluate(t, coefficients, degree, extrapolation)
+        # On TensorFlow-CPU graphs (op by op, no XLA under `fit`'s defaults)
+        # the recomputing backward measured slower than autodiff.
+        return _evaluate(x, coefficients, bounds, extrapolation)
+    if backend == "torch":
+        from keras_bernstein._fast import torch_polynomial
+
+        return torch_polynomial.bernstein_polynomial(
+            x, coefficients, bounds, extrapolation
+        )
     if extrapolation not in _LEAN:
         _LEAN[extrapolation] = _with_lean_gradient(extrapolation)
     return _LEAN[extrapolation](x, coefficients, bounds)
@@ -302,9 +334,8 @@ def bernstein_derivative(x, coefficients, bounds, extrapolation="linear"):
     degree = _degree_of(coefficients)
     if degree == 0:
         return ops.zeros_like(to_unit_interval(x, bounds))
-    t = to_unit_interval(x, bounds)
     width = bounds[..., 1] - bounds[..., 0]
-    return ops.divide(_slope_in_t(t, coefficients, degree, extrapolation), width)
+    return ops.divide(_slope_in_t(x, coefficients, bounds, extrapolation), width)
 
 
 def derivative_lower_bound(coefficients, bounds):
@@ -324,3 +355,183 @@ def coefficient_range(coefficients):
     return ops.stack(
         [ops.min(coefficients, axis=-1), ops.max(coefficients, axis=-1)], axis=-1
     )
+
+
+# --- Coefficient transforms: subdivision, degree elevation, range on an interval ---
+#
+# NumPy float64 helpers: they act on weights (`keras.ops.convert_to_numpy` of a
+# layer's variables) and on the interval bounds of `keras_bernstein.verification`,
+# never inside a model's graph, and float64 keeps them exact to ~1e-16 where
+# JAX's default float32 would not.
+
+RANGE_METHODS = ("subdivision", "coefficient_range")
+
+
+def _as_float64(values):
+    if not isinstance(values, (np.ndarray, np.generic, float, int, list, tuple)):
+        values = keras.ops.convert_to_numpy(values)  # a backend tensor or variable
+    return np.asarray(values, dtype="float64")
+
+
+def elevate_coefficients(coefficients, new_degree):
+    """Coefficients of the same polynomial in the basis of degree `new_degree`.
+
+    Degree elevation: `c'_j = sum_i C(n, i) C(m - n, j - i) / C(m, j) c_i`
+    for `m = new_degree >= n`. The polynomial is unchanged everywhere, and so
+    are its end values and end slopes (so every extrapolation mode too).
+    NumPy float64.
+
+    Args:
+        coefficients: Array `(..., n + 1)`.
+        new_degree: Integer `m >= n`.
+
+    Returns:
+        Float64 array `(..., m + 1)`.
+    """
+    coefficients = _as_float64(coefficients)
+    degree = coefficients.shape[-1] - 1
+    if (
+        isinstance(new_degree, bool)
+        or not isinstance(new_degree, (int, np.integer))
+        or new_degree < degree
+    ):
+        raise ValueError(
+            f"`new_degree` must be an integer >= the current degree {degree}. "
+            f"Received: new_degree={new_degree!r}"
+        )
+    elevation = np.zeros((degree + 1, new_degree + 1))
+    for i in range(degree + 1):
+        for j in range(i, i + new_degree - degree + 1):
+            elevation[i, j] = (
+                math.comb(degree, i)
+                * math.comb(new_degree - degree, j - i)
+                / math.comb(new_degree, j)
+            )
+    return coefficients @ elevation
+
+
+def _de_casteljau_step(coefficients, t):
+    return (1.0 - t) * coefficients[..., :-1] + t * coefficients[..., 1:]
+
+
+def subdivide_coefficients(coefficients, start, stop):
+    """Re-expresses `p(t)` on `t in [start, stop]`: coefficients of `p(start + (stop - start) s)`.
+
+    The new coefficients are the blossom values `B(start^(n-k), stop^k)`,
+    computed by de Casteljau steps at `stop` then at `start`. Blossoming is
+    exact for any real `start`, `stop` (also outside `[0, 1]`, which
+    re-expresses the polynomial's continuation), so on `[start, stop]` the
+    polynomial lies between the smallest and largest new coefficient.
+    NumPy float64.
+
+    Args:
+        coefficients: Array `(..., n + 1)` on the unit interval.
+        start: Array broadcastable to `coefficients.shape[:-1]`.
+        stop: Same.
+
+    Returns:
+        Float64 array of the broadcast shape `+ (n + 1,)`.
+    """
+    coefficients = _as_float64(coefficients)
+    start = _as_float64(start)[..., None]
+    stop = _as_float64(stop)[..., None]
+    shape = np.broadcast_shapes(
+        coefficients.shape[:-1], start.shape[:-1], stop.shape[:-1]
+    )
+    degree = coefficients.shape[-1] - 1
+    result = np.empty(shape + (degree + 1,))
+    at_stop = coefficients
+    for k in range(degree + 1):
+        if k:
+            at_stop = _de_casteljau_step(at_stop, stop)
+        values = at_stop
+        for _ in range(degree - k):
+            values = _de_casteljau_step(values, start)
+        result[..., k] = np.broadcast_to(values[..., 0], shape)
+    return result
+
+
+def _range_of_piece(coefficients, start, stop, method):
+    if method == "coefficient_range":
+        return coefficients.min(axis=-1), coefficients.max(axis=-1)
+    pieces = subdivide_coefficients(coefficients, start, stop)
+    return pieces.min(axis=-1), pieces.max(axis=-1)
+
+
+def bernstein_range(
+    coefficients, bounds, lower, upper, extrapolation="linear", method="subdivision"
+):
+    """Sound enclosure of `bernstein_polynomial` over inputs `x in [lower, upper]`.
+
+    The input interval is split into the parts below, inside and above the
+    polynomial's interval `[l, u]`. Inside, `method="subdivision"` re-expresses
+    the coefficients on the part (`subdivide_coefficients`) and takes their
+    min/max; `method="coefficient_range"` uses `[min_k c_k, max_k c_k]` (the
+    naive Bern-IBP enclosure, looser on small parts). Outside, the
+    extrapolation is bounded exactly: `"linear"` by its end points, `"clip"`
+    by the end value, `"polynomial"` by subdivision of the continuation.
+    NumPy float64.
+
+    Args:
+        coefficients: Array `(..., n + 1)`.
+        bounds: Array `(..., 2)` of `(l, u)`.
+        lower: Array of interval lower ends, broadcastable against
+            `coefficients.shape[:-1]`.
+        upper: Array of interval upper ends, `upper >= lower`.
+        extrapolation: `"linear"`, `"clip"` or `"polynomial"`.
+        method: `"subdivision"` (default) or `"coefficient_range"`.
+
+    Returns:
+        `(low, high)` float64 arrays of the broadcast shape.
+    """
+    check_extrapolation(extrapolation)
+    if method not in RANGE_METHODS:
+        raise ValueError(
+            f"`method` must be one of {RANGE_METHODS}. Received: method={method!r}"
+        )
+    coefficients = _as_float64(coefficients)
+    bounds = _as_float64(bounds)
+    width = bounds[..., 1] - bounds[..., 0]
+    start = (_as_float64(lower) - bounds[..., 0]) / width
+    stop = (_as_float64(upper) - bounds[..., 0]) / width
+    shape = np.broadcast_shapes(coefficients.shape[:-1], start.shape, stop.shape)
+    start = np.broadcast_to(start, shape)
+    stop = np.broadcast_to(stop, shape)
+    low = np.full(shape, np.inf)
+    high = np.full(shape, -np.inf)
+
+    def include(mask, piece_low, piece_high):
+        np.copyto(low, np.minimum(low, piece_low), where=mask)
+        np.copyto(high, np.maximum(high, piece_high), where=mask)
+
+    inner_start = np.clip(start, 0.0, 1.0)
+    inner_stop = np.clip(stop, 0.0, 1.0)
+    include(
+        (start <= 1.0) & (stop >= 0.0),
+        *_range_of_piece(coefficients, inner_start, inner_stop, method),
+    )
+    first = coefficients[..., 0]
+    last = coefficients[..., -1]
+    below_stop = np.minimum(stop, 0.0)
+    above_start = np.maximum(start, 1.0)
+    if extrapolation == "polynomial":
+        below = subdivide_coefficients(coefficients, start, below_stop)
+        above = subdivide_coefficients(coefficients, above_start, stop)
+        below = (below.min(axis=-1), below.max(axis=-1))
+        above = (above.min(axis=-1), above.max(axis=-1))
+    elif extrapolation == "clip":
+        below = (first, first)
+        above = (last, last)
+    else:
+        degree = coefficients.shape[-1] - 1
+        if degree:
+            slope_lower, slope_upper = end_slopes(coefficients)
+        else:
+            slope_lower = slope_upper = np.zeros_like(first)
+        ends = (first + slope_lower * start, first + slope_lower * below_stop)
+        below = (np.minimum(*ends), np.maximum(*ends))
+        ends = (last + slope_upper * (above_start - 1.0), last + slope_upper * (stop - 1.0))
+        above = (np.minimum(*ends), np.maximum(*ends))
+    include(start < 0.0, *below)
+    include(stop > 1.0, *above)
+    return low, high

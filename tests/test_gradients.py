@@ -53,15 +53,29 @@ def float64_jax():
 
 def plain(extrapolation, degree):
     def evaluate(x, coefficients, bounds):
-        t = bernstein_ops.to_unit_interval(x, bounds)
-        return bernstein_ops._evaluate(t, coefficients, degree, extrapolation)
+        return bernstein_ops._evaluate(x, coefficients, bounds, extrapolation)
 
     return evaluate
 
 
+def implementation(name, extrapolation):
+    """The recomputing backward under test: the portable one, or what
+    `bernstein_polynomial` dispatches to on this backend (the in-place
+    autograd node on PyTorch, the portable one on JAX, autodiff on TensorFlow).
+    """
+    if name == "lean":
+        return bernstein_ops._with_lean_gradient(extrapolation)
+
+    def dispatched(x, coefficients, bounds):
+        return bernstein_ops.bernstein_polynomial(x, coefficients, bounds, extrapolation)
+
+    return dispatched
+
+
+@pytest.mark.parametrize("name", ["lean", "dispatched"])
 @pytest.mark.parametrize("extrapolation", ["linear", "clip", "polynomial"])
 @pytest.mark.parametrize("degree", [1, 2, 5, 8, 16, 24])
-def test_lean_backward_matches_autodiff_and_finite_differences(extrapolation, degree):
+def test_backward_matches_autodiff_and_finite_differences(name, extrapolation, degree):
     rng = np.random.default_rng(degree)
     x = rng.normal(size=(9, 4)) * 1.5
     if extrapolation == "polynomial":  # t**24 far outside swamps any difference
@@ -71,7 +85,7 @@ def test_lean_backward_matches_autodiff_and_finite_differences(extrapolation, de
     coefficients = rng.normal(size=(4, degree + 1))
     bounds = np.stack([rng.uniform(-2, -1, 4), rng.uniform(1, 2, 4)], -1)
     weights = rng.normal(size=(9, 4))
-    lean = bernstein_ops._with_lean_gradient(extrapolation)
+    lean = implementation(name, extrapolation)
     lean_grads = backend_gradients(lean, (x, coefficients, bounds), weights)
     plain_grads = backend_gradients(
         plain(extrapolation, degree), (x, coefficients, bounds), weights
@@ -99,3 +113,46 @@ def test_lean_backward_matches_autodiff_and_finite_differences(extrapolation, de
             # Rounding of the loss, divided by the step, bounds the FD error.
             rounding = 1e-7 * max(1.0, abs(loss_up))
             assert grad[position] == pytest.approx(numeric, rel=1e-5, abs=rounding)
+
+
+@pytest.mark.parametrize("name", ["lean", "dispatched"])
+@pytest.mark.parametrize("extrapolation", ["linear", "clip", "polynomial"])
+def test_backward_broadcasts_over_shared_axes(name, extrapolation):
+    """Image-like input (batch, h, w, channels) with one polynomial per channel."""
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(3, 4, 5, 2)) * 2.0
+    coefficients = rng.normal(size=(1, 1, 2, 6))
+    bounds = np.broadcast_to([-1.5, 1.25], (1, 1, 2, 2)).copy()
+    weights = rng.normal(size=(3, 4, 5, 2))
+    arrays = (x, coefficients, bounds)
+    fast = backend_gradients(implementation(name, extrapolation), arrays, weights)
+    plain_grads = backend_gradients(plain(extrapolation, 5), arrays, weights)
+    for label, a, b in zip(("x", "coefficients", "bounds"), fast, plain_grads):
+        assert a.shape == b.shape, label
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10, err_msg=label)
+
+
+@pytest.mark.parametrize("extrapolation", ["linear", "clip", "polynomial"])
+@pytest.mark.parametrize("degree", [1, 8, 24])
+def test_float32_backward_matches_float64_autodiff(extrapolation, degree):
+    """The fast paths in float32 against the float64 formula, scaled by its size."""
+    rng = np.random.default_rng(degree + 100)
+    x = rng.normal(size=(64, 5)) * 1.5
+    x[0] = [-7.0, 5.0, 1.3, -1.6, 0.0]
+    coefficients = rng.normal(size=(5, degree + 1))
+    bounds = np.stack([rng.uniform(-2, -1, 5), rng.uniform(1, 2, 5)], -1)
+    weights = rng.normal(size=(64, 5))
+    arrays32 = tuple(a.astype("float32") for a in (x, coefficients, bounds))
+    reference = backend_gradients(
+        plain(extrapolation, degree), (x, coefficients, bounds), weights
+    )
+    for name in ("lean", "dispatched"):
+        fast = backend_gradients(
+            implementation(name, extrapolation), arrays32, weights.astype("float32")
+        )
+        for label, a, b in zip(("x", "coefficients", "bounds"), fast, reference):
+            assert a.dtype == np.float32, (name, label)
+            scale = np.abs(b).max() + 1.0
+            np.testing.assert_allclose(
+                a, b, rtol=0, atol=5e-5 * scale, err_msg=f"{name} {label}"
+            )

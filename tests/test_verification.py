@@ -1,0 +1,264 @@
+"""Tests of `keras_bernstein.verification`: soundness first, then tightness."""
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+from keras_bernstein import Bernstein
+from keras_bernstein import BernsteinDense
+from keras_bernstein import ops as bernstein_ops
+from keras_bernstein import verification
+
+MODES = bernstein_ops.EXTRAPOLATION_MODES
+ACTIVATIONS = ("linear", "relu", "leaky_relu", "sigmoid", "tanh")
+# The bounds are float64 and exact up to ~1e-15; the model runs in float32.
+# Containment allows this slack relative to the output's scale.
+RELATIVE_SLACK = 1e-5
+
+
+def _randomize(model, rng):
+    """Random weights everywhere; nonmonotone coefficients, odd BN statistics."""
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        if isinstance(layer, Bernstein):
+            layer.coefficients.assign(
+                rng.normal(size=layer.coefficients.shape).astype("float32")
+            )
+            centre = rng.uniform(-0.5, 0.5, size=layer.bounds.shape[:-1])
+            half = rng.uniform(0.3, 1.5, size=layer.bounds.shape[:-1])
+            layer.bounds.assign(
+                np.stack([centre - half, centre + half], -1).astype("float32")
+            )
+        elif isinstance(layer, keras.layers.BatchNormalization):
+            size = layer.gamma.shape
+            layer.gamma.assign(rng.uniform(-1.5, 1.5, size=size).astype("float32"))
+            layer.beta.assign(rng.normal(size=size).astype("float32"))
+            layer.moving_mean.assign(rng.normal(size=size).astype("float32"))
+            layer.moving_variance.assign(rng.uniform(0.2, 2.0, size=size).astype("float32"))
+    return model
+
+
+def _dense_model(rng):
+    return keras.Sequential(
+        [
+            keras.Input((5,)),
+            keras.layers.Dense(6, activation=str(rng.choice(ACTIVATIONS))),
+            BernsteinDense(
+                5,
+                degree=int(rng.integers(1, 7)),
+                normalization=("batch", None)[int(rng.integers(2))],
+                extrapolation=str(rng.choice(MODES)),
+            ),
+            Bernstein(degree=int(rng.integers(1, 7)), extrapolation=str(rng.choice(MODES))),
+            keras.layers.Dense(3),
+        ]
+    )
+
+
+def _functional_add_model(rng):
+    inputs = keras.Input((4,))
+    normalized = keras.layers.Normalization(
+        mean=rng.normal(size=4).tolist(), variance=rng.uniform(0.5, 2, 4).tolist()
+    )(inputs)
+    left = keras.layers.Dense(5, activation=str(rng.choice(ACTIVATIONS)))(normalized)
+    right = BernsteinDense(5, degree=4, extrapolation=str(rng.choice(MODES)))(normalized)
+    merged = keras.layers.Add()([left, right])
+    hidden = Bernstein(degree=5, extrapolation=str(rng.choice(MODES)))(merged)
+    hidden = keras.layers.Activation("tanh")(hidden)
+    outputs = keras.layers.Dense(3, activation="softmax")(hidden)
+    return keras.Model(inputs, outputs)
+
+
+def _conv2d_model(rng):
+    return keras.Sequential(
+        [
+            keras.Input((7, 7, 2)),
+            keras.layers.Rescaling(0.5, offset=0.1),
+            keras.layers.Conv2D(3, 3, strides=2, padding="same"),
+            keras.layers.BatchNormalization(),
+            Bernstein(degree=4, shared_axes=[1, 2], extrapolation=str(rng.choice(MODES))),
+            keras.layers.Conv2D(2, 2, padding="valid", activation="relu"),
+            keras.layers.Flatten(),
+            keras.layers.Reshape((2, -1)),
+            BernsteinDense(3, degree=3, extrapolation=str(rng.choice(MODES))),
+            keras.layers.Flatten(),
+            keras.layers.Dense(2),
+        ]
+    )
+
+
+def _conv1d_model(rng):
+    return keras.Sequential(
+        [
+            keras.Input((9, 2)),
+            keras.layers.Conv1D(3, 3, padding="causal", dilation_rate=2),
+            Bernstein(degree=3, extrapolation=str(rng.choice(MODES))),
+            keras.layers.Conv1D(2, 2, strides=2, padding="same", activation="sigmoid"),
+            keras.layers.Flatten(),
+            keras.layers.Dense(2),
+        ]
+    )
+
+
+BUILDERS = (_dense_model, _functional_add_model, _conv2d_model, _conv1d_model)
+
+
+def _sample_box(rng, lower, upper, count):
+    """Uniform points plus box corners (where extremes of monotone maps sit)."""
+    shape = lower.shape
+    points = rng.uniform(size=(count,) + shape)
+    corners = rng.integers(0, 2, size=(count // 4,) + shape).astype("float64")
+    points = np.concatenate([points, corners])
+    return lower + (upper - lower) * points
+
+
+@pytest.mark.parametrize("builder", BUILDERS, ids=lambda b: b.__name__.strip("_"))
+def test_bounds_contain_sampled_outputs(builder):
+    rng = np.random.default_rng(0)
+    for trial in range(3):
+        model = _randomize(builder(rng), rng)
+        input_shape = model.inputs[0].shape[1:]
+        centre = rng.normal(size=(2,) + tuple(input_shape))
+        radius = rng.uniform(0.01, 1.0, size=(2,) + tuple(input_shape))
+        lower, upper = centre - radius, centre + radius
+        low, high = verification.output_bounds(model, lower, upper)
+        naive_low, naive_high = verification.output_bounds(
+            model, lower, upper, method="coefficient_range"
+        )
+        assert low.dtype == np.float64 and low.shape == (2,) + model.outputs[0].shape[1:]
+        points = np.stack([_sample_box(rng, lower[i], upper[i], 2000) for i in (0, 1)])
+        outputs = ops.convert_to_numpy(
+            model(points.reshape((-1,) + points.shape[2:]).astype("float32"))
+        ).reshape(points.shape[:2] + low.shape[1:])
+        for sample in range(2):
+            scale = RELATIVE_SLACK * (1.0 + np.abs(outputs[sample]).max())
+            assert np.all(outputs[sample] >= low[sample] - scale), (trial, sample)
+            assert np.all(outputs[sample] <= high[sample] + scale), (trial, sample)
+        # Interval arithmetic is inclusion-monotone and subdivision stays in the
+        # convex hull of the coefficients, so the tight bounds nest in the naive.
+        assert np.all(low >= naive_low - 1e-9) and np.all(high <= naive_high + 1e-9)
+
+
+@pytest.mark.parametrize("builder", BUILDERS, ids=lambda b: b.__name__.strip("_"))
+def test_point_box_gives_the_output(builder):
+    rng = np.random.default_rng(1)
+    model = _randomize(builder(rng), rng)
+    x = rng.normal(size=(3,) + tuple(model.inputs[0].shape[1:]))
+    low, high = verification.output_bounds(model, x, x)
+    outputs = ops.convert_to_numpy(model(x.astype("float32")))
+    np.testing.assert_allclose(low, high, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(low, outputs, rtol=1e-4, atol=1e-5)
+
+
+def test_subdivision_is_tight_for_a_single_activation():
+    """On a small box the tight enclosure approaches the true range."""
+    layer = Bernstein(degree=6, bounds=(-2.0, 2.0))
+    model = keras.Sequential([keras.Input((1,)), layer])
+    rng = np.random.default_rng(2)
+    layer.coefficients.assign(rng.normal(size=(1, 7)).astype("float32"))
+    lower = np.array([[0.2]])
+    upper = np.array([[0.3]])
+    low, high = verification.output_bounds(model, lower, upper)
+    naive_low, naive_high = verification.output_bounds(
+        model, lower, upper, method="coefficient_range"
+    )
+    values = ops.convert_to_numpy(model(np.linspace(0.2, 0.3, 1001)[:, None]))
+    true_width = values.max() - values.min()
+    assert (high - low).item() <= 1.2 * true_width + 1e-6
+    assert (naive_high - naive_low).item() > 3 * (high - low).item()
+
+
+def test_unsupported_layer_is_named():
+    model = keras.Sequential(
+        [keras.Input((3,)), keras.layers.LayerNormalization(name="my_norm")]
+    )
+    with pytest.raises(ValueError, match="my_norm"):
+        verification.output_bounds(model, np.zeros((1, 3)), np.ones((1, 3)))
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, activation="silu", name="d")])
+    with pytest.raises(ValueError, match="'d'.*silu"):
+        verification.output_bounds(model, np.zeros((1, 3)), np.ones((1, 3)))
+
+
+def test_argument_validation():
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    with pytest.raises(ValueError, match="must not exceed"):
+        verification.output_bounds(model, np.ones((1, 3)), np.zeros((1, 3)))
+    with pytest.raises(ValueError, match="same shape"):
+        verification.output_bounds(model, np.zeros((1, 3)), np.zeros((1, 2)))
+    with pytest.raises(ValueError, match="method="):
+        verification.output_bounds(model, np.zeros((1, 3)), np.ones((1, 3)), method="x")
+    with pytest.raises(ValueError, match="epsilon="):
+        verification.certified_accuracy(model, np.zeros((1, 3)), [0], epsilon=-1.0)
+
+
+def _trained_classifier():
+    rng = np.random.default_rng(3)
+    x = rng.uniform(size=(256, 4)).astype("float32")
+    y = (x[:, 0] + x[:, 1] > x[:, 2] + x[:, 3]).astype("int64")
+    model = keras.Sequential(
+        [
+            keras.Input((4,)),
+            BernsteinDense(8, degree=4, normalization=None, bounds=(-2.0, 2.0)),
+            keras.layers.Dense(2, activation="softmax"),
+        ]
+    )
+    model.compile(keras.optimizers.Adam(0.05), "sparse_categorical_crossentropy")
+    model.fit(x, y, epochs=10, batch_size=128, verbose=0)
+    return model, x, y
+
+
+@pytest.mark.slow
+def test_certified_accuracy():
+    model, x, y = _trained_classifier()
+    predictions = ops.convert_to_numpy(model(x)).argmax(-1)
+    clean = np.mean(predictions == y)
+    assert clean > 0.8
+    # At epsilon 0 the margin bound is the margin itself.
+    assert verification.certified_accuracy(model, x, y, 0.0) == pytest.approx(clean)
+    fractions = [verification.certified_accuracy(model, x, y, e) for e in (0.01, 0.05, 0.3)]
+    assert clean >= fractions[0] >= fractions[1] >= fractions[2]
+    assert fractions[0] > 0.5 and fractions[2] < fractions[0]
+    # The margin through the last layer's weight differences is at least as
+    # tight as subtracting two output intervals (of the pre-softmax logits).
+    logits = keras.Sequential([keras.Input((4,))] + model.layers[:-1] + [keras.layers.Dense(2)])
+    logits.layers[-1].set_weights(model.layers[-1].get_weights())
+    low, high = verification.output_bounds(logits, np.clip(x - 0.05, 0, 1), np.clip(x + 0.05, 0, 1))
+    rows = np.arange(len(y))
+    interval_margin = low[rows, y] - high[rows, 1 - y]
+    margins = verification.certified_margins(model, x, y, 0.05)
+    assert np.all(margins >= interval_margin - 1e-9)
+    # ... and sound: sampled inputs never have a smaller margin.
+    rng = np.random.default_rng(4)
+    for i in range(0, 256, 64):
+        points = np.clip(x[i] + rng.uniform(-0.05, 0.05, size=(500, 4)), 0, 1)
+        z = ops.convert_to_numpy(logits(points.astype("float32")))
+        sampled = z[:, y[i]] - z[:, 1 - y[i]]
+        assert sampled.min() >= margins[i] - 1e-4
+
+
+def test_derivative_certificate():
+    model = keras.Sequential(
+        [
+            keras.Input((3,)),
+            BernsteinDense(4, degree=5, coefficient_initializer="identity", name="up"),
+            BernsteinDense(4, degree=5, coefficient_initializer="relu", name="relu_like",
+                           extrapolation="clip"),
+            keras.layers.Dense(1),
+        ]
+    )
+    identity, relu_like = verification.derivative_certificate(model)
+    assert identity.layer_name == "up" and identity.monotone
+    assert identity.min_slope == pytest.approx(1.0, rel=1e-5)
+    assert identity.lower_bounds.shape == (4,) and identity.domain == "all real inputs"
+    assert not relu_like.monotone and relu_like.domain == "[l, u]"
+    assert relu_like.min_slope <= 1e-6
+    # The bound is a true lower bound of the slope on [l, u].
+    layer = model.layers[1].bernstein
+    layer.coefficients.assign(
+        np.sort(np.random.default_rng(5).normal(size=(4, 6)), axis=-1).astype("float32")
+    )
+    certificate = verification.derivative_certificate(model)[1]
+    x = np.linspace(-3, 3, 601, dtype="float32")[:, None] * np.ones((1, 4), "float32")
+    slopes = ops.convert_to_numpy(layer.derivative(x))
+    assert np.all(slopes >= certificate.lower_bounds - 1e-5)
+    assert certificate.monotone_fraction == pytest.approx(np.mean(certificate.lower_bounds > 0))

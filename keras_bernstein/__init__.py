@@ -2,6 +2,7 @@
 
 from keras_bernstein import callbacks
 from keras_bernstein import constraints
+from keras_bernstein import datasets
 from keras_bernstein import initializers
 from keras_bernstein import layers
 from keras_bernstein import ops
@@ -17,6 +18,7 @@ __all__ = [
     "BernsteinDense",
     "callbacks",
     "constraints",
+    "datasets",
     "initializers",
     "layers",
     "ops",

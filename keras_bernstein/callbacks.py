@@ -292,8 +292,8 @@ def monitored_layers(model):
         >>> model = keras.Sequential([keras.Input((4,)),
         ...     keras.layers.Dense(8, activation="relu"),
         ...     keras.layers.Dense(2, activation="softmax")])
-        >>> [layer.name for layer in monitored_layers(model)]
-        ['dense']
+        >>> [layer.name for layer in monitored_layers(model)] == ["dense"]
+        True
     """
     _check_model(model)
     outputs = _output_layers(model)

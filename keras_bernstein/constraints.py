@@ -3,15 +3,15 @@
 import keras
 from keras import ops
 
+from keras_bernstein._arguments import is_finite_real
 
-def _check_nonnegative(value, name):
-    try:
-        valid = float(value) >= 0.0
-    except (TypeError, ValueError):
-        valid = False
-    if not valid:
+
+def _check_number(value, name, positive=False):
+    """`value` as a float, if it is a finite real number `>= 0` (`> 0` if `positive`)."""
+    if not is_finite_real(value) or value < 0 or (positive and value == 0):
+        kind = "positive" if positive else "nonnegative"
         raise ValueError(
-            f"`{name}` must be a nonnegative number. Received: {name}={value!r}"
+            f"`{name}` must be a finite {kind} number. Received: {name}={value!r}"
         )
     return float(value)
 
@@ -26,7 +26,8 @@ class OrderedBounds(keras.constraints.Constraint):
     returned unchanged, bit for bit.
 
     Args:
-        min_width: Smallest allowed `u - l`, a nonnegative float.
+        min_width: Smallest allowed `u - l`, a positive float (a zero width
+            would make `t = (x - l) / (u - l)` undefined).
 
     Examples:
         >>> layer = Bernstein(trainable_bounds=True,
@@ -34,7 +35,7 @@ class OrderedBounds(keras.constraints.Constraint):
     """
 
     def __init__(self, min_width=1e-3):
-        self.min_width = _check_nonnegative(min_width, "min_width")
+        self.min_width = _check_number(min_width, "min_width", positive=True)
 
     def __call__(self, w):
         w = ops.convert_to_tensor(w)
@@ -80,7 +81,7 @@ class MonotonicCoefficients(keras.constraints.Constraint):
     """
 
     def __init__(self, min_gap=0.0):
-        self.min_gap = _check_nonnegative(min_gap, "min_gap")
+        self.min_gap = _check_number(min_gap, "min_gap")
 
     def __call__(self, w):
         w = ops.convert_to_tensor(w)

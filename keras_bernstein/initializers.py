@@ -5,6 +5,7 @@ import numpy as np
 from keras import ops
 
 from keras_bernstein import ops as bernstein_ops
+from keras_bernstein._arguments import is_finite_real
 
 
 def check_bounds(bounds, name="bounds"):
@@ -14,17 +15,20 @@ def check_bounds(bounds, name="bounds"):
         ValueError: naming `name` when `bounds` is anything else.
     """
     try:
-        lower, upper = (float(b) for b in bounds)
-    except (TypeError, ValueError):
-        lower = upper = None
-    if lower is None or not (np.isfinite(lower) and np.isfinite(upper)) or (
-        lower >= upper
+        values = list(bounds) if not isinstance(bounds, str) else None
+    except TypeError:
+        values = None
+    if (
+        values is None
+        or len(values) != 2
+        or not all(is_finite_real(value) for value in values)
+        or values[0] >= values[1]
     ):
         raise ValueError(
             f"`{name}` must be two finite numbers (l, u) with l < u. "
             f"Received: {name}={bounds!r}"
         )
-    return (lower, upper)
+    return (float(values[0]), float(values[1]))
 
 
 @keras.saving.register_keras_serializable(package="keras_bernstein")

@@ -96,6 +96,21 @@ def to_unit_interval(x, bounds):
     return ops.divide(ops.subtract(x, lower), ops.subtract(upper, lower))
 
 
+def _basis_functions(t, degree):
+    """`[C(n, k) t^k (1 - t)^(n - k) for k = 0 ... n]`, by repeated products."""
+    s = ops.subtract(1.0, t)
+    t_powers = [ops.ones_like(t)]
+    s_powers = [ops.ones_like(t)]
+    for _ in range(degree):
+        t_powers.append(ops.multiply(t_powers[-1], t))
+        s_powers.append(ops.multiply(s_powers[-1], s))
+    binomials = binomial_coefficients(degree)
+    return [
+        ops.multiply(float(binomials[k]), ops.multiply(t_powers[k], s_powers[degree - k]))
+        for k in range(degree + 1)
+    ]
+
+
 def bernstein_basis(t, degree):
     """All `degree + 1` Bernstein basis functions at `t`.
 
@@ -108,21 +123,7 @@ def bernstein_basis(t, degree):
         `C(n, k) t^k (1 - t)^(n - k)`, computed by products of powers
         built by repeated multiplication (no `pow`).
     """
-    t = ops.convert_to_tensor(t)
-    s = ops.subtract(1.0, t)
-    t_powers = [ops.ones_like(t)]
-    s_powers = [ops.ones_like(t)]
-    for _ in range(degree):
-        t_powers.append(ops.multiply(t_powers[-1], t))
-        s_powers.append(ops.multiply(s_powers[-1], s))
-    binomials = binomial_coefficients(degree)
-    basis = [
-        ops.multiply(
-            float(binomials[k]), ops.multiply(t_powers[k], s_powers[degree - k])
-        )
-        for k in range(degree + 1)
-    ]
-    return ops.stack(basis, axis=-1)
+    return ops.stack(_basis_functions(ops.convert_to_tensor(t), degree), axis=-1)
 
 
 def end_slopes(coefficients):
@@ -136,58 +137,58 @@ def end_slopes(coefficients):
     return slope_lower, slope_upper
 
 
-def _split_at_bounds(x, bounds):
-    """`(inside, below, above)`: `x` clamped to `[l, u]` and the overshoots.
+# |t| beyond which linear extrapolation saturates: t = (x - l) / (u - l)
+# overflows float32 for huge x on narrow bounds, and inf * slope is not finite.
+_T_LIMIT = 1e30
 
-    `below = min(x - l, 0)` and `above = max(x - u, 0)` stay in the units of
-    `x`: a huge `x` on narrow bounds would overflow `t = (x - l) / (u - l)`.
+
+def _unit_and_overshoot(x, bounds):
+    """`(t, overshoot)`: `t = (x - l) / (u - l)` and `t - clip(t, 0, 1)`.
+
+    The overshoot is computed from `t` limited to `±1e30`, so finite inputs
+    of any size give finite linear extrapolations.
     """
-    lower, upper = bounds[..., 0], bounds[..., 1]
-    # where, not clip or maximum/minimum: those do not broadcast `x` up to the
-    # neurons' shape on TensorFlow, and Keras' torch maximum/minimum return
-    # float32 for float64 tensors. A NaN fails both tests and stays NaN.
-    inside = ops.where(ops.less(x, lower), lower, ops.where(ops.greater(x, upper), upper, x))
-    overshoot = ops.subtract(x, inside)
-    # relu, not maximum(x, 0.0): Keras' torch backend casts a float64 tensor
-    # paired with a Python float to float32.
-    above = ops.relu(overshoot)
-    return inside, ops.subtract(overshoot, above), above
+    t = to_unit_interval(x, bounds)
+    limited = ops.clip(t, -_T_LIMIT, _T_LIMIT)
+    return t, ops.subtract(limited, ops.clip(t, 0.0, 1.0))
 
 
 def _evaluate(x, coefficients, bounds, extrapolation):
     """Value of the polynomial (with extrapolation) at `x`; plain autodiff-able."""
+    t, overshoot = _unit_and_overshoot(x, bounds)
+    return _evaluate_at(t, overshoot, coefficients, bounds, extrapolation)
+
+
+def _evaluate_at(t, overshoot, coefficients, bounds, extrapolation):
+    """`_evaluate` from the parts that `_unit_and_overshoot` returns."""
     degree = _degree_of(coefficients)
     scaled = _scaled(coefficients, degree)
     if extrapolation == "polynomial":
-        return _bernstein_sum(to_unit_interval(x, bounds), scaled)
-    inside, below, above = _split_at_bounds(x, bounds)
-    values = _bernstein_sum(to_unit_interval(inside, bounds), scaled)
+        return _bernstein_sum(t, scaled)
+    # A huge t clips to the end exactly; NaN stays NaN.
+    values = _bernstein_sum(ops.clip(t, 0.0, 1.0), scaled)
     if extrapolation == "clip":
         return values
-    # Linear: the end value plus the end slope times the overshoot; both
-    # overshoots are 0 inside, so there is no branch.
-    width = bounds[..., 1] - bounds[..., 0]
+    # Linear: the end value plus the end slope times the overshoot, which is
+    # 0 inside. (Written with the overshoot in x units, XLA-CPU fused it worse:
+    # 2.4x instead of 1.6x of ReLU's step at degree 8 with batch norm.)
     slope_lower, slope_upper = end_slopes(coefficients)
-    return values + (
-        ops.multiply(below, slope_lower / width) + ops.multiply(above, slope_upper / width)
-    )
+    slope = ops.where(ops.less(t, 0.0), slope_lower, slope_upper)
+    return ops.add(values, ops.multiply(slope, overshoot))
 
 
-def _slope_in_t(x, coefficients, bounds, extrapolation):
-    """`dσ/dt` at `x` for the given extrapolation (0 outside for `"clip"`)."""
+def _slope_in_t(t, coefficients, extrapolation):
+    """`dσ/dt` at `t` for the given extrapolation (0 outside for `"clip"`)."""
     degree = _degree_of(coefficients)
     scaled = _scaled(derivative_coefficients(coefficients), degree - 1)
     if extrapolation == "polynomial":
-        return _bernstein_sum(to_unit_interval(x, bounds), scaled)
-    # At a clamped point the derivative polynomial equals the end slope, which
-    # is exactly the linear extrapolation's slope.
-    inside, _, _ = _split_at_bounds(x, bounds)
-    slope = _bernstein_sum(to_unit_interval(inside, bounds), scaled)
+        return _bernstein_sum(t, scaled)
+    # At a clamped t the derivative polynomial equals the end slope, which is
+    # exactly the linear extrapolation's slope.
+    slope = _bernstein_sum(ops.clip(t, 0.0, 1.0), scaled)
     if extrapolation == "linear":
         return slope
-    outside = ops.logical_or(
-        ops.less(x, bounds[..., 0]), ops.greater(x, bounds[..., 1])
-    )  # False for NaN, which keeps its NaN slope
+    outside = ops.logical_or(ops.less(t, 0.0), ops.greater(t, 1.0))  # NaN: False
     return ops.where(outside, ops.zeros_like(slope), slope)
 
 
@@ -204,33 +205,35 @@ def _sum_to_shape(tensor, shape):
     return tensor
 
 
-def _recomputed_gradients(x, coefficients, bounds, upstream, extrapolation):
+def _recomputed_gradients(parts, x_shape, coefficients, bounds, upstream, extrapolation):
     """Gradients of `sum(upstream * σ(x))` with respect to `x`, `c` and `bounds`.
 
-    The hand-written backward of `bernstein_polynomial`, which keeps only the
-    inputs and recomputes: `dσ/dx = σ_t / (u - l)` (one Horner pass of degree
-    n - 1), `dσ/dc_k = b_{n,k}(t)` reduced over the batch (plus the end-slope
-    terms of linear extrapolation), and the bounds' gradients from
+    The hand-written backward of `bernstein_polynomial`. It keeps only
+    `parts = (t, overshoot)` of the forward pass (`_unit_and_overshoot`)
+    and recomputes the rest: `dσ/dx = σ_t / (u - l)` (one Horner pass of
+    degree n - 1), `dσ/dc_k = b_{n,k}(t)` reduced over the batch (plus the
+    end-slope terms of linear extrapolation), and the bounds' gradients from
     `dt/dl = (t - 1)/(u - l)`, `dt/du = -t/(u - l)` with `t` unclamped, which
     also holds on the linear pieces outside `[l, u]`. Plain autodiff of the
     Horner loop instead keeps about `2 n` tensors of the input's size.
     """
+    t, overshoot = parts
     degree = coefficients.shape[-1] - 1
     width = bounds[..., 1] - bounds[..., 0]
     neuron_shape = coefficients.shape[:-1]
-    weighted = ops.multiply(upstream, _slope_in_t(x, coefficients, bounds, extrapolation))
-    grad_x = _sum_to_shape(ops.divide(weighted, width), x.shape)
-    if extrapolation == "polynomial":
-        basis_at = x
-    else:
-        basis_at, below, above = _split_at_bounds(x, bounds)
-    basis = bernstein_basis(to_unit_interval(basis_at, bounds), degree)
+    weighted = ops.multiply(upstream, _slope_in_t(t, coefficients, extrapolation))
+    grad_x = _sum_to_shape(ops.divide(weighted, width), x_shape)
+    basis_at = t if extrapolation == "polynomial" else ops.clip(t, 0.0, 1.0)
     grad_c = _sum_to_shape(
-        ops.multiply(ops.expand_dims(upstream, -1), basis), coefficients.shape
+        ops.multiply(ops.expand_dims(upstream, -1), bernstein_basis(basis_at, degree)),
+        coefficients.shape,
     )
     if extrapolation == "linear":
-        below = _sum_to_shape(upstream * below, neuron_shape) / width
-        above = _sum_to_shape(upstream * above, neuron_shape) / width
+        # relu, not minimum/maximum: Keras' torch backend returns float32
+        # from those for float64 tensors.
+        above = ops.relu(overshoot)
+        below = _sum_to_shape(upstream * (overshoot - above), neuron_shape)
+        above = _sum_to_shape(upstream * above, neuron_shape)
         unit = np.eye(degree + 1, dtype="float64")
         lower_pattern = ops.convert_to_tensor(
             degree * (unit[1] - unit[0]), dtype=coefficients.dtype
@@ -242,23 +245,31 @@ def _recomputed_gradients(x, coefficients, bounds, upstream, extrapolation):
             ops.expand_dims(below, -1) * lower_pattern
             + ops.expand_dims(above, -1) * upper_pattern
         )
-    t = to_unit_interval(x, bounds)
     grad_lower = _sum_to_shape(weighted * (t - 1.0), neuron_shape) / width
     grad_upper = -_sum_to_shape(weighted * t, neuron_shape) / width
     return grad_x, grad_c, ops.stack([grad_lower, grad_upper], axis=-1)
 
 
 def _with_lean_gradient(extrapolation):
-    """The polynomial as a function whose backward is `_recomputed_gradients`."""
+    """The polynomial as a function whose backward is `_recomputed_gradients`.
+
+    The backward starts from `t` and the overshoot of the forward pass, not
+    from `x`: XLA then need not keep (or recompute) the layer that produced
+    `x`, e.g. a fused batch normalization (measured 2.5x -> 1.6x of ReLU's
+    step at degree 8 on CPU).
+    """
 
     @ops.custom_gradient
     def polynomial(x, coefficients, bounds):
-        values = _evaluate(x, coefficients, bounds, extrapolation)
+        parts = _unit_and_overshoot(x, bounds)
+        values = _evaluate_at(*parts, coefficients, bounds, extrapolation)
 
         def gradient(*args, upstream=None):
             if upstream is None:
                 (upstream,) = args
-            return _recomputed_gradients(x, coefficients, bounds, upstream, extrapolation)
+            return _recomputed_gradients(
+                parts, x.shape, coefficients, bounds, upstream, extrapolation
+            )
 
         return values, gradient
 
@@ -335,7 +346,8 @@ def bernstein_derivative(x, coefficients, bounds, extrapolation="linear"):
     if degree == 0:
         return ops.zeros_like(to_unit_interval(x, bounds))
     width = bounds[..., 1] - bounds[..., 0]
-    return ops.divide(_slope_in_t(x, coefficients, bounds, extrapolation), width)
+    t = to_unit_interval(x, bounds)
+    return ops.divide(_slope_in_t(t, coefficients, extrapolation), width)
 
 
 def derivative_lower_bound(coefficients, bounds):

@@ -156,3 +156,23 @@ def test_float32_backward_matches_float64_autodiff(extrapolation, degree):
             np.testing.assert_allclose(
                 a, b, rtol=0, atol=5e-5 * scale, err_msg=f"{name} {label}"
             )
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="the row-chunked backward is PyTorch's")
+@pytest.mark.parametrize("extrapolation", ["linear", "clip", "polynomial"])
+@pytest.mark.parametrize("limit", [50, 1])
+def test_torch_backward_in_row_chunks_matches_autodiff(extrapolation, limit, monkeypatch):
+    """Large batches sum the coefficient gradient in chunks of rows."""
+    from keras_bernstein._fast import torch_polynomial
+
+    monkeypatch.setattr(torch_polynomial, "_MAX_BUFFER_ELEMENTS", limit)
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(37, 3, 5)) * 2.5
+    coefficients = rng.normal(size=(1, 5, 7))
+    bounds = np.broadcast_to([-2.0, 1.5], (1, 5, 2)).copy()
+    weights = rng.normal(size=(37, 3, 5))
+    arrays = (x, coefficients, bounds)
+    fast = backend_gradients(implementation("dispatched", extrapolation), arrays, weights)
+    reference = backend_gradients(plain(extrapolation, 6), arrays, weights)
+    for label, a, b in zip(("x", "coefficients", "bounds"), fast, reference):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10, err_msg=label)

@@ -102,7 +102,10 @@ def test_bad_degree(degree):
 
 @pytest.mark.parametrize(
     "bounds",
-    [(1, 1), (2, 1), (0, math.inf), (-math.inf, 0), (math.nan, 1), (1,), (0, 1, 2), "ab", None],
+    [
+        (1, 1), (2, 1), (0, math.inf), (-math.inf, 0), (math.nan, 1), (1,), (0, 1, 2),
+        "ab", "12", ("-1", "1"), (False, True), None,
+    ],
 )
 def test_bad_bounds(bounds):
     with _raises_naming("bounds", bounds):
@@ -155,12 +158,18 @@ def test_scalar_shared_axis_is_accepted():
     assert tuple(layer.coefficients.shape) == (1, 4, 3)
 
 
-@pytest.mark.parametrize("value", [-0.1, -1, "abc", None, math.nan])
+@pytest.mark.parametrize("value", [-0.1, -1, "abc", "0.5", True, None, math.nan, math.inf])
 def test_bad_min_width_and_min_gap(value):
     with _raises_naming("min_width", value):
         constraints.OrderedBounds(min_width=value)
     with _raises_naming("min_gap", value):
         constraints.MonotonicCoefficients(min_gap=value)
+
+
+def test_zero_min_width_is_rejected_but_zero_min_gap_is_not():
+    with _raises_naming("min_width", 0.0):
+        constraints.OrderedBounds(min_width=0.0)
+    assert constraints.MonotonicCoefficients(min_gap=0).min_gap == 0.0
 
 
 def test_rank_one_input_is_rejected():

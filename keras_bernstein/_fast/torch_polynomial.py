@@ -111,27 +111,54 @@ class _BernsteinPolynomial(torch.autograd.Function):
         return grad_x, grad_coefficients, grad_bounds, None
 
 
+# Largest (degree + 1) x batch x neurons buffer built at once (16 MiB in
+# float32); bigger batches are summed in row chunks, so the backward pass
+# needs about one activation's worth of extra memory, not degree + 1 of them.
+_MAX_BUFFER_ELEMENTS = 1 << 22
+
+
+def _basis_sums(upstream, t, s, degree, neuron_shape):
+    """`sum over the batch of upstream * t^k s^(n-k)`, shape `(n + 1,) + neuron_shape`."""
+    output_shape = torch.broadcast_shapes(upstream.shape, t.shape)
+    batch_rank = len(output_shape) - len(neuron_shape)
+    rows = output_shape[0] if batch_rank else 1
+    per_row = (degree + 1) * math.prod(output_shape[1:] if batch_rank else output_shape)
+    chunk = max(1, min(rows, _MAX_BUFFER_ELEMENTS // max(per_row, 1)))
+
+    def row_slice(tensor, start):
+        if batch_rank and tensor.dim() == len(output_shape) and tensor.shape[0] == rows:
+            return tensor[start : start + chunk]
+        return tensor
+
+    total = None
+    for start in range(0, rows, chunk):
+        g, t_rows, s_rows = (row_slice(v, start) for v in (upstream, t, s))
+        shape = torch.broadcast_shapes(g.shape, t_rows.shape)
+        # weighted[k] = g t^k, then times s^(n - k), all in one buffer.
+        weighted = torch.empty((degree + 1,) + shape, dtype=t.dtype, device=t.device)
+        weighted[0] = g
+        for k in range(1, degree + 1):
+            torch.mul(weighted[k - 1], t_rows, out=weighted[k])
+        s_power = s_rows.clone()
+        for k in range(degree - 1, -1, -1):
+            weighted[k].mul_(s_power)
+            if k:
+                s_power.mul_(s_rows)
+        # Reduce with the degree axis in front (contiguous rows); a moved-axis
+        # reduction is ~50x slower on CPU.
+        batch_axes = tuple(range(1, 1 + batch_rank))
+        if batch_axes:
+            weighted = weighted.sum(dim=batch_axes)
+        sums = weighted.sum_to_size((degree + 1,) + tuple(neuron_shape))
+        total = sums if total is None else total.add_(sums)
+    return total
+
+
 def _coefficient_gradient(upstream, x, t, s, inside, inverse_width, coefficients, extrapolation):
     """`sum over the batch of upstream * b_{n,k}(t)`, plus the end-slope terms."""
     degree = coefficients.shape[-1] - 1
-    output_shape = torch.broadcast_shapes(upstream.shape, t.shape)
-    # weighted[k] = upstream t^k, then times s^(n - k), all in one buffer.
-    weighted = torch.empty((degree + 1,) + output_shape, dtype=t.dtype, device=t.device)
-    weighted[0] = upstream
-    for k in range(1, degree + 1):
-        torch.mul(weighted[k - 1], t, out=weighted[k])
-    s_power = s.clone()
-    for k in range(degree - 1, -1, -1):
-        weighted[k].mul_(s_power)
-        if k:
-            s_power.mul_(s)
     neuron_shape = coefficients.shape[:-1]
-    # Reduce with the degree axis in front (contiguous rows); a moved-axis
-    # reduction is ~50x slower on CPU.
-    batch_axes = tuple(range(1, 1 + len(output_shape) - len(neuron_shape)))
-    if batch_axes:
-        weighted = weighted.sum(dim=batch_axes)
-    sums = weighted.sum_to_size((degree + 1,) + tuple(neuron_shape))
+    sums = _basis_sums(upstream, t, s, degree, neuron_shape)
     grad = torch.movedim(sums, 0, -1) * _binomials(degree, coefficients)
     if extrapolation == "linear":
         overshoot = torch.sub(x, inside)

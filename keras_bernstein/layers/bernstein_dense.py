@@ -206,11 +206,18 @@ class BernsteinDense(keras.layers.Layer):
         return hidden
 
     def derivative_lower_bound(self):
-        """See `Bernstein.derivative_lower_bound`; shape `(units,)`."""
+        """See `Bernstein.derivative_lower_bound`.
+
+        Shape `(units,)` for 2-D inputs; for N-D inputs, whose non-feature
+        axes share one activation, `(1, ..., 1, units)`.
+        """
         return self.bernstein.derivative_lower_bound()
 
     def output_bounds(self):
-        """See `Bernstein.output_bounds`; shape `(units, 2)`."""
+        """See `Bernstein.output_bounds`.
+
+        Shape `(units, 2)` for 2-D inputs, `(1, ..., 1, units, 2)` for N-D ones.
+        """
         return self.bernstein.output_bounds()
 
     def get_config(self):

@@ -1,0 +1,381 @@
+"""Bernstein MLPs against ReLU MLPs: step, predict, degree, memory, bandwidth.
+
+Prints Markdown tables for `docs/performance.md`. Every figure is a ratio
+measured inside one process per backend (a Keras backend cannot change inside
+a process), with the models timed interleaved in every repeat and the median
+over repeats reported, so drifts of a shared machine cancel. On CPU each child
+is single-threaded; peak memory is measured in a fresh process per model.
+
+Usage:
+    python benchmarks/performance.py                         # CPU, 3 backends
+    python benchmarks/performance.py --device gpu --backends jax torch \\
+        --batch-size 4096 --width 2048
+"""
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from step_time import SINGLE_THREAD_ENV  # noqa: E402
+
+# Peak DRAM bandwidth of the GPUs we were lent, for the "fraction of peak" column.
+PEAK_BANDWIDTH = {"H100 80GB HBM3": 3.35e12, "H100": 3.35e12, "H200": 4.8e12}
+
+
+def mlp(args, hidden):
+    import keras
+
+    keras.utils.set_random_seed(0)
+    layers = [keras.Input((784,))]
+    layers += [hidden() for _ in range(args.depth)]
+    layers += [keras.layers.Dense(10)]
+    model = keras.Sequential(layers)
+    model.compile(
+        optimizer="adam",
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    return model
+
+
+def make_model(args, name, degree=None):
+    import keras
+
+    from keras_bernstein import BernsteinDense
+    from power_form import PowerFormBernsteinDense
+
+    width, degree = args.width, degree or args.degree
+    hidden = {
+        "relu": lambda: keras.layers.Dense(width, activation="relu"),
+        "bernstein": lambda: BernsteinDense(width, degree=degree),
+        "bernstein_no_bn": lambda: BernsteinDense(width, degree=degree, normalization=None),
+        "power_form": lambda: PowerFormBernsteinDense(width, degree=degree),
+    }[name]
+    return mlp(args, hidden)
+
+
+def data(args, batch_size):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(batch_size, 784)).astype("float32")
+    y = rng.integers(0, 10, size=(batch_size,))
+    return x, y
+
+
+def interleaved(functions, repeats, steps):
+    """Median seconds per call of each function, timed round-robin."""
+    import numpy as np
+
+    times = {name: [] for name in functions}
+    for _ in range(repeats):
+        for name, function in functions.items():
+            start = time.perf_counter()
+            for _ in range(steps):
+                function()
+            times[name].append((time.perf_counter() - start) / steps)
+    return {name: np.array(t) for name, t in times.items()}
+
+
+def ratios(times, reference="relu"):
+    import numpy as np
+
+    return {
+        name: {
+            "ms": 1e3 * float(np.median(t)),
+            "ratio": float(np.median(t / times[reference])),
+        }
+        for name, t in times.items()
+    }
+
+
+def time_models(args):
+    names = ["relu", "bernstein", "bernstein_no_bn", "power_form"]
+    models = {name: make_model(args, name) for name in names}
+    x, y = data(args, args.batch_size)
+    for model in models.values():  # compile and warm up both functions
+        for _ in range(3):
+            model.train_on_batch(x, y)
+            model.predict_on_batch(x)
+    train = interleaved(
+        {n: (lambda m=m: m.train_on_batch(x, y)) for n, m in models.items()},
+        args.repeats,
+        args.steps,
+    )
+    predict = interleaved(
+        {n: (lambda m=m: m.predict_on_batch(x)) for n, m in models.items()},
+        args.repeats,
+        args.steps,
+    )
+    import numpy as np
+
+    return {
+        "train": ratios(train),
+        "predict": ratios(predict),
+        "speedup_over_power_form": float(
+            np.median(train["power_form"] / train["bernstein"])
+        ),
+    }
+
+
+def time_degrees(args):
+    x, y = data(args, args.batch_size)
+    models = {"relu": make_model(args, "relu")}
+    for degree in args.degrees:
+        models[f"degree {degree}"] = make_model(args, "bernstein", degree)
+    for model in models.values():
+        for _ in range(3):
+            model.train_on_batch(x, y)
+    train = interleaved(
+        {n: (lambda m=m: m.train_on_batch(x, y)) for n, m in models.items()},
+        args.repeats,
+        args.steps,
+    )
+    return ratios(train)
+
+
+def peak_memory(args, name):
+    """Peak memory of training steps at `--memory-batch-size`, in bytes.
+
+    GPU: the framework's peak allocation. CPU: the growth of the process'
+    maximum resident set over the steps, after a warm-up on a single row.
+    """
+    import keras
+
+    model = make_model(args, name)
+    x, y = data(args, args.memory_batch_size)
+    backend = keras.backend.backend()
+    if args.device == "gpu":
+        if backend == "torch":
+            import torch
+
+            model.train_on_batch(x[:8], y[:8])
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+            for _ in range(3):
+                model.train_on_batch(x, y)
+            torch.cuda.synchronize()
+            return torch.cuda.max_memory_allocated() - base
+        import jax
+
+        model.train_on_batch(x[:8], y[:8])
+        device = jax.devices()[0]
+        base = device.memory_stats()["bytes_in_use"]
+        for _ in range(3):
+            model.train_on_batch(x, y)
+        return device.memory_stats()["peak_bytes_in_use"] - base
+    model.train_on_batch(x[:8], y[:8])
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    for _ in range(3):
+        model.train_on_batch(x, y)
+    return 1024 * (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base)
+
+
+def activation_bandwidth(args):
+    """Forward + backward of one `(batch, width)` Bernstein activation alone.
+
+    The least traffic such a pass can cause is 20 bytes per element in
+    float32: the forward reads x and writes y, the backward reads x and the
+    upstream gradient and writes dx (the coefficient gradient is a reduction
+    of the same passes). Achieved bandwidth = 20 * elements / time.
+    """
+    import keras
+    import numpy as np
+
+    from keras_bernstein import ops as bernstein_ops
+
+    backend = keras.backend.backend()
+    rng = np.random.default_rng(0)
+    shape = (args.batch_size, args.width)
+    x = rng.normal(size=shape).astype("float32")
+    g = rng.normal(size=shape).astype("float32")
+    c = np.sort(rng.normal(size=(args.width, args.degree + 1)), -1).astype("float32")
+    b = np.tile(np.array([-3.0, 3.0], "float32"), (args.width, 1))
+    if backend == "jax":
+        import jax
+
+        def loss(x, c, relu=False):
+            y = jax.nn.relu(x) if relu else bernstein_ops.bernstein_polynomial(x, c, b)
+            return (y * g).sum()
+
+        bern = jax.jit(jax.grad(loss, argnums=(0, 1)))
+        relu = jax.jit(jax.grad(lambda x, c: loss(x, c, True), argnums=(0, 1)))
+        x, c = jax.device_put(x), jax.device_put(c)
+
+        def run(f):
+            return lambda: jax.block_until_ready(f(x, c))
+
+        functions = {"relu": run(relu), "bernstein": run(bern)}
+    else:
+        import torch
+
+        device = "cuda" if args.device == "gpu" else "cpu"
+        xt = torch.tensor(x, device=device, requires_grad=True)
+        ct = torch.tensor(c, device=device, requires_grad=True)
+        bt, gt = torch.tensor(b, device=device), torch.tensor(g, device=device)
+
+        def bern():
+            grads = torch.autograd.grad(
+                bernstein_ops.bernstein_polynomial(xt, ct, bt), (xt, ct), gt
+            )
+            if device == "cuda":
+                torch.cuda.synchronize()
+            return grads
+
+        def relu():
+            grads = torch.autograd.grad(torch.relu(xt), (xt,), gt)
+            if device == "cuda":
+                torch.cuda.synchronize()
+            return grads
+
+        functions = {"relu": relu, "bernstein": bern}
+    for f in functions.values():
+        f()
+        f()
+    times = interleaved(functions, args.repeats, args.steps)
+    elements = args.batch_size * args.width
+    result = {}
+    for name, t in times.items():
+        seconds = float(np.median(t))
+        result[name] = {"ms": 1e3 * seconds, "bytes_per_second": 20 * elements / seconds}
+    return result
+
+
+def child(args):
+    import keras
+
+    if keras.backend.backend() == "torch" and args.device == "cpu":
+        import torch
+
+        torch.set_num_threads(1)
+    result = {"backend": keras.backend.backend(), "keras": keras.__version__}
+    if args.memory_model:
+        result["peak_bytes"] = peak_memory(args, args.memory_model)
+    else:
+        result["models"] = time_models(args)
+        result["degrees"] = time_degrees(args)
+        if args.device == "gpu":
+            result["activation"] = activation_bandwidth(args)
+            result["gpu"] = gpu_name(keras.backend.backend())
+    print("RESULT " + json.dumps(result))
+
+
+def gpu_name(backend):
+    if backend == "torch":
+        import torch
+
+        return torch.cuda.get_device_name(0)
+    import jax
+
+    return jax.devices()[0].device_kind
+
+
+def run_child(args, backend, extra=()):
+    env = dict(os.environ, KERAS_BACKEND=backend)
+    if args.device == "cpu":
+        env.update(SINGLE_THREAD_ENV)
+        env["CUDA_VISIBLE_DEVICES"] = ""
+    env["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    command = [sys.executable, os.path.abspath(__file__), "--child"]
+    for key in ("device", "depth", "width", "degree", "batch_size", "memory_batch_size",
+                "steps", "repeats"):
+        command += ["--" + key.replace("_", "-"), str(getattr(args, key))]
+    command += ["--degrees"] + [str(d) for d in args.degrees] + list(extra)
+    out = subprocess.run(command, env=env, capture_output=True, text=True)
+    lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
+    if out.returncode != 0 or not lines:
+        print(out.stdout[-2000:], out.stderr[-4000:], file=sys.stderr)
+        raise SystemExit(f"benchmark child for {backend} {extra} failed")
+    return json.loads(lines[0][len("RESULT "):])
+
+
+def report(args, rows, memory):
+    print(
+        f"784 → {args.depth}×{args.width} → 10 MLP, batch {args.batch_size}, degree "
+        f"{args.degree}, {args.device.upper()}"
+        + (", single-threaded" if args.device == "cpu" else "")
+        + f", median of {args.repeats} interleaved repeats of {args.steps} calls; "
+        "ratios to the same MLP with Dense(activation='relu')\n"
+    )
+    print("| backend | ReLU train step | BernsteinDense (BN) | no BN | power form | "
+          "speed-up over power form | ReLU predict | predict (BN) | predict (no BN) |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        t, p = r["models"]["train"], r["models"]["predict"]
+        print(
+            f"| {r['backend']} | {t['relu']['ms']:.1f} ms | {t['bernstein']['ratio']:.2f}× | "
+            f"{t['bernstein_no_bn']['ratio']:.2f}× | {t['power_form']['ratio']:.2f}× | "
+            f"{r['models']['speedup_over_power_form']:.1f}× | {p['relu']['ms']:.1f} ms | "
+            f"{p['bernstein']['ratio']:.2f}× | {p['bernstein_no_bn']['ratio']:.2f}× |"
+        )
+    print("\nTraining-step ratio to ReLU by degree (BernsteinDense with BN):\n")
+    print("| backend | " + " | ".join(f"degree {d}" for d in args.degrees) + " |")
+    print("|---|" + "---|" * len(args.degrees))
+    for r in rows:
+        cells = [f"{r['degrees'][f'degree {d}']['ratio']:.2f}×" for d in args.degrees]
+        print(f"| {r['backend']} | " + " | ".join(cells) + " |")
+    if memory:
+        print(f"\nPeak memory of a training step, batch {args.memory_batch_size}:\n")
+        print("| backend | ReLU | BernsteinDense (BN) | ratio | no BN | ratio |")
+        print("|---|---|---|---|---|---|")
+        for backend, m in memory.items():
+            relu = m["relu"]
+            print(
+                f"| {backend} | {relu / 2**20:.0f} MiB | {m['bernstein'] / 2**20:.0f} MiB | "
+                f"{m['bernstein'] / relu:.2f}× | {m['bernstein_no_bn'] / 2**20:.0f} MiB | "
+                f"{m['bernstein_no_bn'] / relu:.2f}× |"
+            )
+    if args.device == "gpu":
+        print(f"\nActivation alone, forward + backward, ({args.batch_size}, {args.width}) "
+              "float32; achieved bandwidth counts the minimum 20 bytes per element:\n")
+        print("| backend | GPU | ReLU | Bernstein | Bernstein bandwidth | fraction of peak |")
+        print("|---|---|---|---|---|---|")
+        for r in rows:
+            a, name = r["activation"], r["gpu"]
+            peak = next((v for k, v in PEAK_BANDWIDTH.items() if k in name), None)
+            fraction = a["bernstein"]["bytes_per_second"] / peak if peak else float("nan")
+            print(
+                f"| {r['backend']} | {name} | {a['relu']['ms']:.3f} ms | "
+                f"{a['bernstein']['ms']:.3f} ms | "
+                f"{a['bernstein']['bytes_per_second'] / 1e9:.0f} GB/s | {fraction:.0%} |"
+            )
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backends", nargs="+", default=["jax", "tensorflow", "torch"])
+    parser.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
+    parser.add_argument("--depth", type=int, default=4)
+    parser.add_argument("--width", type=int, default=512)
+    parser.add_argument("--degree", type=int, default=8)
+    parser.add_argument("--degrees", type=int, nargs="+", default=[2, 4, 8, 16, 32])
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--memory-batch-size", type=int, default=4096)
+    parser.add_argument("--steps", type=int, default=5, help="calls per timing")
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--no-memory", action="store_true")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--memory-model", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args)
+        return
+    rows, memory = [], {}
+    for backend in args.backends:
+        rows.append(run_child(args, backend))
+        if not args.no_memory:
+            memory[backend] = {
+                name: run_child(args, backend, ["--memory-model", name])["peak_bytes"]
+                for name in ("relu", "bernstein", "bernstein_no_bn")
+            }
+    report(args, rows, memory)
+    print("\nRAW " + json.dumps({"rows": rows, "memory": memory}))
+
+
+if __name__ == "__main__":
+    main()

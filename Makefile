@@ -13,7 +13,7 @@ export PYTHONUNBUFFERED := 1
 
 $(VENV)/.installed: pyproject.toml constraints-test.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q -c constraints-test.txt -e ".[all,examples,test,docs]" 2>&1 \
+	$(PIP) install -q -c constraints-test.txt -e ".[all,examples,test,docs,sos]" 2>&1 \
 		| grep -v "is ignored: it is neither" || true
 	$(PY) -c "import keras_bernstein, jax, tensorflow, torch, mlxtend, mkdocs"
 	touch $@

@@ -1,11 +1,13 @@
 """keras-bernstein: learnable Bernstein-polynomial activations for Keras 3."""
 
 from keras_bernstein import callbacks
+from keras_bernstein import compositional
 from keras_bernstein import constraints
 from keras_bernstein import datasets
 from keras_bernstein import initializers
 from keras_bernstein import layers
 from keras_bernstein import ops
+from keras_bernstein import sos
 from keras_bernstein import transforms
 from keras_bernstein import verification
 from keras_bernstein.layers import Bernstein
@@ -17,11 +19,13 @@ __all__ = [
     "Bernstein",
     "BernsteinDense",
     "callbacks",
+    "compositional",
     "constraints",
     "datasets",
     "initializers",
     "layers",
     "ops",
+    "sos",
     "transforms",
     "verification",
 ]

@@ -21,7 +21,15 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from step_time import SINGLE_THREAD_ENV  # noqa: E402
+
+SINGLE_THREAD_ENV = {
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "TF_NUM_INTRAOP_THREADS": "1",
+    "TF_NUM_INTEROP_THREADS": "1",
+    "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1",
+    "TF_CPP_MIN_LOG_LEVEL": "3",
+}
 
 # Peak DRAM bandwidth of the GPUs we were lent, for the "fraction of peak" column.
 PEAK_BANDWIDTH = {"H100 80GB HBM3": 3.35e12, "H100": 3.35e12, "H200": 4.8e12}
@@ -81,6 +89,33 @@ def interleaved(functions, repeats, steps):
     return {name: np.array(t) for name, t in times.items()}
 
 
+def train_times(models, x, y, repeats, steps):
+    """Warms each model up, then times `train_on_batch` interleaved."""
+    for model in models.values():
+        for _ in range(3):
+            model.train_on_batch(x, y)
+    return interleaved(
+        {n: (lambda m=m: m.train_on_batch(x, y)) for n, m in models.items()},
+        repeats,
+        steps,
+    )
+
+
+def run_backend_child(script, backend, argv, single_thread=True):
+    """Runs `script --child argv` under `backend`; returns its RESULT dict."""
+    env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
+    if single_thread:
+        env.update(SINGLE_THREAD_ENV)
+        env["CUDA_VISIBLE_DEVICES"] = ""
+    command = [sys.executable, os.path.abspath(script), "--child", *argv]
+    out = subprocess.run(command, env=env, capture_output=True, text=True)
+    lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
+    if out.returncode != 0 or not lines:
+        print(out.stdout[-2000:], out.stderr[-4000:], file=sys.stderr)
+        raise SystemExit(f"benchmark child for {backend} {argv} failed")
+    return json.loads(lines[0][len("RESULT "):])
+
+
 def ratios(times, reference="relu"):
     import numpy as np
 
@@ -97,15 +132,9 @@ def time_models(args):
     names = ["relu", "bernstein", "bernstein_no_bn", "power_form"]
     models = {name: make_model(args, name) for name in names}
     x, y = data(args, args.batch_size)
-    for model in models.values():  # compile and warm up both functions
-        for _ in range(3):
-            model.train_on_batch(x, y)
-            model.predict_on_batch(x)
-    train = interleaved(
-        {n: (lambda m=m: m.train_on_batch(x, y)) for n, m in models.items()},
-        args.repeats,
-        args.steps,
-    )
+    train = train_times(models, x, y, args.repeats, args.steps)
+    for model in models.values():  # compile and warm up
+        model.predict_on_batch(x)
     predict = interleaved(
         {n: (lambda m=m: m.predict_on_batch(x)) for n, m in models.items()},
         args.repeats,
@@ -127,15 +156,7 @@ def time_degrees(args):
     models = {"relu": make_model(args, "relu")}
     for degree in args.degrees:
         models[f"degree {degree}"] = make_model(args, "bernstein", degree)
-    for model in models.values():
-        for _ in range(3):
-            model.train_on_batch(x, y)
-    train = interleaved(
-        {n: (lambda m=m: m.train_on_batch(x, y)) for n, m in models.items()},
-        args.repeats,
-        args.steps,
-    )
-    return ratios(train)
+    return ratios(train_times(models, x, y, args.repeats, args.steps))
 
 
 def peak_memory(args, name):
@@ -276,22 +297,12 @@ def gpu_name(backend):
 
 
 def run_child(args, backend, extra=()):
-    env = dict(os.environ, KERAS_BACKEND=backend)
-    if args.device == "cpu":
-        env.update(SINGLE_THREAD_ENV)
-        env["CUDA_VISIBLE_DEVICES"] = ""
-    env["TF_CPP_MIN_LOG_LEVEL"] = "3"
-    command = [sys.executable, os.path.abspath(__file__), "--child"]
+    argv = []
     for key in ("device", "depth", "width", "degree", "batch_size", "memory_batch_size",
                 "steps", "repeats"):
-        command += ["--" + key.replace("_", "-"), str(getattr(args, key))]
-    command += ["--degrees"] + [str(d) for d in args.degrees] + list(extra)
-    out = subprocess.run(command, env=env, capture_output=True, text=True)
-    lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
-    if out.returncode != 0 or not lines:
-        print(out.stdout[-2000:], out.stderr[-4000:], file=sys.stderr)
-        raise SystemExit(f"benchmark child for {backend} {extra} failed")
-    return json.loads(lines[0][len("RESULT "):])
+        argv += ["--" + key.replace("_", "-"), str(getattr(args, key))]
+    argv += ["--degrees"] + [str(d) for d in args.degrees] + list(extra)
+    return run_backend_child(__file__, backend, argv, single_thread=args.device == "cpu")
 
 
 def report(args, rows, memory):

@@ -5,7 +5,6 @@ of shape `(batch, units, n + 1)`. Only here as the baseline that the benchmarks
 compare against; never used by the package.
 """
 
-import keras
 from keras import ops
 
 from keras_bernstein import Bernstein

@@ -15,15 +15,14 @@ Usage:
 import argparse
 import json
 import os
-import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from performance import SINGLE_THREAD_ENV  # noqa: E402
 from performance import data  # noqa: E402
-from performance import interleaved  # noqa: E402
 from performance import make_model  # noqa: E402
 from performance import ratios  # noqa: E402
+from performance import run_backend_child  # noqa: E402
+from performance import train_times  # noqa: E402
 
 MODELS = ("relu", "bernstein", "bernstein_no_bn", "power_form")
 
@@ -38,14 +37,7 @@ def child(args):
         torch.set_num_threads(1)
     models = {name: make_model(args, name) for name in MODELS}
     x, y = data(args, args.batch_size)
-    for model in models.values():  # compile and warm up
-        for _ in range(3):
-            model.train_on_batch(x, y)
-    times = interleaved(
-        {n: (lambda m=m: m.train_on_batch(x, y)) for n, m in models.items()},
-        args.repeats,
-        args.steps,
-    )
+    times = train_times(models, x, y, args.repeats, args.steps)
     result = {"backend": keras.backend.backend(), "models": ratios(times)}
     result["speedup_over_power_form"] = float(
         np.median(times["power_form"] / times["bernstein"])
@@ -67,18 +59,10 @@ def main():
     if args.child:
         child(args)
         return
-    rows = []
-    for backend in args.backends:
-        env = dict(os.environ, KERAS_BACKEND=backend, **SINGLE_THREAD_ENV)
-        command = [sys.executable, os.path.abspath(__file__), "--child"]
-        for key in ("depth", "width", "degree", "batch_size", "steps", "repeats"):
-            command += ["--" + key.replace("_", "-"), str(getattr(args, key))]
-        out = subprocess.run(command, env=env, capture_output=True, text=True)
-        lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
-        if out.returncode != 0 or not lines:
-            print(out.stdout[-2000:], out.stderr[-4000:], file=sys.stderr)
-            raise SystemExit(f"benchmark child for {backend} failed")
-        rows.append(json.loads(lines[0][len("RESULT "):]))
+    argv = []
+    for key in ("depth", "width", "degree", "batch_size", "steps", "repeats"):
+        argv += ["--" + key.replace("_", "-"), str(getattr(args, key))]
+    rows = [run_backend_child(__file__, backend, argv) for backend in args.backends]
     print(
         f"784 → {args.depth}×{args.width} → 10 MLP, batch {args.batch_size}, "
         f"degree {args.degree}, single-threaded CPU, train_on_batch (fit's compiled "

@@ -65,6 +65,10 @@ def main():
     parser.add_argument("--epsilons", type=float, nargs="+", default=[0.01, 0.03, 0.1])
     parser.add_argument("--output-dir", default="outputs/certify")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--pixel-max", type=float, default=1.0,
+        help="the pixel range [0, pixel-max] the model takes: 255 for models saved by "
+             "examples/mnist.py (raw images); epsilon stays a fraction of it")
     args = parser.parse_args()
 
     keras.utils.set_random_seed(args.seed)
@@ -87,6 +91,9 @@ def main():
               f"in {time.perf_counter() - start:.0f} s")
         model.save(os.path.join(args.output_dir, "model.keras"))
 
+    # Pixels and epsilon in the model's own units; epsilon is given for [0, 1].
+    scale = args.pixel_max
+    x_test = (x_test * scale).astype("float32")
     logits = keras.ops.convert_to_numpy(model.predict(x_test, verbose=0))
     clean = float(np.mean(logits.argmax(-1) == y_test))
     print(f"clean test accuracy {clean:.4f}")
@@ -96,15 +103,16 @@ def main():
 
     rows = []
     for epsilon in args.epsilons:
-        lower = np.clip(x_test - epsilon, 0.0, 1.0)
-        upper = np.clip(x_test + epsilon, 0.0, 1.0)
+        lower = np.clip(x_test - epsilon * scale, 0.0, scale)
+        upper = np.clip(x_test + epsilon * scale, 0.0, scale)
         row = {"epsilon": epsilon}
         for label, method in METHODS.items():
             start = time.perf_counter()
             low, high = verification.output_bounds(model, lower, upper, method=method)
             row[f"width_{label}"] = float(np.mean(high - low))
             row[f"certified_{label}"] = verification.certified_accuracy(
-                model, x_test, y_test, epsilon, method=method)
+                model, x_test, y_test, epsilon * scale, input_range=(0.0, scale),
+                method=method)
             row[f"seconds_{label}"] = time.perf_counter() - start
         rows.append(row)
 

@@ -35,6 +35,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_bernstein._arguments import check_positive_integer
+
 SCALE_RULES = ("differentiable", "free")
 # The missing `a_L` of the rule `s_{L-1} = s_{L-2} (1 - a_{L-1}) a_L`: the
 # symmetric peak, which continues the wave as in Yarotsky's construction.
@@ -317,14 +319,7 @@ class TriangleWaveNetwork(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        if (
-            isinstance(depth, bool)
-            or not isinstance(depth, numbers.Integral)
-            or depth < 1
-        ):
-            raise ValueError(
-                f"`depth` must be a positive integer. Received: depth={depth!r}"
-            )
+        check_positive_integer(depth, "depth")
         if sign not in (-1, 1):
             raise ValueError(f"`sign` must be -1 or 1. Received: sign={sign!r}")
         if scale_rule not in SCALE_RULES:

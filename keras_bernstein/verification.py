@@ -194,6 +194,42 @@ def _conv(box, layer):
     return box
 
 
+_MAX_POOLING = (keras.layers.MaxPooling1D, keras.layers.MaxPooling2D)
+_AVERAGE_POOLING = (keras.layers.AveragePooling1D, keras.layers.AveragePooling2D)
+
+
+def _pool(box, layer):
+    """Max pooling is monotone and average pooling a positive linear map, so
+    both map the box's corners: pool(lower) <= pool(x) <= pool(upper)."""
+    average = isinstance(layer, _AVERAGE_POOLING)
+    if layer.padding not in ("valid", "same") or (average and layer.padding == "same"):
+        raise ValueError(
+            f"Layer {layer.name!r}: unsupported padding for {type(layer).__name__}. "
+            f"Received: padding={layer.padding!r}"
+        )
+    pool, strides = tuple(layer.pool_size), tuple(layer.strides)
+    rank = len(pool)
+
+    def apply(x):
+        if layer.data_format == "channels_first":
+            x = np.moveaxis(x, 1, -1)
+        pads = [(0, 0)]
+        for axis, k, stride in zip(range(1, rank + 1), pool, strides):
+            same = layer.padding == "same"
+            pads.append(_conv_same_padding(x.shape[axis], k, stride, 1) if same else (0, 0))
+        x = np.pad(x, pads + [(0, 0)], constant_values=-np.inf)
+        windows = np.lib.stride_tricks.sliding_window_view(
+            x, pool, axis=tuple(range(1, rank + 1))
+        )[(slice(None),) + tuple(slice(None, None, s) for s in strides)]
+        window_axes = tuple(range(-rank, 0))
+        out = windows.mean(axis=window_axes) if average else windows.max(axis=window_axes)
+        if layer.data_format == "channels_first":
+            out = np.moveaxis(out, -1, 1)
+        return out
+
+    return Box(apply(box.lower), apply(box.upper))
+
+
 def _axis_shape(ndim, axes, values):
     shape = [1] * ndim
     for axis in axes:
@@ -337,6 +373,8 @@ def _propagate(layer, inputs, method, record=None):
         return _dense(box, layer)
     if isinstance(layer, (keras.layers.Conv1D, keras.layers.Conv2D)):
         return _conv(box, layer)
+    if isinstance(layer, _MAX_POOLING + _AVERAGE_POOLING):
+        return _pool(box, layer)
     if isinstance(layer, keras.layers.BatchNormalization):
         return _batch_normalization(box, layer)
     if isinstance(layer, keras.layers.Rescaling):
@@ -359,9 +397,10 @@ def _propagate(layer, inputs, method, record=None):
     raise ValueError(
         f"Cannot bound the output of layer {getattr(layer, 'name', layer)!r} "
         f"({type(layer).__name__}): `output_bounds` supports Dense, "
-        "BernsteinDense, Bernstein, Conv1D, Conv2D, BatchNormalization, "
-        "Rescaling, Normalization, Flatten, Reshape, monotone activations, "
-        "softmax, Add, Subtract, Average, Concatenate and Dropout."
+        "BernsteinDense, Bernstein, Conv1D, Conv2D, MaxPooling1D/2D, "
+        "AveragePooling1D/2D (valid), BatchNormalization, Rescaling, "
+        "Normalization, Flatten, Reshape, monotone activations, softmax, Add, "
+        "Subtract, Average, Concatenate and Dropout."
     )
 
 

@@ -10,19 +10,12 @@ from keras.layers import InputSpec
 from keras_bernstein import constraints
 from keras_bernstein import initializers
 from keras_bernstein import ops as bernstein_ops
+from keras_bernstein._arguments import check_positive_integer
 
 
 def check_degree(degree):
     """Returns `degree` as an `int >= 1`, or raises `ValueError` naming it."""
-    if (
-        isinstance(degree, bool)
-        or not isinstance(degree, numbers.Integral)
-        or degree < 1
-    ):
-        raise ValueError(
-            f"`degree` must be a positive integer. Received: degree={degree!r}"
-        )
-    return int(degree)
+    return check_positive_integer(degree, "degree")
 
 
 @keras.saving.register_keras_serializable(package="keras_bernstein")

@@ -1,0 +1,235 @@
+"""End-to-end runs of the example scripts on tiny data, on the current backend."""
+
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+import keras_bernstein
+
+EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                        "examples")
+sys.path.insert(0, EXAMPLES)
+
+import _common  # noqa: E402
+import depth_sweep  # noqa: E402
+import higgs  # noqa: E402
+import mnist  # noqa: E402
+
+TINY = ["--depth", "2", "--width", "8", "--degree", "3", "--epochs", "1",
+        "--batch-size", "16", "--verbose", "0"]
+
+
+@pytest.fixture
+def mnist_file(tmp_path):
+    rng = np.random.default_rng(0)
+    path = tmp_path / "mnist_tiny.npz"
+    np.savez(path,
+             x_train=rng.integers(0, 256, (64, 28, 28)).astype("uint8"),
+             y_train=rng.integers(0, 10, 64).astype("uint8"),
+             x_test=rng.integers(0, 256, (32, 28, 28)).astype("uint8"),
+             y_test=rng.integers(0, 10, 32).astype("uint8"))
+    return str(path)
+
+
+@pytest.fixture
+def higgs_file(tmp_path):
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, (120, 1))
+    # Heavy-tailed positive columns like the real momenta and masses.
+    features = np.abs(rng.standard_cauchy((120, 28))) + labels
+    path = tmp_path / "higgs_tiny.csv"
+    np.savetxt(path, np.concatenate([labels, features], axis=1), delimiter=",")
+    return str(path)
+
+
+def check_outputs(directory, plots):
+    for name in ("model.keras", "metrics.json", "history.csv", *plots):
+        assert os.path.getsize(os.path.join(directory, name)) > 0, name
+    with open(os.path.join(directory, "history.csv")) as f:
+        header = f.readline()
+    assert "dead_neuron_ratio" in header and "val_loss" in header
+    with open(os.path.join(directory, "metrics.json")) as f:
+        return json.load(f)
+
+
+@pytest.mark.parametrize("architecture", ["cnn", "mlp"])
+def test_mnist_end_to_end_and_reload(architecture, mnist_file, tmp_path):
+    out = str(tmp_path / "out")
+    record = mnist.main(["--data", mnist_file, "--architecture", architecture,
+                         "--output-dir", out, *TINY])
+    metrics = check_outputs(out, ["training_curves.png", "dead_neuron_ratio.png",
+                                  "activations.png"])
+    assert metrics["backend"] == keras.backend.backend()
+    assert metrics["config"]["architecture"] == architecture
+    assert metrics["config"]["width"] == 8 and metrics["data"]["train_size"] == 64
+    assert 0.0 <= metrics["dead_neuron_ratio"] <= 1.0
+    assert metrics["test_accuracy"] == pytest.approx(record["test_accuracy"])
+
+    model = keras.saving.load_model(os.path.join(out, "model.keras"))
+    with np.load(mnist_file) as data:
+        images, labels = data["x_test"], data["y_test"]
+    probabilities = model.predict(images, verbose=0)  # raw uint8, 0-255
+    assert probabilities.shape == (32, 10)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+    accuracy = np.mean(probabilities.argmax(axis=1) == labels)
+    assert accuracy == pytest.approx(metrics["test_accuracy"], abs=1e-6)
+
+
+def test_mnist_defaults_follow_the_architecture():
+    cnn = mnist.make_parser([]).parse_args([])
+    mlp = mnist.make_parser(["--architecture", "mlp"]).parse_args(
+        ["--architecture", "mlp"])
+    assert cnn.architecture == "cnn" and mlp.architecture == "mlp"
+    for args in (cnn, mlp):
+        expected = mnist.ARCHITECTURE_DEFAULTS[args.architecture]
+        assert {key: getattr(args, key) for key in expected} == expected
+    # An explicit option wins over the architecture's default.
+    argv = ["--architecture", "mlp", "--width", "7"]
+    assert mnist.make_parser(argv).parse_args(argv).width == 7
+
+
+@pytest.mark.parametrize("architecture", ["cnn", "mlp"])
+def test_mnist_relu_baseline_has_the_same_shape(architecture):
+    argv = ["--architecture", architecture, "--depth", "2", "--width", "8"]
+    parsed = mnist.make_parser(argv).parse_args(argv)
+    bernstein = mnist.build_model(parsed)
+    parsed.activation = "relu"
+    relu = mnist.build_model(parsed)
+    kernel_shapes = [[tuple(w.shape) for w in m.weights if "kernel" in w.path]
+                     for m in (bernstein, relu)]
+    assert kernel_shapes[0] == kernel_shapes[1]
+    # The dead-neuron monitor sees one activation per hidden block: the
+    # per-channel Bernstein layers of the CNN, or the baseline's activations.
+    from keras_bernstein.callbacks import monitored_layers
+
+    for model in (bernstein, relu):
+        names = [layer.name for layer in monitored_layers(model)]
+        prefix = "conv" if architecture == "cnn" else "hidden"
+        assert names == [f"{prefix}_1", f"{prefix}_2"]
+    if architecture == "cnn":
+        activation = bernstein.get_layer("conv_1")
+        assert isinstance(activation, keras_bernstein.Bernstein)
+        # One curve per channel, shared over the image.
+        assert activation.coefficients.shape == (1, 1, 8, parsed.degree + 1)
+
+
+def test_mnist_relu_baseline_runs(mnist_file, tmp_path):
+    record = mnist.main(["--data", mnist_file, "--activation", "relu",
+                         "--output-dir", str(tmp_path / "relu"), *TINY])
+    assert record["config"]["activation"] == "relu"
+    assert record["config"]["architecture"] == "cnn"
+    assert not os.path.exists(tmp_path / "relu" / "activations.png")
+    with open(tmp_path / "relu" / "history.csv") as f:
+        header = f.readline()
+    assert "dead_neuron_ratio/conv_1" in header
+
+
+def test_higgs_end_to_end_and_reload(higgs_file, tmp_path):
+    out = str(tmp_path / "out")
+    record = higgs.main(["--data", higgs_file, "--output-dir", out, *TINY])
+    metrics = check_outputs(out, ["training_curves.png", "dead_neuron_ratio.png",
+                                  "activations.png"])
+    assert metrics["data"]["train_size"] == 96 and metrics["data"]["test_size"] == 24
+    assert 0.0 <= metrics["test_roc_auc"] <= 1.0
+    assert record["dead_neuron_ratio"] == metrics["dead_neuron_ratio"]
+
+    model = keras.saving.load_model(os.path.join(out, "model.keras"))
+    raw = np.loadtxt(higgs_file, delimiter=",", dtype="float32")[:10, 1:]
+    probabilities = model.predict(raw, verbose=0)  # raw, unnormalized features
+    assert probabilities.shape == (10, 1)
+    assert np.all((probabilities >= 0) & (probabilities <= 1))
+
+
+def test_higgs_max_rows(higgs_file, tmp_path):
+    record = higgs.main(["--data", higgs_file, "--max-rows", "50", "--activation",
+                         "selu", "--input-transform", "none",
+                         "--output-dir", str(tmp_path / "out"), *TINY])
+    assert record["data"]["train_size"] + record["data"]["test_size"] == 50
+
+
+@pytest.mark.slow
+def test_depth_sweep_writes_table_and_plots(mnist_file, higgs_file, tmp_path):
+    out = str(tmp_path / "sweep")
+    records = depth_sweep.main([
+        "--mnist-data", mnist_file, "--higgs-data", higgs_file, "--depths", "2",
+        "--activations", "bernstein,gelu", "--width", "8", "--degree", "3",
+        "--mnist-epochs", "1", "--higgs-epochs", "1", "--batch-size", "32",
+        "--output-dir", out])
+    assert len(records) == 2 * 2
+    for record in records:
+        assert 0.0 <= record["dead_derivative"] <= 1.0
+        assert 0.0 <= record["dead_gradient"] <= 1.0
+        assert np.isfinite(record["gradient_norm_ratio"])
+        assert record["gradient_norm_ratio"] > 0
+    assert "test_roc_auc" in records[-1]
+    with open(os.path.join(out, "results.md")) as f:
+        table = f.read()
+    assert table.count("| 2 | gelu |") == 2
+    for dataset in ("mnist", "higgs"):
+        assert os.path.getsize(os.path.join(out, f"depth_sweep_{dataset}.png")) > 0
+    # --table-only rebuilds from results.jsonl without training.
+    assert len(depth_sweep.main(["--table-only", "--output-dir", out])) == 4
+
+
+def test_gradient_norm_ratio_of_a_vanishing_network():
+    # A deep sigmoid stack without normalization: gradients shrink towards the
+    # input, so the ratio first/last is far below 1.
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((4,))
+    x = inputs
+    for i in range(8):
+        x = keras.layers.Dense(16, name=f"hidden_{i + 1}_dense")(x)
+        x = keras.layers.Activation("sigmoid", name=f"hidden_{i + 1}")(x)
+    model = keras.Model(inputs, keras.layers.Dense(1)(x))
+    model.compile(loss="mse")
+    x = np.random.default_rng(0).normal(size=(32, 4)).astype("float32")
+    y = np.ones((32, 1), "float32")
+    assert depth_sweep.gradient_norm_ratio(model, x, y) < 0.01
+
+
+def test_roc_auc_matches_pairwise_definition():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 60)
+    scores = np.round(rng.normal(size=60) + labels, 1)  # with ties
+    positives, negatives = scores[labels == 1], scores[labels == 0]
+    diff = positives[:, None] - negatives[None, :]
+    expected = np.mean((diff > 0) + 0.5 * (diff == 0))
+    assert _common.roc_auc(labels, scores) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--depth", "0"], "--depth must be >= 1"),
+    (["--dropout", "1.0"], "--dropout must be in"),
+])
+def test_bad_options_are_rejected(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        mnist.main(argv)
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.skipif(keras.backend.backend() == "jax",
+                    reason="--distribute is supported on JAX (tested below)")
+def test_distribute_is_refused_off_jax(mnist_file, tmp_path):
+    with pytest.raises(SystemExit, match="JAX backend only"):
+        mnist.main(["--data", mnist_file, "--distribute",
+                    "--output-dir", str(tmp_path), *TINY])
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(keras.backend.backend() != "jax",
+                    reason="keras.distribution.DataParallel is JAX-only")
+def test_distribute_over_two_cpu_devices(mnist_file, tmp_path):
+    out = str(tmp_path / "out")
+    env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu",
+               XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    subprocess.run([sys.executable, os.path.join(EXAMPLES, "mnist.py"),
+                    "--data", mnist_file, "--distribute", "--output-dir", out, *TINY],
+                   env=env, check=True, capture_output=True, timeout=300)
+    with open(os.path.join(out, "metrics.json")) as f:
+        metrics = json.load(f)
+    assert len(metrics["devices"]) == 2 and metrics["config"]["distribute"]

@@ -72,7 +72,9 @@ def build_model(args, x_train):
     preprocessing = [normalization]
     if args.input_transform == "bernstein":
         preprocessing.append(keras_bernstein.Bernstein(
-            degree=args.degree, coefficient_initializer="identity",
+            degree=args.input_degree or args.degree,
+            coefficient_initializer="identity",
+            trainable_bounds=args.input_trainable_bounds,
             name="feature_transform"))
     inputs = keras.Input((datasets.HIGGS_FEATURES,), name="features")
     head = keras.layers.Dense(1, activation="sigmoid", name="signal_probability")
@@ -93,8 +95,15 @@ def main(argv=None):
                         default="bernstein",
                         help="per-feature Bernstein transform after the "
                         "standardization (same for every --activation)")
+    parser.add_argument("--input-degree", type=int, default=None,
+                        help="degree of the per-feature Bernstein transform "
+                        "(None: the same as --degree)")
+    parser.add_argument("--input-trainable-bounds", action="store_true",
+                        help="learn the interval of the per-feature transform")
     args = parser.parse_args(argv)
     _common.check_args(parser, args)
+    if args.input_degree is not None and args.input_degree < 1:
+        parser.error(f"--input-degree must be >= 1. Received: {args.input_degree}")
 
     keras.utils.set_random_seed(args.seed)
     devices = _common.configure_distribution(args.distribute, args.batch_size)

@@ -13,6 +13,7 @@ average logit bound width and the certified fraction.
 import argparse
 import json
 import os
+import sys
 import time
 
 import keras
@@ -22,10 +23,9 @@ import keras_bernstein
 from keras_bernstein import datasets
 from keras_bernstein import verification
 
-SHARED_MNIST_TEST = os.path.join(
-    os.path.dirname(os.path.abspath(__file__)),
-    "..", "..", "shared", "data", "mnist", "mnist_test_first5k.npz",
-)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _common  # noqa: E402  (the examples' shared paths)
+
 METHODS = {"tight": "subdivision", "naive": "coefficient_range"}
 
 
@@ -40,8 +40,8 @@ def build_model(depth, width, degree, normalization):
 
 def load_data(test_images, seed):
     (x_train, y_train), _ = datasets.load_mnist("sample", seed=seed)
-    if os.path.exists(SHARED_MNIST_TEST):
-        (x_test, y_test), _ = datasets.load_mnist(path=SHARED_MNIST_TEST)
+    if os.path.exists(_common.SHARED_MNIST_TEST):
+        (x_test, y_test), _ = datasets.load_mnist(path=_common.SHARED_MNIST_TEST)
         source = "first official MNIST test images (../shared)"
     else:
         x_train, y_train, x_test, y_test = (

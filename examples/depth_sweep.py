@@ -36,7 +36,6 @@ import mnist  # noqa: E402
 from keras_bernstein import _autodiff  # noqa: E402
 from keras_bernstein import callbacks  # noqa: E402
 
-PROBE_SIZE = 1024
 DATASETS = ("mnist", "higgs")
 
 
@@ -137,7 +136,7 @@ def run_one(dataset, depth, activation, args, data):
     seconds = time.perf_counter() - start
     results = model.evaluate(x_test, y_test, batch_size=1024, verbose=0,
                              return_dict=True)
-    x_probe, y_probe = x_test[:PROBE_SIZE], y_test[:PROBE_SIZE]
+    x_probe, y_probe = x_test[:_common.PROBE_SIZE], y_test[:_common.PROBE_SIZE]
     record = {
         "dataset": dataset, "depth": depth, "activation": activation,
         "test_accuracy": float(results["accuracy"]),

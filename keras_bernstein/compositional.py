@@ -430,17 +430,11 @@ class TriangleWaveNetwork(keras.layers.Layer):
         weights = self.dense_weights()
         for index, (kernel, bias) in enumerate(weights):
             last = index == len(weights) - 1
-            model.add(
-                keras.layers.Dense(
-                    1 if last else 4,
-                    activation=None if last else "relu",
-                    dtype=self.dtype,
-                )
+            layer = keras.layers.Dense(
+                1 if last else 4, activation=None if last else "relu", dtype=self.dtype
             )
-        for layer, (kernel, bias) in zip(model.layers, weights):
-            layer.set_weights(
-                [ops.convert_to_numpy(kernel), ops.convert_to_numpy(bias)]
-            )
+            model.add(layer)
+            layer.set_weights([ops.convert_to_numpy(kernel), ops.convert_to_numpy(bias)])
         return model
 
     def compute_output_shape(self, input_shape):

@@ -20,6 +20,7 @@ nonnegative products, so its float32 error stays within a few `n * eps` of the
 condition scale `sum_k |c_k| b_k(t)` even at degree 24.
 """
 
+import functools
 import math
 
 import keras
@@ -96,21 +97,6 @@ def to_unit_interval(x, bounds):
     return ops.divide(ops.subtract(x, lower), ops.subtract(upper, lower))
 
 
-def _basis_functions(t, degree):
-    """`[C(n, k) t^k (1 - t)^(n - k) for k = 0 ... n]`, by repeated products."""
-    s = ops.subtract(1.0, t)
-    t_powers = [ops.ones_like(t)]
-    s_powers = [ops.ones_like(t)]
-    for _ in range(degree):
-        t_powers.append(ops.multiply(t_powers[-1], t))
-        s_powers.append(ops.multiply(s_powers[-1], s))
-    binomials = binomial_coefficients(degree)
-    return [
-        ops.multiply(float(binomials[k]), ops.multiply(t_powers[k], s_powers[degree - k]))
-        for k in range(degree + 1)
-    ]
-
-
 def bernstein_basis(t, degree):
     """All `degree + 1` Bernstein basis functions at `t`.
 
@@ -123,7 +109,19 @@ def bernstein_basis(t, degree):
         `C(n, k) t^k (1 - t)^(n - k)`, computed by products of powers
         built by repeated multiplication (no `pow`).
     """
-    return ops.stack(_basis_functions(ops.convert_to_tensor(t), degree), axis=-1)
+    t = ops.convert_to_tensor(t)
+    s = ops.subtract(1.0, t)
+    t_powers = [ops.ones_like(t)]
+    s_powers = [ops.ones_like(t)]
+    for _ in range(degree):
+        t_powers.append(ops.multiply(t_powers[-1], t))
+        s_powers.append(ops.multiply(s_powers[-1], s))
+    binomials = binomial_coefficients(degree)
+    basis = [
+        ops.multiply(float(binomials[k]), ops.multiply(t_powers[k], s_powers[degree - k]))
+        for k in range(degree + 1)
+    ]
+    return ops.stack(basis, axis=-1)
 
 
 def end_slopes(coefficients):
@@ -250,6 +248,7 @@ def _recomputed_gradients(parts, x_shape, coefficients, bounds, upstream, extrap
     return grad_x, grad_c, ops.stack([grad_lower, grad_upper], axis=-1)
 
 
+@functools.lru_cache(maxsize=None)
 def _with_lean_gradient(extrapolation):
     """The polynomial as a function whose backward is `_recomputed_gradients`.
 
@@ -274,9 +273,6 @@ def _with_lean_gradient(extrapolation):
         return values, gradient
 
     return polynomial
-
-
-_LEAN = {}
 
 
 def bernstein_polynomial(x, coefficients, bounds, extrapolation="linear"):
@@ -321,9 +317,7 @@ def bernstein_polynomial(x, coefficients, bounds, extrapolation="linear"):
         return torch_polynomial.bernstein_polynomial(
             x, coefficients, bounds, extrapolation
         )
-    if extrapolation not in _LEAN:
-        _LEAN[extrapolation] = _with_lean_gradient(extrapolation)
-    return _LEAN[extrapolation](x, coefficients, bounds)
+    return _with_lean_gradient(extrapolation)(x, coefficients, bounds)
 
 
 def derivative_coefficients(coefficients):
@@ -343,10 +337,10 @@ def bernstein_derivative(x, coefficients, bounds, extrapolation="linear"):
     """
     check_extrapolation(extrapolation)
     degree = _degree_of(coefficients)
-    if degree == 0:
-        return ops.zeros_like(to_unit_interval(x, bounds))
-    width = bounds[..., 1] - bounds[..., 0]
     t = to_unit_interval(x, bounds)
+    if degree == 0:
+        return ops.zeros_like(t)
+    width = bounds[..., 1] - bounds[..., 0]
     return ops.divide(_slope_in_t(t, coefficients, extrapolation), width)
 
 
@@ -527,10 +521,8 @@ def bernstein_range(
     below_stop = np.minimum(stop, 0.0)
     above_start = np.maximum(start, 1.0)
     if extrapolation == "polynomial":
-        below = subdivide_coefficients(coefficients, start, below_stop)
-        above = subdivide_coefficients(coefficients, above_start, stop)
-        below = (below.min(axis=-1), below.max(axis=-1))
-        above = (above.min(axis=-1), above.max(axis=-1))
+        below = _range_of_piece(coefficients, start, below_stop, "subdivision")
+        above = _range_of_piece(coefficients, above_start, stop, "subdivision")
     elif extrapolation == "clip":
         below = (first, first)
         above = (last, last)

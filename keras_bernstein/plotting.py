@@ -14,6 +14,7 @@ import numpy as np
 from keras import ops
 
 from keras_bernstein import ops as bernstein_ops
+from keras_bernstein._arguments import check_positive_integer
 from keras_bernstein.layers.bernstein import Bernstein
 from keras_bernstein.layers.bernstein_dense import BernsteinDense
 
@@ -46,12 +47,6 @@ def _bernstein_layers(layer_or_model):
             found.extend(_bernstein_layers(layer))
         return found
     return []
-
-
-def _check_positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
-    return int(value)
 
 
 def plot_activations(
@@ -102,8 +97,8 @@ def plot_activations(
             "`layer_or_model` must be built (call it on data or give the "
             f"model an `Input`). Received: layer_or_model={layer_or_model!r}"
         )
-    neurons_per_layer = _check_positive_int("neurons_per_layer", neurons_per_layer)
-    num_points = _check_positive_int("num_points", num_points)
+    neurons_per_layer = check_positive_integer(neurons_per_layer, "neurons_per_layer")
+    num_points = check_positive_integer(num_points, "num_points")
     if isinstance(margin, bool) or not isinstance(margin, numbers.Real) or margin < 0:
         raise ValueError(
             f"`margin` must be a nonnegative number. Received: margin={margin!r}"

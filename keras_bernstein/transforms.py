@@ -42,8 +42,8 @@ def _check_built(layer):
         )
 
 
-def _numpy(variable):
-    return np.asarray(keras.ops.convert_to_numpy(variable), dtype="float64")
+# Weights and boxes as float64 NumPy arrays.
+_numpy = bernstein_ops._as_float64
 
 
 def _with_degree(layer, new_degree):

@@ -69,8 +69,8 @@ class Box:
         return Box(self.lower.reshape(shape), self.upper.reshape(shape))
 
 
-def _numpy(variable):
-    return np.asarray(keras.ops.convert_to_numpy(variable), dtype="float64")
+# Weights and boxes as float64 NumPy arrays.
+_numpy = bernstein_ops._as_float64
 
 
 def _affine(box, kernel_fn, absolute_kernel_fn, bias=None):
@@ -580,8 +580,7 @@ def certified_margins(model, x, y, epsilon, input_range=(0.0, 1.0), method="subd
     rows = np.arange(len(y))
     last = _output_layer(model)
     if (
-        isinstance(last, keras.layers.Dense)
-        and type(last) is keras.layers.Dense
+        type(last) is keras.layers.Dense
         and _activation_name(last.activation) in ("linear", "softmax")
         and id(last) in record
     ):
@@ -653,18 +652,13 @@ class DerivativeCertificate:
 
 
 def _bernstein_layers(model):
-    for layer in model._flatten_layers(include_self=False, recursive=True):
+    layers = list(model._flatten_layers(include_self=False, recursive=True))
+    owned = {id(layer.bernstein) for layer in layers if isinstance(layer, BernsteinDense)}
+    for layer in layers:
         if isinstance(layer, BernsteinDense):
             yield layer.name, layer.bernstein
-        elif isinstance(layer, Bernstein) and not _owned_by_dense(model, layer):
+        elif isinstance(layer, Bernstein) and id(layer) not in owned:
             yield layer.name, layer
-
-
-def _owned_by_dense(model, bernstein):
-    return any(
-        isinstance(layer, BernsteinDense) and layer.bernstein is bernstein
-        for layer in model._flatten_layers(include_self=False, recursive=True)
-    )
 
 
 def derivative_certificate(model):

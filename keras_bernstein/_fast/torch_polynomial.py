@@ -11,10 +11,22 @@ import math
 
 import torch
 
+from keras_bernstein.ops import binomial_coefficients
+
+
+_BINOMIALS = {}
+
 
 def _binomials(degree, like):
-    values = [float(math.comb(degree, k)) for k in range(degree + 1)]
-    return torch.tensor(values, dtype=like.dtype, device=like.device)
+    """`C(degree, k)` as a tensor like `like`, cached: rebuilding it is a
+    host-to-device copy, three times a step. (A dict, not `lru_cache`, which
+    torch.compile warns about.)"""
+    key = (degree, like.dtype, like.device)
+    if key not in _BINOMIALS:
+        _BINOMIALS[key] = torch.as_tensor(
+            binomial_coefficients(degree), dtype=like.dtype, device=like.device
+        )
+    return _BINOMIALS[key]
 
 
 def _horner(t, s, scaled):

@@ -313,23 +313,24 @@ def report(args, rows, memory):
         + f", median of {args.repeats} interleaved repeats of {args.steps} calls; "
         "ratios to the same MLP with Dense(activation='relu')\n"
     )
-    print("| backend | ReLU train step | BernsteinDense (BN) | no BN | power form | "
-          "speed-up over power form | ReLU predict | predict (BN) | predict (no BN) |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        t, p = r["models"]["train"], r["models"]["predict"]
-        print(
-            f"| {r['backend']} | {t['relu']['ms']:.1f} ms | {t['bernstein']['ratio']:.2f}× | "
-            f"{t['bernstein_no_bn']['ratio']:.2f}× | {t['power_form']['ratio']:.2f}× | "
-            f"{r['models']['speedup_over_power_form']:.1f}× | {p['relu']['ms']:.1f} ms | "
-            f"{p['bernstein']['ratio']:.2f}× | {p['bernstein_no_bn']['ratio']:.2f}× |"
-        )
-    print("\nTraining-step ratio to ReLU by degree (BernsteinDense with BN):\n")
-    print("| backend | " + " | ".join(f"degree {d}" for d in args.degrees) + " |")
-    print("|---|" + "---|" * len(args.degrees))
-    for r in rows:
-        cells = [f"{r['degrees'][f'degree {d}']['ratio']:.2f}×" for d in args.degrees]
-        print(f"| {r['backend']} | " + " | ".join(cells) + " |")
+    if rows:
+        print("| backend | ReLU train step | BernsteinDense (BN) | no BN | power form | "
+              "speed-up over power form | ReLU predict | predict (BN) | predict (no BN) |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        for r in rows:
+            t, p = r["models"]["train"], r["models"]["predict"]
+            print(
+                f"| {r['backend']} | {t['relu']['ms']:.1f} ms | {t['bernstein']['ratio']:.2f}× | "
+                f"{t['bernstein_no_bn']['ratio']:.2f}× | {t['power_form']['ratio']:.2f}× | "
+                f"{r['models']['speedup_over_power_form']:.1f}× | {p['relu']['ms']:.1f} ms | "
+                f"{p['bernstein']['ratio']:.2f}× | {p['bernstein_no_bn']['ratio']:.2f}× |"
+            )
+        print("\nTraining-step ratio to ReLU by degree (BernsteinDense with BN):\n")
+        print("| backend | " + " | ".join(f"degree {d}" for d in args.degrees) + " |")
+        print("|---|" + "---|" * len(args.degrees))
+        for r in rows:
+            cells = [f"{r['degrees'][f'degree {d}']['ratio']:.2f}×" for d in args.degrees]
+            print(f"| {r['backend']} | " + " | ".join(cells) + " |")
     if memory:
         print(f"\nPeak memory of a training step, batch {args.memory_batch_size}:\n")
         print("| backend | ReLU | BernsteinDense (BN) | ratio | no BN | ratio |")
@@ -370,6 +371,8 @@ def main():
     parser.add_argument("--steps", type=int, default=5, help="calls per timing")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--no-memory", action="store_true")
+    parser.add_argument("--memory-only", action="store_true",
+                        help="only the peak-memory table")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--memory-model", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -378,7 +381,8 @@ def main():
         return
     rows, memory = [], {}
     for backend in args.backends:
-        rows.append(run_child(args, backend))
+        if not args.memory_only:
+            rows.append(run_child(args, backend))
         if not args.no_memory:
             memory[backend] = {
                 name: run_child(args, backend, ["--memory-model", name])["peak_bytes"]

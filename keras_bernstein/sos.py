@@ -14,11 +14,17 @@ with `r = (1/N) Σ_i (f(x_i; c) − y_i)` (`loss="mean"`, the paper's) or every
 `r = f(x_i; c) − y_i` (`loss="per_sample"`), is relaxed into the order-`k`
 moment problem over moments `w_α` of `(c, θ)`: `w_0 = 1`, the moment matrix
 `M_k[w] ⪰ 0` and the localizing matrix of every constraint `⪰ 0`, minimising
-`w_θ`. Its value is a lower bound of the true minimum; when flat truncation
-holds (`rank M_t = rank M_{t−k0}` for some `t <= k`, `k0` the largest
-half-degree of the constraints) the bound is the global minimum, and with rank
-1 the minimiser is the vector of first moments. The order is raised until that
-happens.
+`w_θ`. `θ` enters only linearly, so the matrices are indexed by the monomials
+of `c` of degree `<= k` (respectively `<= k − ⌈deg r / 2⌉`) plus the single
+monomial `θ`, not by every monomial of `(c, θ)`: still a relaxation (each
+matrix is `L(g m mᵀ)` for a list `m` of monomials), with 85 rows instead of
+120 for 6 coefficients at order 3. Its value is a lower bound of the true
+minimum. The minimiser is read off the first moments `w_{c_i}`; the result is
+certified when that point attains the bound (then it is a global minimiser).
+Flat truncation (`rank M_t = rank M_{t−k0}` for some `t <= k`, `k0` the
+largest half-degree of the residuals, ranks of the `c`-block) is reported
+too; with rank 1 it implies the bound is attained. The order is raised until
+one of the two holds.
 
 The constant term of `p_ℓ` is fixed to 1 for `ℓ < D` (a scaling symmetry);
 that of the last activation is free. The recovered power-basis coefficients
@@ -26,15 +32,11 @@ turn into Bernstein coefficients on an interval with `power_to_bernstein`, to
 initialise a `keras_bernstein.Bernstein` layer.
 
 Needs `cvxpy` and, for the default solver, `clarabel`
-(`pip install keras-bernstein[sos]`). Size: the order-`k` moment matrix over
-`n` unknowns (coefficients and `θ`) has `C(n + k, k)` rows. Measured with
-Clarabel on a shared 2-core machine: nearly all the time is Clarabel's
-factorisation (building and canonicalising the problem take under 0.1 s).
-With its `faer` factorisation, 4 coefficients at order 3 (56 rows) take
-13 s; 6 coefficients at order 3 (120 rows) take 5 minutes (29 iterations,
-about 10 s each, ending "almost solved").
-Relaxations above `MAX_MOMENT_MATRIX_SIZE = 56` rows are refused unless
-`force=True`.
+(`pip install keras-bernstein[sos]`). Nearly all the time is Clarabel's
+factorisation of a dense block the size of the moment matrix's triangle;
+relaxations whose moment matrix has more than `MAX_MOMENT_MATRIX_SIZE` rows
+(6 coefficients at order 3, about half a minute on a shared 2-core machine)
+are refused unless `force=True`. See `docs/sos.md` for measured times.
 
 Reference:
     Zhang, Nie and Tang, "Learning Polynomial Activation Functions for Deep
@@ -54,10 +56,10 @@ import warnings
 import numpy as np
 
 LOSSES = ("mean", "per_sample")
-# Largest moment matrix solved without `force=True`: 4 coefficients plus θ
-# at order 3, measured at 13 s on a shared 2-core machine (6 coefficients at
-# order 3 took 5 minutes).
-MAX_MOMENT_MATRIX_SIZE = math.comb(5 + 3, 3)
+# Largest moment matrix solved without `force=True`: 6 coefficients at
+# order 3 (monomials of degree <= 3 in 6 unknowns, plus θ), measured at
+# about 30 s on a shared 2-core machine (docs/sos.md).
+MAX_MOMENT_MATRIX_SIZE = math.comb(6 + 3, 3) + 1
 # Interior-point solutions lie in the relative interior of the optimal face:
 # the spurious eigenvalues of a flat moment matrix shrink with the duality
 # gap, so the rank test needs tighter tolerances than the solver defaults.
@@ -271,16 +273,18 @@ class MomentSOSResult:
 
     Attributes:
         order: Relaxation order `k` of the last relaxation solved.
-        certified: Whether flat truncation held, so `objective` is the global
-            minimum.
+        certified: Whether the first moments attain the relaxation's bound
+            (to `optimality_tolerance`), so they are a global minimiser and
+            `objective` the global minimum.
         objective: Optimal value of the order-`k` relaxation: a lower bound
             of the minimum of `‖r(c)‖_∞`, equal to it when certified.
         coefficients: Per activation, float64 power coefficients (constant
             first, including the fixed 1s), read off the first moments;
-            `None` unless certified with rank 1.
-        rank: Rank of the flat moment matrix (`None` if not certified).
-        history: One dict per order tried: `order`, `objective`, `ranks`
-            (of `M_0 ... M_k`), `flat`, `status`, `seconds`.
+            `None` unless certified.
+        rank: Rank of the flat moment matrix (`None` if not flat).
+        history: One dict per order tried: `order`, `objective`, `attained`
+            (`‖r‖_∞` at the first moments), `ranks` (of `M_0 ... M_k`),
+            `flat`, `certified`, `status`, `iterations`, `seconds`.
     """
 
     def __init__(self, order, certified, objective, coefficients, rank, history):
@@ -312,14 +316,16 @@ def fit_polynomial_activations(
     max_order=3,
     solver="CLARABEL",
     rank_tolerance=1e-3,
+    optimality_tolerance=1e-5,
     force=False,
     verbose=False,
 ):
     """Globally optimal activation coefficients for fixed weights (Moment-SOS).
 
     Solves the order-`k` moment relaxation of
-    `min_c ‖r(c)‖_∞` for `k = k0, k0 + 1, ... max_order` until flat
-    truncation certifies the global optimum; see the module docstring.
+    `min_c ‖r(c)‖_∞` for `k = k0, k0 + 1, ... max_order` until its first
+    moments attain its bound (a certified global minimiser) or flat
+    truncation holds; see the module docstring.
 
     Reference:
         Zhang, Nie and Tang, PMLR 321:90-99, 2026 (arXiv:2510.03682).
@@ -336,8 +342,12 @@ def fit_polynomial_activations(
         solver: A `cvxpy` solver name; default Clarabel.
         rank_tolerance: Eigenvalues below this times `max(1, largest)` count
             as zero in the rank test.
+        optimality_tolerance: The first moments are certified optimal when
+            their loss exceeds the relaxation's bound by at most this times
+            `max(1, max |y|)`.
         force: Solve relaxations whose moment matrix exceeds
-            `MAX_MOMENT_MATRIX_SIZE` rows instead of refusing.
+            `MAX_MOMENT_MATRIX_SIZE` rows (6 coefficients at order 3)
+            instead of refusing.
         verbose: Print one line per order.
 
     Returns:
@@ -396,8 +406,6 @@ def fit_polynomial_activations(
 
     variable_of = _unknowns(degrees)
     num_coefficients = len(variable_of)
-    num_variables = num_coefficients + 1
-    theta = num_variables - 1
     constraints_polynomials = _constraint_polynomials(
         weights, x, y, degrees, loss, variable_of
     )
@@ -411,92 +419,126 @@ def fit_polynomial_activations(
             f"residuals (here {2 * half_degree - 1} or {2 * half_degree}). "
             f"Received: max_order={max_order}"
         )
+    data_scale = max(1.0, float(np.max(np.abs(y))))
     history = []
     for order in range(half_degree, max_order + 1):
-        size = math.comb(num_variables + order, order)
+        size = math.comb(num_coefficients + order, order) + 1
         if size > MAX_MOMENT_MATRIX_SIZE and not force:
             raise ValueError(
                 f"The order-{order} relaxation with {num_coefficients} unknown "
                 f"coefficients has a {size}-row moment matrix, more than "
-                f"MAX_MOMENT_MATRIX_SIZE={MAX_MOMENT_MATRIX_SIZE} (4 coefficients "
-                "at order 3, about 13 s on 2 cores; 6 coefficients at order 3 "
-                "took 5 minutes). Pass force=True to solve it anyway. "
+                f"MAX_MOMENT_MATRIX_SIZE={MAX_MOMENT_MATRIX_SIZE} (6 coefficients "
+                "at order 3, about 30 s on 2 cores; the time grows like the "
+                "sixth power of the rows). Lower `max_order` or the degrees, or "
+                "pass force=True to solve it anyway. "
                 f"Received: max_order={max_order}"
             )
         entry = _solve_relaxation(
-            cp, constraints_polynomials, num_variables, theta, order, half_degree,
+            cp, constraints_polynomials, num_coefficients, order, half_degree,
             solver, rank_tolerance,
+        )
+        first_moments = entry.pop("first_moments")
+        candidate = None
+        entry["attained"] = math.nan
+        if first_moments is not None:
+            candidate = _activations(first_moments, degrees, variable_of)
+            entry["attained"] = _loss(weights, candidate, x, y, loss)
+        # The relaxation's value is a lower bound of the minimum, so a point
+        # attaining it is a global minimiser, flat or not.
+        entry["certified"] = bool(
+            entry["attained"] - entry["objective"] <= optimality_tolerance * data_scale
         )
         history.append(entry)
         if verbose:
             print(
-                f"order {order}: objective {entry['objective']:.6g}, ranks "
-                f"{entry['ranks']}, flat {entry['flat']}, {entry['status']}, "
-                f"{entry['seconds']:.1f} s"
+                f"order {order}: objective {entry['objective']:.6g}, attained "
+                f"{entry['attained']:.6g}, ranks {entry['ranks']}, flat "
+                f"{entry['flat']}, {entry['status']}, {entry['iterations']} "
+                f"iterations, {entry['seconds']:.1f} s"
             )
-        if entry["flat"]:
+        if entry["certified"] or entry["flat"]:
             break
     last = history[-1]
-    coefficients = None
-    if last["flat"] and last["rank"] == 1:
-        first_moments = last["first_moments"]
-        coefficients = []
-        for layer, degree in enumerate(degrees):
-            values = np.ones(degree + 1)
-            for power in range(degree + 1):
-                if (layer, power) in variable_of:
-                    values[power] = first_moments[variable_of[layer, power]]
-            coefficients.append(values)
-    for entry in history:
-        entry.pop("first_moments")
     return MomentSOSResult(
         order=last["order"],
-        certified=last["flat"],
+        certified=last["certified"],
         objective=last["objective"],
-        coefficients=coefficients,
+        coefficients=candidate if last["certified"] else None,
         rank=last["rank"],
         history=history,
     )
 
 
+def _activations(first_moments, degrees, variable_of):
+    """Per-layer power coefficients with the unknowns set to `first_moments`."""
+    activations = []
+    for layer, degree in enumerate(degrees):
+        values = np.ones(degree + 1)
+        for power in range(degree + 1):
+            if (layer, power) in variable_of:
+                values[power] = first_moments[variable_of[layer, power]]
+        activations.append(values)
+    return activations
+
+
+def _loss(weights, activations, x, y, loss):
+    """`‖r(c)‖_∞` at given activations (the value the relaxation bounds)."""
+    residuals = network_output(weights, activations, x) - y
+    if loss == "mean":
+        residuals = residuals.mean(axis=0)
+    return float(np.max(np.abs(residuals)))
+
+
 def _solve_relaxation(
-    cp, constraint_polynomials, num_variables, theta, order, half_degree, solver,
+    cp, constraint_polynomials, num_coefficients, order, half_degree, solver,
     rank_tolerance,
 ):
-    """Solves one order of the moment relaxation and runs the flat-truncation test."""
+    """Solves one order of the moment relaxation and runs the flat-truncation test.
+
+    The matrices are indexed by the monomials of `c` and the single monomial
+    `θ`: `θ` enters the problem linearly, and the full `(c, θ)` basis
+    (120 rows instead of 85 for 6 coefficients at order 3) costs about
+    `(7260 / 3655)^3 ≈ 8` times more per solver iteration. The `θ` row is
+    what forces `w_{θ c^δ} = 0` when the bound is 0 (through `w_{θ²}`), so
+    noise-free residuals vanish against every multiplier, as in the full
+    relaxation; without it the paper's example is not flat at order 2.
+    """
     from scipy import sparse
 
-    moments = _monomials(num_variables, 2 * order)
-    position = {exponent: i for i, exponent in enumerate(moments)}
-    w = cp.Variable(len(moments))
+    theta = num_coefficients
+    theta_exponent = tuple(int(i == theta) for i in range(num_coefficients + 1))
+    # Moments are numbered as the matrices first need them (`w_0` first).
+    position = {(0,) * (num_coefficients + 1): 0, theta_exponent: 1}
+
+    def basis(max_degree, with_theta=True):
+        monomials = [alpha + (0,) for alpha in _monomials(num_coefficients, max_degree)]
+        return monomials + [theta_exponent] if with_theta else monomials
 
     def localizing(polynomial, size_degree):
-        """`L[α, β] = Σ_γ g_γ w_{α+β+γ}` as an affine matrix expression in `w`."""
-        basis = _monomials(num_variables, size_degree)
-        size = len(basis)
+        """`L[α, β] = Σ_γ g_γ w_{α+β+γ}` as a sparse operator on the moments."""
+        rows_basis = basis(size_degree)
+        size = len(rows_basis)
         rows, columns, values = [], [], []
-        for b, beta in enumerate(basis):
-            for a, alpha in enumerate(basis):
+        for b, beta in enumerate(rows_basis):
+            for a, alpha in enumerate(rows_basis):
                 for gamma, coefficient in polynomial.terms.items():
                     exponent = tuple(p + q + r for p, q, r in zip(alpha, beta, gamma))
                     rows.append(a + size * b)
-                    columns.append(position[exponent])
+                    columns.append(position.setdefault(exponent, len(position)))
                     values.append(coefficient)
-        operator = sparse.csr_matrix(
-            (values, (rows, columns)), shape=(size * size, len(moments))
-        )
-        return cp.reshape(operator @ w, (size, size), order="F")
+        return size, rows, columns, values
 
-    one = _Polynomial.constant(1.0, num_variables)
-    moment_matrix = localizing(one, order)
-    constraints = [w[0] == 1, moment_matrix >> 0]
+    one = _Polynomial.constant(1.0, num_coefficients + 1)
+    operators = [localizing(one, order)]
     for polynomial in constraint_polynomials:
-        localizing_degree = order - math.ceil(polynomial.degree / 2)
-        if localizing_degree == 0:
-            constraints.append(localizing(polynomial, 0)[0, 0] >= 0)
-        else:
-            constraints.append(localizing(polynomial, localizing_degree) >> 0)
-    theta_exponent = tuple(int(i == theta) for i in range(num_variables))
+        operators.append(localizing(polynomial, order - math.ceil(polynomial.degree / 2)))
+    w = cp.Variable(len(position))
+    constraints = [w[0] == 1]
+    for size, rows, columns, values in operators:
+        operator = sparse.csr_matrix(
+            (values, (rows, columns)), shape=(size * size, len(position))
+        )
+        constraints.append(cp.reshape(operator @ w, (size, size), order="F") >> 0)
     problem = cp.Problem(cp.Minimize(w[position[theta_exponent]]), constraints)
     started = time.time()
     status = None
@@ -509,21 +551,23 @@ def _solve_relaxation(
             # A failed order certifies nothing; report it instead of raising.
             status = f"solver_error: {error}"
     seconds = time.time() - started
+    iterations = getattr(problem.solver_stats, "num_iters", None)
     if status is not None or w.value is None:
         return {
             "order": order, "objective": math.nan, "ranks": [], "flat": False,
             "rank": None, "status": status or problem.status, "seconds": seconds,
-            "first_moments": None,
+            "iterations": iterations, "first_moments": None,
         }
     values = w.value
+    rows_basis = basis(order, with_theta=False)
     # Leading principal blocks of M_k are the M_t, t < k (graded order).
     full = np.array(
-        [[values[position[tuple(p + q for p, q in zip(a, b))]] for b in
-          _monomials(num_variables, order)] for a in _monomials(num_variables, order)]
+        [[values[position[tuple(p + q for p, q in zip(a, b))]] for b in rows_basis]
+         for a in rows_basis]
     )
     ranks = [
         _numerical_rank(full[:n, :n], rank_tolerance)
-        for n in (math.comb(num_variables + t, t) for t in range(order + 1))
+        for n in (math.comb(num_coefficients + t, t) for t in range(order + 1))
     ]
     flat_orders = [
         t for t in range(half_degree, order + 1) if ranks[t] == ranks[t - half_degree]
@@ -537,5 +581,6 @@ def _solve_relaxation(
         "rank": ranks[flat_orders[-1]] if flat else None,
         "status": problem.status,
         "seconds": seconds,
-        "first_moments": values[1 : 1 + num_variables],
+        "iterations": iterations,
+        "first_moments": full[0, 1 : 1 + num_coefficients],
     }

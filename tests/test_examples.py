@@ -137,6 +137,9 @@ def test_higgs_end_to_end_and_reload(higgs_file, tmp_path):
     assert metrics["data"]["train_size"] == 96 and metrics["data"]["test_size"] == 24
     assert 0.0 <= metrics["test_roc_auc"] <= 1.0
     assert record["dead_neuron_ratio"] == metrics["dead_neuron_ratio"]
+    # The default is an ensemble of 3, saved as one model.
+    assert len(metrics["member_test_roc_auc"]) == 3
+    assert os.path.exists(os.path.join(out, "history_member3.csv"))
 
     model = keras.saving.load_model(os.path.join(out, "model.keras"))
     raw = np.loadtxt(higgs_file, delimiter=",", dtype="float32")[:10, 1:]
@@ -147,9 +150,10 @@ def test_higgs_end_to_end_and_reload(higgs_file, tmp_path):
 
 def test_higgs_max_rows(higgs_file, tmp_path):
     record = higgs.main(["--data", higgs_file, "--max-rows", "50", "--activation",
-                         "selu", "--input-transform", "none",
+                         "selu", "--input-transform", "none", "--ensemble", "1",
                          "--output-dir", str(tmp_path / "out"), *TINY])
     assert record["data"]["train_size"] + record["data"]["test_size"] == 50
+    assert "member_test_roc_auc" not in record
 
 
 @pytest.mark.slow

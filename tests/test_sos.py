@@ -5,6 +5,7 @@ import os
 
 import numpy as np
 import pytest
+import keras
 from keras import ops
 
 from keras_bernstein import ops as bernstein_ops
@@ -31,16 +32,22 @@ def _load_example():
     ), example["relaxation"]
 
 
-def _random_instance(seed, noise=0.0):
-    """A 4-wide network like the golden example, with nonzero integer coefficients."""
+def _random_instance(seed, noise=0.0, degrees=(2, 1), weight_scale=1.0, input_range=2):
+    """A 4-wide network like the golden example, with nonzero integer coefficients.
+
+    Weights are `weight_scale` times integers in [-2, 2], the two samples
+    integers in [-input_range, input_range].
+    """
     rng = np.random.default_rng(seed)
-    weights = [rng.integers(-2, 3, size=(4, 4)).astype("float64") for _ in range(3)]
+    weights = [
+        weight_scale * rng.integers(-2, 3, size=(4, 4)).astype("float64") for _ in range(3)
+    ]
     nonzero = np.array([-2.0, -1.0, 1.0, 2.0])
     activations = [
-        np.concatenate([[1.0], rng.choice(nonzero, 2)]),
-        rng.choice(nonzero, 2),
+        np.concatenate([[1.0], rng.choice(nonzero, degrees[0])]),
+        rng.choice(nonzero, degrees[1] + 1),
     ]
-    x = rng.integers(-2, 3, size=(2, 4)).astype("float64")
+    x = rng.integers(-input_range, input_range + 1, size=(2, 4)).astype("float64")
     y = sos.network_output(weights, activations, x)
     return weights, x, y + noise * rng.standard_normal(y.shape), activations
 
@@ -162,6 +169,27 @@ def test_noisy_random_instances_are_certified(seed):
     assert attained == pytest.approx(result.objective, rel=1e-3, abs=1e-6)
     assert result.objective <= _loss(weights, activations, x, y, "per_sample") + 1e-6
     assert result.objective > 1e-3
+
+
+@pytest.mark.slow
+def test_six_coefficients_at_order_three():
+    """The largest size solved without `force`: about 30 s on 2 cores."""
+    pytest.importorskip("cvxpy", reason="the Moment-SOS relaxation needs cvxpy")
+    if keras.backend.backend() != "jax":
+        pytest.skip("NumPy and cvxpy only, the same on every backend: run once (JAX)")
+    # Cubic then quadratic activation: 3 + 3 unknowns. Per sample, so that the
+    # 8 residuals determine them (the mean loss has only 4). Half-integer
+    # weights and inputs in [-1, 1] keep the outputs below 1e3.
+    degrees = (3, 2)
+    weights, x, y, activations = _random_instance(
+        1, degrees=degrees, weight_scale=0.5, input_range=1
+    )
+    result = sos.fit_polynomial_activations(weights, x, y, degrees, loss="per_sample")
+    assert [entry["order"] for entry in result.history] == [2, 3]
+    assert result.certified and result.order == 3
+    assert abs(result.objective) < 1e-6
+    for recovered, true in zip(result.coefficients, activations):
+        np.testing.assert_allclose(recovered, true, atol=1e-4)
 
 
 def test_refuses_large_problems_unless_forced():

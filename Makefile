@@ -23,13 +23,16 @@ install: $(VENV)/.installed
 demo: install
 	KERAS_BACKEND=$${KERAS_BACKEND:-jax} $(PY) examples/mnist.py --data sample
 
+# pyproject.toml leaves the slow tests out of a plain `pytest`; make runs all.
+ALL_TESTS := -m "slow or not slow"
+
 # Each backend in its own process (a backend cannot switch inside one);
 # all run, and the target fails if any failed.
 test: install
 	@failed=""; \
 	for backend in $(BACKENDS); do \
 		echo "=== pytest, KERAS_BACKEND=$$backend"; \
-		KERAS_BACKEND=$$backend $(PY) -m pytest tests -q -p no:cacheprovider \
+		KERAS_BACKEND=$$backend $(PY) -m pytest tests -q -p no:cacheprovider $(ALL_TESTS) \
 			|| failed="$$failed $$backend"; \
 	done; \
 	echo "=== mkdocs build --strict"; \
@@ -38,7 +41,7 @@ test: install
 	echo "all backends and the docs passed"
 
 test-%: install
-	KERAS_BACKEND=$* $(PY) -m pytest tests -q -p no:cacheprovider
+	KERAS_BACKEND=$* $(PY) -m pytest tests -q -p no:cacheprovider $(ALL_TESTS)
 
 docs: install
 	$(PY) -m mkdocs build --strict

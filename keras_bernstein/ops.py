@@ -109,19 +109,34 @@ def bernstein_basis(t, degree):
         `C(n, k) t^k (1 - t)^(n - k)`, computed by products of powers
         built by repeated multiplication (no `pow`).
     """
-    t = ops.convert_to_tensor(t)
+    return ops.stack(_basis_terms(ops.convert_to_tensor(t), degree), axis=-1)
+
+
+def _basis_terms(t, degree, weight=None):
+    """`[weight * C(n, k) t^k (1 - t)^(n - k) for k in 0..n]`, unstacked.
+
+    A list, so that a sum of each term over the batch can fuse with the
+    products that make it (`_sums_to_shape`).
+    """
     s = ops.subtract(1.0, t)
-    t_powers = [ops.ones_like(t)]
-    s_powers = [ops.ones_like(t)]
-    for _ in range(degree):
+    t_powers = [None, t]
+    s_powers = [None, s]
+    for _ in range(degree - 1):
         t_powers.append(ops.multiply(t_powers[-1], t))
         s_powers.append(ops.multiply(s_powers[-1], s))
     binomials = binomial_coefficients(degree)
-    basis = [
-        ops.multiply(float(binomials[k]), ops.multiply(t_powers[k], s_powers[degree - k]))
-        for k in range(degree + 1)
-    ]
-    return ops.stack(basis, axis=-1)
+    terms = []
+    for k in range(degree + 1):
+        if weight is None:
+            term = ops.full_like(t, float(binomials[k]))
+        else:
+            term = ops.multiply(weight, float(binomials[k]))
+        if k:
+            term = ops.multiply(term, t_powers[k])
+        if degree - k:
+            term = ops.multiply(term, s_powers[degree - k])
+        terms.append(term)
+    return terms
 
 
 def end_slopes(coefficients):
@@ -203,6 +218,20 @@ def _sum_to_shape(tensor, shape):
     return tensor
 
 
+def _sums_to_shape(tensors, shape):
+    """`[_sum_to_shape(t, shape) for t in tensors]`, in one pass on JAX-CPU.
+
+    There the sums are one variadic XLA reduction (`_fast/jax_reductions`):
+    as separate sums, XLA-CPU materialises the products they share.
+    """
+    if keras.backend.backend() == "jax":
+        from keras_bernstein._fast import jax_reductions
+
+        if jax_reductions.fuses_many_sums():
+            return jax_reductions.sum_many_to_shape(tensors, shape)
+    return [_sum_to_shape(tensor, shape) for tensor in tensors]
+
+
 def _recomputed_gradients(parts, x_shape, coefficients, bounds, upstream, extrapolation):
     """Gradients of `sum(upstream * σ(x))` with respect to `x`, `c` and `bounds`.
 
@@ -212,8 +241,9 @@ def _recomputed_gradients(parts, x_shape, coefficients, bounds, upstream, extrap
     degree n - 1), `dσ/dc_k = b_{n,k}(t)` reduced over the batch (plus the
     end-slope terms of linear extrapolation), and the bounds' gradients from
     `dt/dl = (t - 1)/(u - l)`, `dt/du = -t/(u - l)` with `t` unclamped, which
-    also holds on the linear pieces outside `[l, u]`. Plain autodiff of the
-    Horner loop instead keeps about `2 n` tensors of the input's size.
+    also holds on the linear pieces outside `[l, u]`. Every per-neuron sum is
+    taken in one `_sums_to_shape`. Plain autodiff of the Horner loop instead
+    keeps about `2 n` tensors of the input's size.
     """
     t, overshoot = parts
     degree = coefficients.shape[-1] - 1
@@ -222,16 +252,19 @@ def _recomputed_gradients(parts, x_shape, coefficients, bounds, upstream, extrap
     weighted = ops.multiply(upstream, _slope_in_t(t, coefficients, extrapolation))
     grad_x = _sum_to_shape(ops.divide(weighted, width), x_shape)
     basis_at = t if extrapolation == "polynomial" else ops.clip(t, 0.0, 1.0)
-    grad_c = _sum_to_shape(
-        ops.multiply(ops.expand_dims(upstream, -1), bernstein_basis(basis_at, degree)),
-        coefficients.shape,
-    )
+    terms = _basis_terms(basis_at, degree, weight=upstream)
+    terms += [weighted * (t - 1.0), weighted * t]
     if extrapolation == "linear":
         # relu, not minimum/maximum: Keras' torch backend returns float32
         # from those for float64 tensors.
         above = ops.relu(overshoot)
-        below = _sum_to_shape(upstream * (overshoot - above), neuron_shape)
-        above = _sum_to_shape(upstream * above, neuron_shape)
+        terms += [upstream * (overshoot - above), upstream * above]
+    sums = _sums_to_shape(terms, neuron_shape)
+    grad_c = ops.stack(sums[: degree + 1], axis=-1)
+    grad_lower = sums[degree + 1] / width
+    grad_upper = -sums[degree + 2] / width
+    if extrapolation == "linear":
+        below, above = sums[degree + 3 :]
         unit = np.eye(degree + 1, dtype="float64")
         lower_pattern = ops.convert_to_tensor(
             degree * (unit[1] - unit[0]), dtype=coefficients.dtype
@@ -243,8 +276,6 @@ def _recomputed_gradients(parts, x_shape, coefficients, bounds, upstream, extrap
             ops.expand_dims(below, -1) * lower_pattern
             + ops.expand_dims(above, -1) * upper_pattern
         )
-    grad_lower = _sum_to_shape(weighted * (t - 1.0), neuron_shape) / width
-    grad_upper = -_sum_to_shape(weighted * t, neuron_shape) / width
     return grad_x, grad_c, ops.stack([grad_lower, grad_upper], axis=-1)
 
 

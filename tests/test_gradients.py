@@ -33,9 +33,13 @@ def backend_gradients(fn, arrays, weights):
         return [g.numpy() for g in tape.gradient(loss, variables)]
     import torch
 
-    tensors = [torch.tensor(a, requires_grad=True) for a in arrays]
-    (fn(*tensors) * torch.tensor(weights)).sum().backward()
-    return [t.grad.numpy() for t in tensors]
+    tensors = [
+        a.detach().clone().requires_grad_() if isinstance(a, torch.Tensor)
+        else torch.tensor(a, requires_grad=True)
+        for a in arrays
+    ]
+    (fn(*tensors) * torch.as_tensor(weights)).sum().backward()
+    return [t.grad.float().numpy() for t in tensors]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -155,6 +159,41 @@ def test_float32_backward_matches_float64_autodiff(extrapolation, degree):
             scale = np.abs(b).max() + 1.0
             np.testing.assert_allclose(
                 a, b, rtol=0, atol=5e-5 * scale, err_msg=f"{name} {label}"
+            )
+
+
+@pytest.mark.parametrize("dtype, tolerance", [("float16", 2e-2), ("bfloat16", 1e-1)])
+@pytest.mark.parametrize("extrapolation", ["linear", "polynomial"])
+def test_half_precision_backward_matches_float64_autodiff(dtype, tolerance, extrapolation):
+    """Mixed precision: the fast paths in 16-bit against the float64 formula.
+
+    The coefficient gradients are sums over 512 rows; the JAX path
+    accumulates them in float32, so the error is that of the 16-bit inputs.
+    (Not `"clip"`: its derivative jumps at the bounds, where 16-bit rounding
+    of `t` moves points across.)
+    """
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(512, 4))
+    coefficients = rng.normal(size=(4, 9))
+    bounds = np.broadcast_to([-2.0, 2.0], (4, 2)).copy()
+    weights = rng.normal(size=(512, 4))
+    # The float64 reference on the inputs as rounded to `dtype`.
+    rounded = [
+        ops.convert_to_numpy(ops.cast(ops.convert_to_tensor(a), dtype)).astype("float64")
+        for a in (x, coefficients, bounds, weights)
+    ]
+    reference = backend_gradients(plain(extrapolation, 8), tuple(rounded[:3]), rounded[3])
+    arrays = tuple(ops.cast(ops.convert_to_tensor(a), dtype) for a in rounded[:3])
+    weights = ops.cast(ops.convert_to_tensor(rounded[3]), dtype)
+    if BACKEND == "tensorflow":
+        arrays = tuple(ops.convert_to_numpy(a) for a in arrays)
+    for name in ("lean", "dispatched"):
+        fast = backend_gradients(implementation(name, extrapolation), arrays, weights)
+        for label, a, b in zip(("x", "coefficients", "bounds"), fast, reference):
+            scale = np.abs(b).max() + 1.0
+            np.testing.assert_allclose(
+                np.asarray(a, dtype="float64"), b, rtol=0, atol=tolerance * scale,
+                err_msg=f"{name} {label} {dtype}",
             )
 
 

@@ -153,7 +153,6 @@ def main(argv=None):
             parser.error(f"--{name.replace('_', '-')} must be >= 1. "
                          f"Received: {getattr(args, name)}")
 
-    keras.utils.set_random_seed(args.seed)
     devices = _common.configure_distribution(args.distribute, args.batch_size)
     (x_train, y_train), (x_test, y_test), description = load_data(
         args.data, args.max_rows, args.split_seed)

@@ -388,16 +388,19 @@ class TriangleWaveNetwork(keras.layers.Layer):
             return ops.convert_to_tensor(self.scales)
         return differentiable_scales(self.scales[0], ops.convert_to_tensor(self.peaks))
 
-    def dense_weights(self):
-        """The `(kernel, bias)` pairs of the equivalent ReLU `Dense` stack."""
-        return dense_stack_weights(
+    def _wave_parameters(self):
+        """`(peaks, scales, sign, intercept, slope)`, as `wave_sum` takes them."""
+        return (
             ops.convert_to_tensor(self.peaks),
             self.all_scales(),
             self.sign,
             self.linear_part[0],
             self.linear_part[1],
-            self.accumulator_offset,
         )
+
+    def dense_weights(self):
+        """The `(kernel, bias)` pairs of the equivalent ReLU `Dense` stack."""
+        return dense_stack_weights(*self._wave_parameters(), self.accumulator_offset)
 
     def call(self, inputs):
         weights = self.dense_weights()
@@ -409,14 +412,7 @@ class TriangleWaveNetwork(keras.layers.Layer):
 
     def closed_form(self, x):
         """`wave_sum` with this layer's parameters (valid on `[0, 1]`)."""
-        return wave_sum(
-            x,
-            ops.convert_to_tensor(self.peaks),
-            self.all_scales(),
-            self.sign,
-            self.linear_part[0],
-            self.linear_part[1],
-        )
+        return wave_sum(x, *self._wave_parameters())
 
     def to_sequential(self, name=None):
         """A plain `keras.Sequential` of `Dense` layers computing the same function.

@@ -1,8 +1,8 @@
 """The hand-written backward of `ops.bernstein_polynomial` against autodiff.
 
-JAX uses the recomputing backward in training; it is portable Keras code, so it
-is checked here on every backend against autodiff of the plain evaluation, and
-both against central finite differences, in float64.
+JAX and TensorFlow use the recomputing backward in training; it is portable
+Keras code, so it is checked here on every backend against autodiff of the
+plain evaluation, and both against central finite differences, in float64.
 """
 
 import keras
@@ -65,7 +65,7 @@ def plain(extrapolation, degree):
 def implementation(name, extrapolation):
     """The recomputing backward under test: the portable one, or what
     `bernstein_polynomial` dispatches to on this backend (the in-place
-    autograd node on PyTorch, the portable one on JAX, autodiff on TensorFlow).
+    autograd node on PyTorch, the portable one on JAX and TensorFlow).
     """
     if name == "lean":
         return bernstein_ops._with_lean_gradient(extrapolation)

@@ -31,6 +31,12 @@ def fuses_many_sums():
     return jax.default_backend() == "cpu"
 
 
+def recomputation_barrier(tensors):
+    """`tensors` through `lax.optimization_barrier`: values XLA cannot merge
+    with the forward pass's, so the backward pass recomputes from them."""
+    return lax.optimization_barrier(tensors)
+
+
 def sum_many_to_shape(tensors, shape):
     """Sums each of `tensors` (one common shape) down to `shape`, in one pass.
 

@@ -219,16 +219,15 @@ def _sum_to_shape(tensor, shape):
 
 
 def _sums_to_shape(tensors, shape):
-    """`[_sum_to_shape(t, shape) for t in tensors]`, in one pass on JAX-CPU.
+    """`[_sum_to_shape(t, shape) for t in tensors]`, in one pass on JAX.
 
-    There the sums are one variadic XLA reduction (`_fast/jax_reductions`):
-    as separate sums, XLA-CPU materialises the products they share.
+    There the sums are one XLA reduction (`_fast/jax_reductions`): as
+    separate sums, XLA materialises the products they share.
     """
     if keras.backend.backend() == "jax":
         from keras_bernstein._fast import jax_reductions
 
-        if jax_reductions.fuses_many_sums():
-            return jax_reductions.sum_many_to_shape(tensors, shape)
+        return jax_reductions.sum_many_to_shape(tensors, shape)
     return [_sum_to_shape(tensor, shape) for tensor in tensors]
 
 

@@ -1,13 +1,22 @@
-"""Many sums over the same axes as one XLA reduction, for the JAX-CPU backward.
+"""How the JAX backward of `ops.bernstein_polynomial` meets XLA.
 
-The recomputed backward of `ops.bernstein_polynomial` sums `n + 5`
-elementwise products of `t`, the overshoot and the upstream gradient over the
-batch axes. As separate sums, XLA-CPU materialises the powers of `t` they
-share; as one variadic `lax.reduce`, every product is computed inside one
-fused loop. Measured on CPU (degree 8, one thread): for a `(4096, 512)`
-activation the gradient's temporaries fell from 176 MiB to 0 and its time
-from 162 ms to 50 ms; `benchmarks/performance.py`'s training step went from
-2.20-2.25x to 1.50-1.65x of ReLU's (docs/performance.md).
+Two things, both measured on a training step (docs/performance.md):
+
+- The backward's `n + 3` per-neuron sums (`n + 1` basis sums and two for the
+  ends of the interval). On CPU they are variadic `lax.reduce`s, which fuse
+  every product into one loop over the inputs; as separate sums, XLA-CPU
+  materialised the powers of `t` they share (a `(4096, 512)` activation's
+  gradient: 176 MiB and 162 ms of temporaries before, 0 and 50 ms after). On
+  GPU they stay separate sums, which XLA-GPU fuses: on an H100 one reduction
+  of the stacked terms saved memory (the step's peak 524 MiB against 877)
+  but took the step from 1.49x to 2.05x of ReLU's (degree 32: 1.96x to
+  7.27x), and a variadic reduction of 37 operands (degree 32) failed to
+  compile (`ptxas`: too much shared data).
+- A barrier between the forward and backward passes, on CPU: without it XLA
+  merges the backward's powers of `t` with the forward Horner loop's, keeps
+  all of them from the forward pass, and the reductions read `n` stored
+  tensors instead of recomputing (degree 8: 1.9x -> 1.45x of ReLU's step,
+  peak memory 3.2x -> 1.4x). On the H100 it changed neither time nor memory.
 """
 
 import jax
@@ -21,20 +30,16 @@ import jax.numpy as jnp
 _MAX_OPERANDS = 13
 
 
-def fuses_many_sums():
-    """Whether to take the sums as one variadic reduction: on CPU only.
-
-    XLA-GPU already fuses the separate sums (the training step's memory
-    measured 1.43x of ReLU's on an H100), and its variadic reduction of
-    `n + 5` operands runs out of shared memory in `ptxas` at degree 32.
-    """
+def _on_cpu():
     return jax.default_backend() == "cpu"
 
 
 def recomputation_barrier(tensors):
-    """`tensors` through `lax.optimization_barrier`: values XLA cannot merge
-    with the forward pass's, so the backward pass recomputes from them."""
-    return lax.optimization_barrier(tensors)
+    """`tensors` through `lax.optimization_barrier` on CPU: values XLA cannot
+    merge with the forward pass's, so the backward pass recomputes from them."""
+    if _on_cpu():
+        return lax.optimization_barrier(tensors)
+    return tensors
 
 
 def sum_many_to_shape(tensors, shape):
@@ -55,6 +60,8 @@ def sum_many_to_shape(tensors, shape):
     dtype = tensors[0].dtype
     accumulate = jnp.float32 if jnp.finfo(dtype).bits < 32 else dtype
     operands = tuple(tensor.astype(accumulate) for tensor in tensors)
+    if not _on_cpu():
+        return [jnp.sum(x, axis=axes).reshape(shape).astype(dtype) for x in operands]
     sums = []
     for start in range(0, len(operands), _MAX_OPERANDS):
         group = operands[start : start + _MAX_OPERANDS]

@@ -474,3 +474,74 @@ def test_global_mixed_float16_policy_trains_bernstein_dense_model():
     predictions = model.predict(x, verbose=0)
     assert predictions.dtype == np.float32
     assert np.all(np.isfinite(predictions))
+
+
+@pytest.mark.skipif(
+    keras.backend.backend() != "torch", reason="PyTorch's fused batch normalization"
+)
+@pytest.mark.parametrize("shape", [(16, 6), (4, 3, 6)])
+def test_torch_fused_batch_normalization_matches_keras_layer(shape):
+    """BernsteinDense's fused normalization against the Keras layer it stands for:
+    outputs, gradients and moving statistics, in training and in inference."""
+    import torch
+
+    from keras_bernstein._fast import torch_normalization
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(2.0, 3.0, size=shape).astype("float32")
+    layers = []
+    for _ in range(2):
+        layer = keras.layers.BatchNormalization(momentum=0.9)
+        layer.build(shape)
+        layer.gamma.assign(rng.uniform(0.5, 2.0, shape[-1]))
+        layer.beta.assign(rng.normal(size=shape[-1]))
+        layers.append(layer)
+    layers[1].set_weights(layers[0].get_weights())
+    fused, reference = layers
+    assert torch_normalization.supports(fused, ops.convert_to_tensor(x))
+    upstream = torch.as_tensor(rng.normal(size=shape).astype("float32"))
+    for training in (True, True, False):
+        results = []
+        for layer, function in (
+            (fused, lambda a: torch_normalization.batch_normalization(fused, a, training)),
+            (reference, lambda a: reference(a, training=training)),
+        ):
+            inputs = torch.tensor(x, requires_grad=True)
+            outputs = function(inputs)
+            grads = torch.autograd.grad(
+                outputs, [inputs, layer.gamma.value, layer.beta.value], upstream
+            )
+            results.append([outputs.detach(), *grads])
+        for label, a, b in zip(("outputs", "x", "gamma", "beta"), *results):
+            np.testing.assert_allclose(
+                a.numpy(), b.numpy(), rtol=1e-4, atol=1e-4, err_msg=label
+            )
+        for a, b in zip(fused.get_weights(), reference.get_weights()):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    one_row = np.zeros((1,) * (len(shape) - 1) + (shape[-1],), "float32")
+    assert not torch_normalization.supports(fused, ops.convert_to_tensor(one_row))
+
+
+def test_bernstein_dense_trains_the_same_with_the_fused_normalization(monkeypatch):
+    """Two training steps of a BernsteinDense model change the weights as the
+    Keras normalization would (PyTorch swaps in its fused kernel; elsewhere
+    this checks the plain path against itself)."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(32, 5)).astype("float32")
+    y = rng.normal(size=(32, 1)).astype("float32")
+    weights = []
+    for fused in (True, False):
+        if not fused and keras.backend.backend() == "torch":
+            from keras_bernstein._fast import torch_normalization
+
+            monkeypatch.setattr(torch_normalization, "supports", lambda *args: False)
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential(
+            [keras.Input((5,)), BernsteinDense(4, degree=3), keras.layers.Dense(1)]
+        )
+        model.compile(optimizer="sgd", loss="mse")
+        model.train_on_batch(x, y)
+        model.train_on_batch(x, y)
+        weights.append(model.get_weights())
+    for a, b in zip(*weights):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)

@@ -1,9 +1,17 @@
-"""Per-backend fast paths, reached only through `keras_bernstein.ops`.
+"""Per-backend fast paths, each behind one portable entry point.
 
-Each module here computes exactly what the portable code in `ops.py` computes
-(same formulas, same extrapolation semantics) with fewer kernels:
-`torch_polynomial` the whole polynomial as one in-place autograd node,
-`jax_reductions` the per-neuron sums of the JAX backward as fused reductions.
-Both are tested against autodiff of the portable formula in
-`tests/test_gradients.py`.
+Each module here computes exactly what the portable code computes (same
+formulas, same semantics) with fewer kernels:
+
+- `jax_reductions` (via `ops.bernstein_polynomial`): the per-neuron sums of
+  the JAX backward as fused reductions, and the barrier that keeps XLA-CPU
+  from storing the forward pass's powers of `t`;
+- `torch_polynomial` (via `ops.bernstein_polynomial`): the whole polynomial as
+  one in-place autograd node;
+- `torch_normalization` (via `BernsteinDense.pre_activation`): the batch
+  normalization as PyTorch's fused kernel, on the Keras layer's variables.
+
+The first two are tested against autodiff of the portable formula in
+`tests/test_gradients.py`, the third against the Keras layer in
+`tests/test_layers.py`.
 """

@@ -201,9 +201,16 @@ class BernsteinDense(keras.layers.Layer):
     def pre_activation(self, inputs, training=False):
         """The input of the Bernstein activation (after the normalization)."""
         hidden = self.dense(inputs)
-        if self.batch_normalization is not None:
-            hidden = self.batch_normalization(hidden, training=training)
-        return hidden
+        if self.batch_normalization is None:
+            return hidden
+        if keras.backend.backend() == "torch":
+            from keras_bernstein._fast import torch_normalization
+
+            if torch_normalization.supports(self.batch_normalization, hidden):
+                return torch_normalization.batch_normalization(
+                    self.batch_normalization, hidden, training
+                )
+        return self.batch_normalization(hidden, training=training)
 
     def derivative_lower_bound(self):
         """See `Bernstein.derivative_lower_bound`.

@@ -219,10 +219,11 @@ def _sum_to_shape(tensor, shape):
 
 
 def _sums_to_shape(tensors, shape):
-    """`[_sum_to_shape(t, shape) for t in tensors]`, in one pass on JAX.
+    """`[_sum_to_shape(t, shape) for t in tensors]`.
 
-    There the sums are one XLA reduction (`_fast/jax_reductions`): as
-    separate sums, XLA materialises the products they share.
+    On JAX they go to `_fast/jax_reductions`, which on CPU takes them as
+    fused variadic reductions: as separate sums, XLA-CPU materialises the
+    products they share.
     """
     if keras.backend.backend() == "jax":
         from keras_bernstein._fast import jax_reductions
@@ -334,9 +335,10 @@ def _recomputation_barrier(tensors):
     """`tensors`, hidden from the compiler's common-subexpression elimination.
 
     The backward pass builds the same powers of `t` as the forward pass's
-    Horner loop; merged, XLA keeps all of them from the forward pass and its
-    reductions then read `n` stored tensors instead of one (on CPU, degree 8:
-    1.9x -> 1.45x of ReLU's training step).
+    Horner loop; merged, XLA-CPU keeps all of them from the forward pass and
+    its reductions then read `n` stored tensors instead of one (degree 8:
+    1.9x -> 1.45x of ReLU's training step). Acts on JAX-CPU only
+    (`_fast/jax_reductions.recomputation_barrier`).
     """
     if keras.backend.backend() == "jax":
         from keras_bernstein._fast import jax_reductions

@@ -221,14 +221,14 @@ def _sum_to_shape(tensor, shape):
 def _sums_to_shape(tensors, shape):
     """`[_sum_to_shape(t, shape) for t in tensors]`.
 
-    On JAX they go to `_fast/jax_reductions`, which on CPU takes them as
-    fused variadic reductions: as separate sums, XLA-CPU materialises the
-    products they share.
+    On JAX-CPU they are fused variadic reductions (`_fast/jax_reductions`):
+    as separate sums, XLA-CPU materialises the products they share.
     """
     if keras.backend.backend() == "jax":
         from keras_bernstein._fast import jax_reductions
 
-        return jax_reductions.sum_many_to_shape(tensors, shape)
+        if jax_reductions.fuses_many_sums():
+            return jax_reductions.sum_many_to_shape(tensors, shape)
     return [_sum_to_shape(tensor, shape) for tensor in tensors]
 
 
@@ -269,6 +269,45 @@ def _bounds_gradients(basis_sums, coefficients, bounds, outside=None):
     return ops.stack([lower / width, -upper / width], axis=-1)
 
 
+def _parameter_gradients(basis_sums, coefficients, bounds, extrapolation, below=None, above=None):
+    """`(dL/dc, dL/d bounds)` from the basis sums `S` and two sums outside `[l, u]`.
+
+    Args:
+        basis_sums: `S_k = sum over the batch of g * b_{n,k}(t)`, `t` clamped
+            to `[0, 1]` unless `extrapolation="polynomial"`.
+        coefficients: `(..., n + 1)`, `n >= 1`.
+        bounds: `(..., 2)`.
+        extrapolation: The mode the sums were taken for.
+        below, above: `"linear"`: sums of `g` times the overshoot in `t`
+            units below and above the interval; `"clip"`: sums of `g` over
+            the points below and above (`S_0`, `S_n` count them, but they
+            have no slope); unused for `"polynomial"`.
+    """
+    degree = _degree_of(coefficients)
+    unit = np.eye(degree + 1, dtype="float64")
+
+    def times(values, pattern):
+        return ops.expand_dims(values, -1) * ops.convert_to_tensor(
+            pattern, dtype=basis_sums.dtype
+        )
+
+    if extrapolation == "polynomial":
+        return basis_sums, _bounds_gradients(basis_sums, coefficients, bounds)
+    if extrapolation == "clip":
+        inside_sums = basis_sums - (times(below, unit[0]) + times(above, unit[-1]))
+        return basis_sums, _bounds_gradients(inside_sums, coefficients, bounds)
+    slope_lower, slope_upper = end_slopes(coefficients)
+    grad_bounds = _bounds_gradients(
+        basis_sums, coefficients, bounds, slope_lower * below + slope_upper * above
+    )
+    # The end values and slopes that linear extrapolation continues with.
+    grad_c = basis_sums + (
+        times(below, degree * (unit[1] - unit[0]))
+        + times(above, degree * (unit[-1] - unit[-2]))
+    )
+    return grad_c, grad_bounds
+
+
 def _recomputed_gradients(parts, x_shape, coefficients, bounds, upstream, extrapolation):
     """Gradients of `sum(upstream * σ(x))` with respect to `x`, `c` and `bounds`.
 
@@ -277,7 +316,7 @@ def _recomputed_gradients(parts, x_shape, coefficients, bounds, upstream, extrap
     and recomputes the rest: `dσ/dx = σ_t / (u - l)` (one Horner pass of
     degree n - 1), `dσ/dc_k = b_{n,k}(t)` reduced over the batch (plus the
     end-slope terms of linear extrapolation), and the bounds' gradients from
-    those sums (`_bounds_gradients`). Every per-neuron sum is taken in one
+    those sums (`_parameter_gradients`). Every per-neuron sum is taken in one
     `_sums_to_shape`. Plain autodiff of the Horner loop instead keeps about
     `2 n` tensors of the input's size.
     """
@@ -302,31 +341,12 @@ def _recomputed_gradients(parts, x_shape, coefficients, bounds, upstream, extrap
             ops.where(ops.greater(t, 1.0), upstream, zero),
         ]
     sums = _sums_to_shape(terms, neuron_shape)
-    grad_c = ops.stack(sums[: degree + 1], axis=-1)
-    unit = np.eye(degree + 1, dtype="float64")
-    if extrapolation == "clip":
-        below, above = sums[degree + 1 :]
-        inside_sums = grad_c - (
-            ops.expand_dims(below, -1) * ops.convert_to_tensor(unit[0], grad_c.dtype)
-            + ops.expand_dims(above, -1) * ops.convert_to_tensor(unit[-1], grad_c.dtype)
-        )
-        return grad_x, grad_c, _bounds_gradients(inside_sums, coefficients, bounds)
-    if extrapolation == "polynomial":
-        return grad_x, grad_c, _bounds_gradients(grad_c, coefficients, bounds)
-    below, above = sums[degree + 1 :]
-    slope_lower, slope_upper = end_slopes(coefficients)
-    grad_bounds = _bounds_gradients(
-        grad_c, coefficients, bounds, slope_lower * below + slope_upper * above
-    )
-    lower_pattern = ops.convert_to_tensor(
-        degree * (unit[1] - unit[0]), dtype=coefficients.dtype
-    )
-    upper_pattern = ops.convert_to_tensor(
-        degree * (unit[-1] - unit[-2]), dtype=coefficients.dtype
-    )
-    grad_c = grad_c + (
-        ops.expand_dims(below, -1) * lower_pattern
-        + ops.expand_dims(above, -1) * upper_pattern
+    grad_c, grad_bounds = _parameter_gradients(
+        ops.stack(sums[: degree + 1], axis=-1),
+        coefficients,
+        bounds,
+        extrapolation,
+        *sums[degree + 1 :],
     )
     return grad_x, grad_c, grad_bounds
 

@@ -34,6 +34,11 @@ def _on_cpu():
     return jax.default_backend() == "cpu"
 
 
+def fuses_many_sums():
+    """Whether `sum_many_to_shape` should take the backward's sums: on CPU."""
+    return _on_cpu()
+
+
 def recomputation_barrier(tensors):
     """`tensors` through `lax.optimization_barrier` on CPU: values XLA cannot
     merge with the forward pass's, so the backward pass recomputes from them."""
@@ -43,7 +48,8 @@ def recomputation_barrier(tensors):
 
 
 def sum_many_to_shape(tensors, shape):
-    """Sums each of `tensors` (one common shape) down to `shape`, in one pass.
+    """Sums each of `tensors` (one common shape) down to `shape`, in one pass
+    of grouped variadic reductions (for XLA-CPU; see `fuses_many_sums`).
 
     `shape` is the common shape without its leading axes and with some axes
     set to 1 (those that broadcasting added), as in `ops._sum_to_shape`.
@@ -60,8 +66,6 @@ def sum_many_to_shape(tensors, shape):
     dtype = tensors[0].dtype
     accumulate = jnp.float32 if jnp.finfo(dtype).bits < 32 else dtype
     operands = tuple(tensor.astype(accumulate) for tensor in tensors)
-    if not _on_cpu():
-        return [jnp.sum(x, axis=axes).reshape(shape).astype(dtype) for x in operands]
     sums = []
     for start in range(0, len(operands), _MAX_OPERANDS):
         group = operands[start : start + _MAX_OPERANDS]

@@ -176,43 +176,28 @@ def _basis_sums(upstream, t, s, degree, neuron_shape):
 def _parameter_gradients(
     upstream, x, t, s, inside, inverse_width, coefficients, bounds, extrapolation
 ):
-    """Gradients of the coefficients and the bounds, from one set of basis sums.
-
-    The coefficients': `sum over the batch of upstream * b_{n,k}(t)`, plus the
-    end-slope terms of linear extrapolation; the bounds' follow from the same
-    sums (`ops._bounds_gradients`).
-    """
+    """Gradients of the coefficients and the bounds (`ops._parameter_gradients`)
+    from the basis sums and the two sums outside the interval."""
     degree = coefficients.shape[-1] - 1
     neuron_shape = coefficients.shape[:-1]
     sums = _basis_sums(upstream, t, s, degree, neuron_shape)
-    grad = torch.movedim(sums, 0, -1) * _binomials(degree, coefficients)
-    if extrapolation == "polynomial":
-        return grad, bernstein_ops._bounds_gradients(grad, coefficients, bounds)
-    lower, upper = _last_axis_first(bounds)
+    basis_sums = torch.movedim(sums, 0, -1) * _binomials(degree, coefficients)
+    outside = ()
     if extrapolation == "clip":
-        # Points outside count in S_0 or S_n, but have no slope.
-        below = _reduce_to(torch.where(x < lower, upstream, 0.0), neuron_shape)
-        above = _reduce_to(torch.where(x > upper, upstream, 0.0), neuron_shape)
-        inside_sums = grad.clone()
-        inside_sums[..., 0] -= below
-        inside_sums[..., -1] -= above
-        return grad, bernstein_ops._bounds_gradients(inside_sums, coefficients, bounds)
-    # The overshoot in t units, summed below and above the interval.
-    overshoot = torch.sub(x, inside)
-    overshoot_sum = _reduce_to(upstream * overshoot, neuron_shape)
-    above = _reduce_to(upstream * overshoot.relu_(), neuron_shape)
-    below = (overshoot_sum - above) * inverse_width
-    above = above * inverse_width
-    slope_lower, slope_upper = bernstein_ops.end_slopes(coefficients)
-    grad_bounds = bernstein_ops._bounds_gradients(
-        grad, coefficients, bounds, slope_lower * below + slope_upper * above
+        lower, upper = _last_axis_first(bounds)
+        outside = (
+            _reduce_to(torch.where(x < lower, upstream, 0.0), neuron_shape),
+            _reduce_to(torch.where(x > upper, upstream, 0.0), neuron_shape),
+        )
+    elif extrapolation == "linear":
+        # The overshoot, summed below and above the interval, in t units.
+        overshoot = torch.sub(x, inside)
+        overshoot_sum = _reduce_to(upstream * overshoot, neuron_shape)
+        above = _reduce_to(upstream * overshoot.relu_(), neuron_shape)
+        outside = ((overshoot_sum - above) * inverse_width, above * inverse_width)
+    return bernstein_ops._parameter_gradients(
+        basis_sums, coefficients, bounds, extrapolation, *outside
     )
-    end_terms = torch.zeros_like(grad)
-    end_terms[..., 0] -= degree * below
-    end_terms[..., 1] += degree * below
-    end_terms[..., -1] += degree * above
-    end_terms[..., -2] -= degree * above
-    return grad + end_terms, grad_bounds
 
 
 def bernstein_polynomial(x, coefficients, bounds, extrapolation):

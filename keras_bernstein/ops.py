@@ -418,9 +418,10 @@ def bernstein_polynomial(x, coefficients, bounds, extrapolation="linear"):
         give NaN outputs; finite inputs of any size give finite outputs with
         `"linear"` and `"clip"` (the overshoot is taken in the units of `x`).
         The gradient (with respect to all three inputs) recomputes instead of
-        storing the basis: a custom gradient on JAX and TensorFlow, one
-        in-place autograd node on PyTorch (`keras_bernstein/_fast`). All are
-        tested against autodiff of the same formula.
+        storing the basis: a custom gradient on JAX and TensorFlow (there
+        compiled by XLA), one in-place autograd node on PyTorch
+        (`keras_bernstein/_fast`). All are tested against autodiff of the
+        same formula.
     """
     check_extrapolation(extrapolation)
     degree = _degree_of(coefficients)
@@ -436,8 +437,11 @@ def bernstein_polynomial(x, coefficients, bounds, extrapolation="linear"):
             x, coefficients, bounds, extrapolation
         )
     if keras.backend.backend() == "tensorflow":
-        # tf.custom_gradient refuses functions that read variables; read them here.
-        x, coefficients, bounds = ops.copy(x), ops.copy(coefficients), ops.copy(bounds)
+        from keras_bernstein._fast import tensorflow_compilation
+
+        return tensorflow_compilation.bernstein_polynomial(
+            x, coefficients, bounds, _with_lean_gradient(extrapolation)
+        )
     return _with_lean_gradient(extrapolation)(x, coefficients, bounds)
 
 

@@ -65,7 +65,8 @@ def plain(extrapolation, degree):
 def implementation(name, extrapolation):
     """The recomputing backward under test: the portable one, or what
     `bernstein_polynomial` dispatches to on this backend (the in-place
-    autograd node on PyTorch, the portable one on JAX and TensorFlow).
+    autograd node on PyTorch, the portable one on JAX, the portable one
+    compiled by XLA on TensorFlow).
     """
     if name == "lean":
         return bernstein_ops._with_lean_gradient(extrapolation)

@@ -545,3 +545,33 @@ def test_bernstein_dense_trains_the_same_with_the_fused_normalization(monkeypatc
         weights.append(model.get_weights())
     for a, b in zip(*weights):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.skipif(
+    keras.backend.backend() != "tensorflow", reason="TensorFlow's XLA-compiled polynomial"
+)
+@pytest.mark.parametrize("model_jit_compile", [False, True])
+def test_bernstein_dense_trains_the_same_with_the_compiled_polynomial(
+    model_jit_compile, monkeypatch
+):
+    """On TensorFlow the polynomial runs as its own XLA function (also inside a
+    model that XLA compiles whole); training matches the uncompiled function."""
+    from keras_bernstein._fast import tensorflow_compilation
+
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(32, 5)).astype("float32") * 2.0
+    y = rng.normal(size=(32, 1)).astype("float32")
+    weights = []
+    for compiled in (True, False):
+        if not compiled:
+            monkeypatch.setattr(tensorflow_compilation, "_compiled", lambda function: function)
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential(
+            [keras.Input((5,)), BernsteinDense(4, degree=5), keras.layers.Dense(1)]
+        )
+        model.compile(optimizer="sgd", loss="mse", jit_compile=model_jit_compile)
+        model.train_on_batch(x, y)
+        model.train_on_batch(x, y)
+        weights.append(model.get_weights())
+    for a, b in zip(*weights):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)

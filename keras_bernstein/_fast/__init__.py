@@ -6,12 +6,15 @@ formulas, same semantics) with fewer kernels:
 - `jax_reductions` (via `ops.bernstein_polynomial`): the per-neuron sums of
   the JAX backward as fused reductions, and the barrier that keeps XLA-CPU
   from storing the forward pass's powers of `t`;
+- `tensorflow_compilation` (via `ops.bernstein_polynomial`): the polynomial
+  and its custom gradient compiled by XLA, which Keras does not use for
+  TensorFlow on CPU;
 - `torch_polynomial` (via `ops.bernstein_polynomial`): the whole polynomial as
   one in-place autograd node;
 - `torch_normalization` (via `BernsteinDense.pre_activation`): the batch
   normalization as PyTorch's fused kernel, on the Keras layer's variables.
 
-The first two are tested against autodiff of the portable formula in
+The first three are tested against autodiff of the portable formula in
 `tests/test_gradients.py`, the third against the Keras layer in
 `tests/test_layers.py`.
 """

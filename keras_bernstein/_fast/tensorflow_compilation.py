@@ -1,0 +1,36 @@
+"""The TensorFlow polynomial, compiled by XLA.
+
+Keras runs TensorFlow models without XLA where there is no GPU
+(`jit_compile="auto"`), so the polynomial's Horner loop (about `4 n`
+elementwise ops) and its backward's `n + 3` sums each run as separate kernels,
+one pass over memory apiece. As one XLA function, forward and backward each
+fuse into a few loops; the rest of the model is untouched. Measured on the
+784 -> 4x512 -> 10 MLP, degree 8, one CPU thread: the training step went from
+1.68x to 1.25x of ReLU's, `predict` from 1.50x to 1.16x, and the peak memory
+of a training step at batch 4096 from 9.9x to about 4x (docs/performance.md).
+Where Keras compiles the whole step with XLA (GPU), this function is simply
+part of it.
+"""
+
+import functools
+
+import tensorflow as tf
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled(function):
+    # One tf.function per polynomial (cached), so that every layer of the
+    # same shape shares its trace and its XLA executable.
+    return tf.function(function, jit_compile=True)
+
+
+def bernstein_polynomial(x, coefficients, bounds, function):
+    """`function(x, coefficients, bounds)` as an XLA-compiled tf.function.
+
+    `function` is `ops._with_lean_gradient(extrapolation)`, whose custom
+    gradient is compiled with it. Variables are read first:
+    `tf.custom_gradient` refuses functions that read variables.
+    """
+    return _compiled(function)(
+        tf.identity(x), tf.identity(coefficients), tf.identity(bounds)
+    )

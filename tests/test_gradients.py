@@ -28,9 +28,15 @@ def backend_gradients(fn, arrays, weights):
         import tensorflow as tf
 
         variables = [tf.Variable(a) for a in arrays]
-        with tf.GradientTape() as tape:
-            loss = tf.reduce_sum(fn(*variables) * weights)
-        return [g.numpy() for g in tape.gradient(loss, variables)]
+
+        # Traced, as in training: there the polynomial is XLA-compiled.
+        @tf.function
+        def gradients():
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_sum(fn(*variables) * weights)
+            return tape.gradient(loss, variables)
+
+        return [g.numpy() for g in gradients()]
     import torch
 
     tensors = [
@@ -66,7 +72,7 @@ def implementation(name, extrapolation):
     """The recomputing backward under test: the portable one, or what
     `bernstein_polynomial` dispatches to on this backend (the in-place
     autograd node on PyTorch, the portable one on JAX, the portable one
-    compiled by XLA on TensorFlow).
+    compiled by XLA on TensorFlow, where `backend_gradients` traces it).
     """
     if name == "lean":
         return bernstein_ops._with_lean_gradient(extrapolation)

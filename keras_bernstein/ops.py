@@ -232,7 +232,33 @@ def _sums_to_shape(tensors, shape):
     return [_sum_to_shape(tensor, shape) for tensor in tensors]
 
 
-def _bounds_gradients(basis_sums, coefficients, bounds, outside=None):
+@functools.lru_cache(maxsize=None)
+def _gradient_table(degree):
+    """The constants of `_parameter_gradients` for degree `n >= 1`, as one
+    `(7, n + 1)` float64 array (one conversion per call: on PyTorch each
+    `convert_to_tensor` costs about as much as the arithmetic here).
+
+    Rows: `n - k` and `k` (the weights of `S_k` in `dL/dl` and `dL/du`),
+    `n (e_1 - e_0)` and `n (e_n - e_{n-1})` (the end slopes as combinations
+    of the coefficients), `e_0` and `e_n`, and `-e_1`, which with `e_0` puts
+    the two bounds' gradients side by side without a `stack`.
+    """
+    k = np.arange(degree + 1, dtype="float64")
+    unit = np.eye(degree + 1)
+    return np.stack(
+        [
+            degree - k,
+            k,
+            degree * (unit[1] - unit[0]),
+            degree * (unit[-1] - unit[-2]),
+            unit[0],
+            unit[-1],
+            -unit[1],
+        ]
+    )
+
+
+def _bounds_gradients(basis_sums, coefficients, bounds, table, outside=None):
     """Gradients of a loss with respect to `(l, u)`, from its coefficient sums.
 
     With `S_m = sum over the batch of g * b_{n,m}(t)` (the coefficient
@@ -248,25 +274,24 @@ def _bounds_gradients(basis_sums, coefficients, bounds, outside=None):
             polynomial itself is evaluated (excluding points whose `dσ/dt` is 0).
         coefficients: `(..., n + 1)`, `n >= 1`.
         bounds: `(..., 2)`.
+        table: `_gradient_table(n)` as a tensor of the sums' dtype.
         outside: Optional `sum g (dσ/dt) (t - clip(t, 0, 1))`, the linear
             extrapolation's share, added to `sum g t dσ/dt`.
 
     Returns:
         Tensor `(..., 2)`.
     """
-    degree = _degree_of(coefficients)
     width = bounds[..., 1] - bounds[..., 0]
     steps = coefficients[..., 1:] - coefficients[..., :-1]
-    k = np.arange(degree, dtype="float64")
-    from_below = ops.convert_to_tensor(degree - k, dtype=steps.dtype)
-    from_above = ops.convert_to_tensor(k + 1.0, dtype=steps.dtype)
     # sum g (t - 1) dσ/dt and sum g t dσ/dt, in t units.
-    lower = -ops.sum(steps * from_below * basis_sums[..., :-1], axis=-1)
-    upper = ops.sum(steps * from_above * basis_sums[..., 1:], axis=-1)
+    lower = -ops.sum(steps * table[0, :-1] * basis_sums[..., :-1], axis=-1)
+    upper = ops.sum(steps * table[1, 1:] * basis_sums[..., 1:], axis=-1)
     if outside is not None:
         lower = lower + outside
         upper = upper + outside
-    return ops.stack([lower / width, -upper / width], axis=-1)
+    # (lower, -upper) / width; `ops.stack` measured 0.1 ms on PyTorch.
+    sides = (lower / width)[..., None] * table[4, :2]
+    return sides + (upper / width)[..., None] * table[6, :2]
 
 
 def _parameter_gradients(basis_sums, coefficients, bounds, extrapolation, below=None, above=None):
@@ -284,27 +309,21 @@ def _parameter_gradients(basis_sums, coefficients, bounds, extrapolation, below=
             have no slope); unused for `"polynomial"`.
     """
     degree = _degree_of(coefficients)
-    unit = np.eye(degree + 1, dtype="float64")
-
-    def times(values, pattern):
-        return ops.expand_dims(values, -1) * ops.convert_to_tensor(
-            pattern, dtype=basis_sums.dtype
-        )
-
+    # Python operators, not `keras.ops`, for the small arithmetic: they are
+    # the backend's own, and `keras.ops` dispatch cost more than the work
+    # on PyTorch (this function ran 0.5 ms per call for a (512, 9) table).
+    table = ops.convert_to_tensor(_gradient_table(degree), dtype=basis_sums.dtype)
     if extrapolation == "polynomial":
-        return basis_sums, _bounds_gradients(basis_sums, coefficients, bounds)
+        return basis_sums, _bounds_gradients(basis_sums, coefficients, bounds, table)
     if extrapolation == "clip":
-        inside_sums = basis_sums - (times(below, unit[0]) + times(above, unit[-1]))
-        return basis_sums, _bounds_gradients(inside_sums, coefficients, bounds)
+        inside_sums = basis_sums - (below[..., None] * table[4] + above[..., None] * table[5])
+        return basis_sums, _bounds_gradients(inside_sums, coefficients, bounds, table)
     slope_lower, slope_upper = end_slopes(coefficients)
     grad_bounds = _bounds_gradients(
-        basis_sums, coefficients, bounds, slope_lower * below + slope_upper * above
+        basis_sums, coefficients, bounds, table, slope_lower * below + slope_upper * above
     )
     # The end values and slopes that linear extrapolation continues with.
-    grad_c = basis_sums + (
-        times(below, degree * (unit[1] - unit[0]))
-        + times(above, degree * (unit[-1] - unit[-2]))
-    )
+    grad_c = basis_sums + (below[..., None] * table[2] + above[..., None] * table[3])
     return grad_c, grad_bounds
 
 

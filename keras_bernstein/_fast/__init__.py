@@ -15,6 +15,6 @@ formulas, same semantics) with fewer kernels:
   normalization as PyTorch's fused kernel, on the Keras layer's variables.
 
 The first three are tested against autodiff of the portable formula in
-`tests/test_gradients.py`, the third against the Keras layer in
+`tests/test_gradients.py`, the fourth against the Keras layer in
 `tests/test_layers.py`.
 """

@@ -103,21 +103,46 @@ class _BernsteinPolynomial(torch.autograd.Function):
         t, s, inside, inverse_width = _unit_points(x, bounds, extrapolation)
         grad_x = grad_coefficients = grad_bounds = None
 
-        if need_x:
+        if need_coefficients or need_bounds:
+            # The input gradient comes from the same basis products.
+            slope_table = _slope_table(coefficients, inverse_width) if need_x else None
+            sums, slope_rows = _basis_sums(
+                upstream, t, s, degree, coefficients.shape[:-1], slope_table
+            )
+            grad_coefficients, grad_bounds = _parameter_gradients(
+                sums, upstream, x, inside, inverse_width, coefficients, bounds, extrapolation
+            )
+        elif need_x:
             # dσ/dt; at a clamped t it is the end slope, the linear
-            # extrapolation's slope, and "clip" has none outside.
+            # extrapolation's slope.
             difference = degree * (coefficients[..., 1:] - coefficients[..., :-1])
             slope = _horner(t, s, difference * _binomials(degree - 1, coefficients))
+            slope_rows = slope.mul_(upstream).mul_(inverse_width)
+        if need_x:
             if extrapolation == "clip":
-                # Zero outside; NaN inputs keep their NaN slope.
+                # No slope outside; NaN inputs keep their NaN slope.
                 lower, upper = _last_axis_first(bounds)
-                slope.masked_fill_(torch.lt(x, lower).logical_or_(x > upper), 0.0)
-            grad_x = _reduce_to(slope.mul_(upstream).mul_(inverse_width), x.shape)
-        if need_coefficients or need_bounds:
-            grad_coefficients, grad_bounds = _parameter_gradients(
-                upstream, x, t, s, inside, inverse_width, coefficients, bounds, extrapolation
-            )
+                slope_rows.masked_fill_(torch.lt(x, lower).logical_or_(x > upper), 0.0)
+            grad_x = _reduce_to(slope_rows, x.shape)
         return grad_x, grad_coefficients, grad_bounds, None
+
+
+def _slope_table(coefficients, inverse_width):
+    """`dσ/dx` in the degree-`n` basis, degree axis first: `w_j` with
+    `dσ/dx = sum_j w_j t^j (1 - t)^(n - j)`.
+
+    The derivative's coefficients `n (c_{k+1} - c_k)` elevated to degree `n`
+    are `e_j = j Δ_{j-1} + (n - j) Δ_j` (`Δ_k = c_{k+1} - c_k`, zero outside
+    `0 ... n-1`), so `w_j = e_j C(n, j) / (u - l)`: the input gradient is a
+    combination of the products the coefficient gradient sums anyway.
+    """
+    degree = coefficients.shape[-1] - 1
+    steps = coefficients[..., 1:] - coefficients[..., :-1]
+    zero = torch.zeros_like(steps[..., :1])
+    j = torch.arange(degree + 1, dtype=coefficients.dtype, device=coefficients.device)
+    elevated = j * torch.cat([zero, steps], -1) + (degree - j) * torch.cat([steps, zero], -1)
+    scaled = elevated * _binomials(degree, coefficients) * inverse_width.unsqueeze(-1)
+    return _last_axis_first(scaled)
 
 
 # Largest (degree + 1) x batch x neurons buffer built at once; bigger batches
@@ -136,13 +161,20 @@ def _max_buffer_elements(device):
     return _MAX_ACCELERATOR_BUFFER_ELEMENTS
 
 
-def _basis_sums(upstream, t, s, degree, neuron_shape):
-    """`sum over the batch of upstream * t^k s^(n-k)`, shape `(n + 1,) + neuron_shape`."""
+def _basis_sums(upstream, t, s, degree, neuron_shape, slope_table=None):
+    """`sum over the batch of upstream * t^k s^(n-k)`, shape `(n + 1,) + neuron_shape`.
+
+    With a `slope_table` (`_slope_table`) also `upstream * dσ/dx` at every
+    point, from the same products: `(sums, slope_rows)`, else `(sums, None)`.
+    """
     output_shape = torch.broadcast_shapes(upstream.shape, t.shape)
     batch_rank = len(output_shape) - len(neuron_shape)
     rows = output_shape[0] if batch_rank else 1
     per_row = (degree + 1) * math.prod(output_shape[1:] if batch_rank else output_shape)
     chunk = max(1, min(rows, _max_buffer_elements(t.device) // max(per_row, 1)))
+    slope_rows = None
+    if slope_table is not None:
+        slope_rows = torch.empty(output_shape, dtype=t.dtype, device=t.device)
 
     def row_slice(tensor, start):
         if batch_rank and tensor.dim() == len(output_shape) and tensor.shape[0] == rows:
@@ -163,6 +195,11 @@ def _basis_sums(upstream, t, s, degree, neuron_shape):
             weighted[k].mul_(s_power)
             if k:
                 s_power.mul_(s_rows)
+        if slope_rows is not None:
+            slope_chunk = row_slice(slope_rows, start)
+            torch.mul(weighted[0], slope_table[0], out=slope_chunk)
+            for k in range(1, degree + 1):
+                slope_chunk.addcmul_(weighted[k], slope_table[k])
         # Reduce with the degree axis in front (contiguous rows); a moved-axis
         # reduction is ~50x slower on CPU.
         batch_axes = tuple(range(1, 1 + batch_rank))
@@ -170,17 +207,16 @@ def _basis_sums(upstream, t, s, degree, neuron_shape):
             weighted = weighted.sum(dim=batch_axes)
         sums = weighted.sum_to_size((degree + 1,) + tuple(neuron_shape))
         total = sums if total is None else total.add_(sums)
-    return total
+    return total, slope_rows
 
 
 def _parameter_gradients(
-    upstream, x, t, s, inside, inverse_width, coefficients, bounds, extrapolation
+    sums, upstream, x, inside, inverse_width, coefficients, bounds, extrapolation
 ):
     """Gradients of the coefficients and the bounds (`ops._parameter_gradients`)
-    from the basis sums and the two sums outside the interval."""
+    from the basis sums (`_basis_sums`) and the two sums outside the interval."""
     degree = coefficients.shape[-1] - 1
     neuron_shape = coefficients.shape[:-1]
-    sums = _basis_sums(upstream, t, s, degree, neuron_shape)
     basis_sums = torch.movedim(sums, 0, -1) * _binomials(degree, coefficients)
     outside = ()
     if extrapolation == "clip":

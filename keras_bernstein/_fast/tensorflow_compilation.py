@@ -7,7 +7,7 @@ one pass over memory apiece. As one XLA function, forward and backward each
 fuse into a few loops; the rest of the model is untouched. Measured on the
 784 -> 4x512 -> 10 MLP, degree 8, one CPU thread: the training step went from
 1.68x to 1.25x of ReLU's, `predict` from 1.50x to 1.16x, and the peak memory
-of a training step at batch 4096 from 9.9x to about 4x (docs/performance.md).
+of a training step at batch 4096 from 9.9x to 3.6-4.0x (docs/performance.md).
 Where Keras compiles the whole step with XLA (GPU), this function is simply
 part of it.
 """

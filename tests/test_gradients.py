@@ -244,3 +244,33 @@ def test_jax_accelerator_form_matches_autodiff(extrapolation, monkeypatch):
     reference = backend_gradients(plain(extrapolation, 6), arrays, weights)
     for label, a, b in zip(("x", "coefficients", "bounds"), fast, reference):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10, err_msg=label)
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="PyTorch's backward branches on what needs a gradient")
+@pytest.mark.parametrize("extrapolation", ["linear", "clip", "polynomial"])
+@pytest.mark.parametrize("wanted", ["x", "parameters"])
+def test_torch_backward_for_a_frozen_polynomial_or_a_constant_input(extrapolation, wanted):
+    """With frozen coefficients and bounds the input gradient comes from a Horner
+    pass; with a constant input only the parameters' gradients are formed."""
+    import torch
+
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(13, 4)) * 2.0
+    x[0] = [-9.0, 9.0, -1.5, 0.5]
+    arrays = (x, rng.normal(size=(4, 6)), np.broadcast_to([-1.5, 2.0], (4, 2)).copy())
+    weights = rng.normal(size=(13, 4))
+    reference = backend_gradients(plain(extrapolation, 5), arrays, weights)
+    tensors = [torch.tensor(a) for a in arrays]
+    wanted_positions = (0,) if wanted == "x" else (1, 2)
+    for i in wanted_positions:
+        tensors[i].requires_grad_()
+    values = bernstein_ops.bernstein_polynomial(*tensors, extrapolation)
+    (values * torch.as_tensor(weights)).sum().backward()
+    for i in range(3):
+        if i in wanted_positions:
+            # `backend_gradients` returns float32 copies of float64 gradients.
+            np.testing.assert_allclose(
+                tensors[i].grad.float().numpy(), reference[i], rtol=1e-6, atol=1e-6
+            )
+        else:
+            assert tensors[i].grad is None

@@ -327,7 +327,9 @@ def _parameter_gradients(basis_sums, coefficients, bounds, extrapolation, below=
     return grad_c, grad_bounds
 
 
-def _recomputed_gradients(parts, x_shape, coefficients, bounds, upstream, extrapolation):
+def _recomputed_gradients(
+    parts, x_shape, coefficients, bounds, upstream, extrapolation, normalized=None
+):
     """Gradients of `sum(upstream * σ(x))` with respect to `x`, `c` and `bounds`.
 
     The hand-written backward of `bernstein_polynomial`. It keeps only
@@ -338,13 +340,19 @@ def _recomputed_gradients(parts, x_shape, coefficients, bounds, upstream, extrap
     those sums (`_parameter_gradients`). Every per-neuron sum is taken in one
     `_sums_to_shape`. Plain autodiff of the Horner loop instead keeps about
     `2 n` tensors of the input's size.
+
+    With `normalized` (the batch-normalized input before its scale and
+    offset, `normalized_bernstein_polynomial`) the same pass also sums the
+    input gradient and the input gradient times `normalized`, and returns
+    them as a fourth item: the gradients of the normalization's offset and
+    scale.
     """
     t, overshoot = parts
     degree = coefficients.shape[-1] - 1
     width = bounds[..., 1] - bounds[..., 0]
     neuron_shape = coefficients.shape[:-1]
     weighted = ops.multiply(upstream, _slope_in_t(t, coefficients, extrapolation))
-    grad_x = _sum_to_shape(ops.divide(weighted, width), x_shape)
+    grad_x = ops.divide(weighted, width)
     basis_at = t if extrapolation == "polynomial" else ops.clip(t, 0.0, 1.0)
     terms = _basis_terms(basis_at, degree, weight=upstream)
     if extrapolation == "linear":
@@ -359,15 +367,22 @@ def _recomputed_gradients(parts, x_shape, coefficients, bounds, upstream, extrap
             ops.where(ops.less(t, 0.0), upstream, zero),
             ops.where(ops.greater(t, 1.0), upstream, zero),
         ]
+    outside_count = len(terms) - (degree + 1)
+    if normalized is not None:
+        terms += [grad_x, grad_x * normalized]
     sums = _sums_to_shape(terms, neuron_shape)
+    end = degree + 1 + outside_count
     grad_c, grad_bounds = _parameter_gradients(
         ops.stack(sums[: degree + 1], axis=-1),
         coefficients,
         bounds,
         extrapolation,
-        *sums[degree + 1 :],
+        *sums[degree + 1 : end],
     )
-    return grad_x, grad_c, grad_bounds
+    gradients = (_sum_to_shape(grad_x, x_shape), grad_c, grad_bounds)
+    if normalized is None:
+        return gradients
+    return gradients + (sums[end:],)
 
 
 def _recomputation_barrier(tensors):
@@ -458,10 +473,93 @@ def bernstein_polynomial(x, coefficients, bounds, extrapolation="linear"):
     if keras.backend.backend() == "tensorflow":
         from keras_bernstein._fast import tensorflow_compilation
 
-        return tensorflow_compilation.bernstein_polynomial(
-            x, coefficients, bounds, _with_lean_gradient(extrapolation)
+        return tensorflow_compilation.call(
+            _with_lean_gradient(extrapolation), x, coefficients, bounds
         )
     return _with_lean_gradient(extrapolation)(x, coefficients, bounds)
+
+
+@functools.lru_cache(maxsize=None)
+def _with_lean_normalized_gradient(extrapolation):
+    """`normalized_bernstein_polynomial`'s function, whose backward keeps only
+    the unnormalized input: the normalization and `t` are recomputed from it,
+    and the normalization's own sums join the polynomial's in one pass
+    (`_recomputed_gradients`). The gradients for `mean` and
+    `inverse_deviation` reach `x` through autodiff of the batch statistics.
+    """
+
+    @ops.custom_gradient
+    def polynomial(x, mean, inverse_deviation, scale, offset, coefficients, bounds):
+        factor = inverse_deviation * scale
+        values = _evaluate((x - mean) * factor + offset, coefficients, bounds, extrapolation)
+
+        def gradient(*args, upstream=None):
+            if upstream is None:
+                (upstream,) = args
+            (x_again,) = _recomputation_barrier((x,))
+            normalized = (x_again - mean) * inverse_deviation
+            parts = _unit_and_overshoot(normalized * scale + offset, bounds)
+            grad_input, grad_c, grad_bounds, (grad_offset, grad_scale) = _recomputed_gradients(
+                parts, x.shape, coefficients, bounds, upstream, extrapolation, normalized
+            )
+            grad_offset = ops.reshape(grad_offset, ops.shape(offset))
+            grad_scale = ops.reshape(grad_scale, ops.shape(scale))
+            return (
+                grad_input * factor,
+                -factor * grad_offset,
+                scale * grad_scale / inverse_deviation,
+                grad_scale,
+                grad_offset,
+                grad_c,
+                grad_bounds,
+            )
+
+        return values, gradient
+
+    return polynomial
+
+
+def normalized_bernstein_polynomial(
+    x, mean, inverse_deviation, scale, offset, coefficients, bounds, extrapolation="linear"
+):
+    """`bernstein_polynomial` of a batch-normalized `x`, as one function.
+
+    Computes `bernstein_polynomial((x - mean) * inverse_deviation * scale +
+    offset, coefficients, bounds, extrapolation)`: `BernsteinDense`'s
+    BatchNormalization -> Bernstein. Its backward keeps only `x` (not the
+    normalized tensor and `t`) and takes the normalization's two per-neuron
+    sums in the polynomial's pass; the gradients for `mean` and
+    `inverse_deviation` flow on to `x` by autodiff where they are batch
+    statistics of it.
+
+    Args:
+        x: Input tensor; normalized along its last axis.
+        mean, inverse_deviation, scale, offset: Tensors of shape `(units,)`:
+            the statistics (`1 / sqrt(variance + epsilon)`) and the
+            normalization's learned scale and offset.
+        coefficients: Tensor `(..., degree + 1)`, as in `bernstein_polynomial`.
+        bounds: Tensor `(..., 2)`.
+        extrapolation: As in `bernstein_polynomial`.
+
+    Returns:
+        Tensor of the shape of `x`.
+    """
+    check_extrapolation(extrapolation)
+    degree = _degree_of(coefficients)
+    tensors = [
+        ops.convert_to_tensor(value)
+        for value in (x, mean, inverse_deviation, scale, offset, coefficients, bounds)
+    ]
+    if degree == 0:
+        x, mean, inverse_deviation, scale, offset = tensors[:5]
+        normalized = (x - mean) * (inverse_deviation * scale) + offset
+        return bernstein_polynomial(normalized, *tensors[5:], extrapolation)
+    function = _with_lean_normalized_gradient(extrapolation)
+    if keras.backend.backend() == "tensorflow":
+        from keras_bernstein._fast import tensorflow_compilation
+
+        return tensorflow_compilation.call(function, *tensors)
+    return function(*tensors)
 
 
 def derivative_coefficients(coefficients):

@@ -23,7 +23,8 @@ def backend_gradients(fn, arrays, weights):
         def loss(*args):
             return (fn(*args) * weights).sum()
 
-        return [np.asarray(g) for g in jax.grad(loss, argnums=(0, 1, 2))(*arrays)]
+        argnums = tuple(range(len(arrays)))
+        return [np.asarray(g) for g in jax.grad(loss, argnums=argnums)(*arrays)]
     if BACKEND == "tensorflow":
         import tensorflow as tf
 
@@ -274,3 +275,69 @@ def test_torch_backward_for_a_frozen_polynomial_or_a_constant_input(extrapolatio
             )
         else:
             assert tensors[i].grad is None
+
+
+def batch_normalized(extrapolation, fused):
+    """`σ(BN(x))` with batch statistics over all axes but the last: the fused
+    `normalized_bernstein_polynomial`, or the plain formula for autodiff."""
+
+    def evaluate(x, scale, offset, coefficients, bounds):
+        mean, variance = ops.moments(x, axes=tuple(range(len(x.shape) - 1)))
+        inverse_deviation = ops.rsqrt(variance + 1e-3)
+        if fused:
+            return bernstein_ops.normalized_bernstein_polynomial(
+                x, mean, inverse_deviation, scale, offset, coefficients, bounds, extrapolation
+            )
+        normalized = (x - mean) * inverse_deviation * scale + offset
+        return bernstein_ops._evaluate(normalized, coefficients, bounds, extrapolation)
+
+    return evaluate
+
+
+@pytest.mark.parametrize("extrapolation", ["linear", "clip", "polynomial"])
+@pytest.mark.parametrize("degree", [1, 2, 8, 24])
+@pytest.mark.parametrize("shape", [(9, 4), (3, 5, 4)])
+def test_normalized_backward_matches_autodiff_and_finite_differences(
+    extrapolation, degree, shape
+):
+    """Batch normalization and polynomial as one function (the JAX and
+    TensorFlow `BernsteinDense`): gradients for the input, the normalization's
+    scale and offset, the coefficients and the bounds, through the batch
+    statistics, against autodiff of the plain formula and central differences."""
+    rng = np.random.default_rng(degree + len(shape))
+    x = rng.normal(0.5, 2.0, size=shape)
+    # Unit 0 scaled far past the bounds (linear and clip) or just past them.
+    scale = np.array([3.0 if extrapolation != "polynomial" else 1.3, 1.0, 0.7, -0.8])
+    offset = rng.normal(size=4) * 0.3
+    coefficients = rng.normal(size=(1,) * (len(shape) - 2) + (4, degree + 1))
+    bounds = np.stack([rng.uniform(-2, -1, 4), rng.uniform(1, 2, 4)], -1).reshape(
+        coefficients.shape[:-1] + (2,)
+    )
+    weights = rng.normal(size=shape)
+    arrays = (x, scale, offset, coefficients, bounds)
+    fused = backend_gradients(batch_normalized(extrapolation, True), arrays, weights)
+    reference = backend_gradients(batch_normalized(extrapolation, False), arrays, weights)
+    labels = ("x", "scale", "offset", "coefficients", "bounds")
+    for label, a, b in zip(labels, fused, reference):
+        assert a.shape == b.shape, label
+        np.testing.assert_allclose(
+            a, b, rtol=1e-9, atol=1e-9 * (np.abs(b).max() + 1.0), err_msg=label
+        )
+
+    def loss(*values):
+        outputs = batch_normalized(extrapolation, True)(
+            *[ops.convert_to_tensor(v) for v in values]
+        )
+        return float(np.sum(ops.convert_to_numpy(outputs) * weights))
+
+    step = 1e-6
+    for index in (0, 1):
+        position = (0,) * arrays[index].ndim
+        up = [a.copy() for a in arrays]
+        down = [a.copy() for a in arrays]
+        up[index][position] += step
+        down[index][position] -= step
+        loss_up, loss_down = loss(*up), loss(*down)
+        numeric = (loss_up - loss_down) / (2 * step)
+        rounding = 1e-7 * max(1.0, abs(loss_up))
+        assert fused[index][position] == pytest.approx(numeric, rel=1e-5, abs=rounding)

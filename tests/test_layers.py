@@ -498,7 +498,7 @@ def test_torch_fused_batch_normalization_matches_keras_layer(shape):
         layers.append(layer)
     layers[1].set_weights(layers[0].get_weights())
     fused, reference = layers
-    assert torch_normalization.supports(fused, ops.convert_to_tensor(x))
+    assert torch_normalization.supports(ops.convert_to_tensor(x))
     upstream = torch.as_tensor(rng.normal(size=shape).astype("float32"))
     for training in (True, True, False):
         results = []
@@ -519,31 +519,46 @@ def test_torch_fused_batch_normalization_matches_keras_layer(shape):
         for a, b in zip(fused.get_weights(), reference.get_weights()):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     one_row = np.zeros((1,) * (len(shape) - 1) + (shape[-1],), "float32")
-    assert not torch_normalization.supports(fused, ops.convert_to_tensor(one_row))
+    assert not torch_normalization.supports(ops.convert_to_tensor(one_row))
 
 
-def test_bernstein_dense_trains_the_same_with_the_fused_normalization(monkeypatch):
-    """Two training steps of a BernsteinDense model change the weights as the
-    Keras normalization would (PyTorch swaps in its fused kernel; elsewhere
-    this checks the plain path against itself)."""
+@pytest.mark.parametrize("shape", [(32, 5), (8, 3, 5)])
+@pytest.mark.parametrize("extrapolation", ["linear", "clip", "polynomial"])
+def test_bernstein_dense_trains_the_same_with_the_fused_normalization(
+    shape, extrapolation, monkeypatch
+):
+    """Training steps and inference of a BernsteinDense model with its fused
+    normalization (PyTorch's kernel; elsewhere normalization and polynomial as
+    one function, which only TensorFlow uses by default) change the weights
+    and moving statistics as the Keras BatchNormalization layer followed by
+    Bernstein does."""
+    from keras_bernstein.layers import bernstein_dense
+
+    monkeypatch.setattr(
+        bernstein_dense, "_FUSED_NORMALIZATION_BACKENDS", ("jax", "tensorflow")
+    )
     rng = np.random.default_rng(1)
-    x = rng.normal(size=(32, 5)).astype("float32")
-    y = rng.normal(size=(32, 1)).astype("float32")
-    weights = []
+    x = rng.normal(1.0, 2.0, size=shape).astype("float32")
+    y = rng.normal(size=shape[:-1] + (1,)).astype("float32")
+    results = []
     for fused in (True, False):
-        if not fused and keras.backend.backend() == "torch":
-            from keras_bernstein._fast import torch_normalization
-
-            monkeypatch.setattr(torch_normalization, "supports", lambda *args: False)
+        if not fused:
+            monkeypatch.setattr(BernsteinDense, "_plain_normalization", lambda *args: False)
         keras.utils.set_random_seed(0)
         model = keras.Sequential(
-            [keras.Input((5,)), BernsteinDense(4, degree=3), keras.layers.Dense(1)]
+            [
+                keras.Input(shape[1:]),
+                BernsteinDense(4, degree=3, extrapolation=extrapolation),
+                keras.layers.Dense(1),
+            ]
         )
+        model.layers[0].batch_normalization.gamma.assign(np.linspace(0.5, 2.0, 4))
+        model.layers[0].batch_normalization.beta.assign(np.linspace(-1.0, 1.0, 4))
         model.compile(optimizer="sgd", loss="mse")
         model.train_on_batch(x, y)
         model.train_on_batch(x, y)
-        weights.append(model.get_weights())
-    for a, b in zip(*weights):
+        results.append(model.get_weights() + [model.predict_on_batch(x)])
+    for a, b in zip(*results):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 

@@ -24,18 +24,18 @@ def _compiled(function):
     return tf.function(function, jit_compile=True)
 
 
-def bernstein_polynomial(x, coefficients, bounds, function):
-    """`function(x, coefficients, bounds)`, XLA-compiled inside a traced graph.
+def call(function, *tensors):
+    """`function(*tensors)`, XLA-compiled inside a traced graph.
 
-    `function` is `ops._with_lean_gradient(extrapolation)`, whose custom
-    gradient is compiled with it. Inside `tf.function` (Keras' train, test
-    and predict functions) it runs as one XLA function, which XLA compiles
-    once per concrete input shape. Eager calls (a layer called on a batch,
-    plots, callbacks) run it op by op instead: compiled, each new input shape
-    would cost a trace and a compilation (0.1-0.2 s). Variables are read
+    `function` is one of `ops`' polynomials with a recomputing custom
+    gradient, which is compiled with it. Inside `tf.function` (Keras' train,
+    test and predict functions) it runs as one XLA function, which XLA
+    compiles once per concrete input shape. Eager calls (a layer called on a
+    batch, plots, callbacks) run it op by op instead: compiled, each new input
+    shape would cost a trace and a compilation (0.1-0.2 s). Variables are read
     first: `tf.custom_gradient` refuses functions that read variables.
     """
-    x, coefficients, bounds = tf.identity(x), tf.identity(coefficients), tf.identity(bounds)
+    tensors = [tf.identity(tensor) for tensor in tensors]
     if tf.executing_eagerly():
-        return function(x, coefficients, bounds)
-    return _compiled(function)(x, coefficients, bounds)
+        return function(*tensors)
+    return _compiled(function)(*tensors)

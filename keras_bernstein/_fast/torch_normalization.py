@@ -17,29 +17,15 @@ import keras
 import torch
 
 
-def supports(layer, inputs):
-    """Whether `batch_normalization` computes what `layer(inputs)` would.
-
-    `BernsteinDense` builds its normalization with the defaults (last axis,
-    center, scale, no renormalization); mixed precision and masks keep the
-    Keras layer, and so does a single row (PyTorch refuses batch statistics
-    of one value).
-    """
-    return (
-        math.prod(inputs.shape[:-1]) > 1
-        and not layer.renorm
-        and not layer.synchronized
-        and layer.center
-        and layer.scale
-        and layer.axis in (-1, len(inputs.shape) - 1)
-        and layer.compute_dtype == layer.variable_dtype
-        and keras.backend.standardize_dtype(inputs.dtype) == layer.compute_dtype
-        and getattr(inputs, "_keras_mask", None) is None
-    )
+def supports(inputs):
+    """Whether the kernel takes `inputs`: not a single row (PyTorch refuses
+    batch statistics of one value). `BernsteinDense._plain_normalization`
+    checks the layer's configuration."""
+    return math.prod(inputs.shape[:-1]) > 1
 
 
 def batch_normalization(layer, inputs, training):
-    """`layer(inputs, training=training)` for a layer that `supports` them."""
+    """`layer(inputs, training=training)` for a plain layer that `supports` them."""
     gamma = keras.ops.convert_to_tensor(layer.gamma)
     beta = keras.ops.convert_to_tensor(layer.beta)
     moving_mean = keras.ops.convert_to_tensor(layer.moving_mean)

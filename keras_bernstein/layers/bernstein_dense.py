@@ -5,9 +5,18 @@ import numbers
 import keras
 from keras.layers import InputSpec
 
+from keras_bernstein import ops as bernstein_ops
 from keras_bernstein.layers.bernstein import Bernstein
 
 NORMALIZATIONS = (None, "batch")
+
+# Backends on which a plain batch normalization and the polynomial run as one
+# function (`ops.normalized_bernstein_polynomial`), measured on one CPU thread
+# against BatchNormalization -> Bernstein: TensorFlow's step 2% and predict 4%
+# faster, peak memory at batch 4096 418 -> 339 MiB; JAX's memory 1.36x ->
+# 1.05x of ReLU's but its step 2-5% slower, so JAX keeps the two layers.
+# PyTorch runs its own fused normalization kernel (`_fast/torch_normalization`).
+_FUSED_NORMALIZATION_BACKENDS = ("tensorflow",)
 
 
 @keras.saving.register_keras_serializable(package="keras_bernstein")
@@ -193,24 +202,79 @@ class BernsteinDense(keras.layers.Layer):
         self.input_spec = InputSpec(min_ndim=2, axes={-1: input_shape[-1]})
 
     def call(self, inputs, training=None):
-        return self.bernstein(self.pre_activation(inputs, training=training))
+        hidden = self.dense(inputs)
+        if (
+            keras.backend.backend() in _FUSED_NORMALIZATION_BACKENDS
+            and self._plain_normalization(hidden)
+        ):
+            return self._normalized_activation(hidden, training)
+        return self.bernstein(self._normalize(hidden, training))
 
     def compute_output_shape(self, input_shape):
         return self.dense.compute_output_shape(input_shape)
 
     def pre_activation(self, inputs, training=False):
         """The input of the Bernstein activation (after the normalization)."""
-        hidden = self.dense(inputs)
+        return self._normalize(self.dense(inputs), training)
+
+    def _normalize(self, hidden, training):
         if self.batch_normalization is None:
             return hidden
-        if keras.backend.backend() == "torch":
+        if keras.backend.backend() == "torch" and self._plain_normalization(hidden):
             from keras_bernstein._fast import torch_normalization
 
-            if torch_normalization.supports(self.batch_normalization, hidden):
+            if torch_normalization.supports(hidden):
                 return torch_normalization.batch_normalization(
                     self.batch_normalization, hidden, training
                 )
         return self.batch_normalization(hidden, training=training)
+
+    def _plain_normalization(self, hidden):
+        """Whether the normalization is one the fused paths compute exactly:
+        the defaults this layer builds (last axis, center, scale, no
+        renormalization), unsynchronized, without mixed precision or a mask."""
+        layer = self.batch_normalization
+        return (
+            layer is not None
+            and not layer.renorm
+            and not layer.synchronized
+            and layer.center
+            and layer.scale
+            and layer.axis in (-1, len(hidden.shape) - 1)
+            and layer.compute_dtype == layer.variable_dtype
+            and keras.backend.standardize_dtype(hidden.dtype) == layer.compute_dtype
+            and getattr(hidden, "_keras_mask", None) is None
+        )
+
+    def _normalized_activation(self, hidden, training):
+        """`self.bernstein(self.batch_normalization(hidden, training))` as one
+        function (`ops.normalized_bernstein_polynomial`), on the same
+        variables with the same statistics and moving-average update."""
+        layer = self.batch_normalization
+        if training and layer.trainable:
+            mean, variance = keras.ops.moments(
+                hidden, axes=tuple(range(len(hidden.shape) - 1))
+            )
+            layer.moving_mean.assign(
+                layer.moving_mean * layer.momentum + mean * (1.0 - layer.momentum)
+            )
+            layer.moving_variance.assign(
+                layer.moving_variance * layer.momentum
+                + variance * (1.0 - layer.momentum)
+            )
+        else:
+            mean = keras.ops.convert_to_tensor(layer.moving_mean)
+            variance = keras.ops.convert_to_tensor(layer.moving_variance)
+        return bernstein_ops.normalized_bernstein_polynomial(
+            hidden,
+            mean,
+            keras.ops.rsqrt(variance + layer.epsilon),
+            layer.gamma,
+            layer.beta,
+            self.coefficients,
+            self.bounds,
+            self.extrapolation,
+        )
 
     def derivative_lower_bound(self):
         """See `Bernstein.derivative_lower_bound`.

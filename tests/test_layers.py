@@ -590,3 +590,25 @@ def test_bernstein_dense_trains_the_same_with_the_compiled_polynomial(
         weights.append(model.get_weights())
     for a, b in zip(*weights):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_bernstein_dense_with_a_custom_activation_calls_it():
+    """The fused normalization stands for the stock `Bernstein` only: a
+    subclass with its own `call` (the benchmarks' power form) is called."""
+
+    class Halved(Bernstein):
+        def call(self, inputs):
+            return super().call(inputs) * 0.5
+
+    class HalvedDense(BernsteinDense):
+        def __init__(self, units, **kwargs):
+            super().__init__(units, **kwargs)
+            self.bernstein = Halved(degree=self.degree, name="bernstein")
+
+    x = np.random.default_rng(4).normal(size=(16, 5)).astype("float32")
+    outputs = []
+    for layer_class in (BernsteinDense, HalvedDense):
+        keras.utils.set_random_seed(0)
+        layer = layer_class(3, degree=4)
+        outputs.append(ops.convert_to_numpy(layer(x, training=True)))
+    np.testing.assert_allclose(outputs[1], 0.5 * outputs[0], rtol=1e-6, atol=1e-6)

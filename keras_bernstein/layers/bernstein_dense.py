@@ -206,6 +206,8 @@ class BernsteinDense(keras.layers.Layer):
         if (
             keras.backend.backend() in _FUSED_NORMALIZATION_BACKENDS
             and self._plain_normalization(hidden)
+            # The fused function stands for the stock activation only.
+            and type(self.bernstein).call is Bernstein.call
         ):
             return self._normalized_activation(hidden, training)
         return self.bernstein(self._normalize(hidden, training))

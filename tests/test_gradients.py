@@ -111,20 +111,25 @@ def test_backward_matches_autodiff_and_finite_differences(name, extrapolation, d
         values = bernstein_ops.bernstein_polynomial(x_, c_, b_, extrapolation)
         return float(np.sum(ops.convert_to_numpy(values) * weights))
 
-    step = 1e-6
     arrays = [x, coefficients, bounds]
     for index, grad in enumerate(lean_grads):
         shape = arrays[index].shape
         for position in [(0,) * len(shape), tuple(size - 1 for size in shape)]:
-            up = [a.copy() for a in arrays]
-            down = [a.copy() for a in arrays]
-            up[index][position] += step
-            down[index][position] -= step
-            loss_up, loss_down = loss(*up), loss(*down)
-            numeric = (loss_up - loss_down) / (2 * step)
-            # Rounding of the loss, divided by the step, bounds the FD error.
-            rounding = 1e-7 * max(1.0, abs(loss_up))
-            assert grad[position] == pytest.approx(numeric, rel=1e-5, abs=rounding)
+            assert_central_difference(loss, arrays, index, position, grad[position])
+
+
+def assert_central_difference(loss, arrays, index, position, gradient, step=1e-6):
+    """`gradient` of `loss(*arrays)` at `arrays[index][position]` against a
+    central difference (float64)."""
+    up = [a.copy() for a in arrays]
+    down = [a.copy() for a in arrays]
+    up[index][position] += step
+    down[index][position] -= step
+    loss_up, loss_down = loss(*up), loss(*down)
+    numeric = (loss_up - loss_down) / (2 * step)
+    # Rounding of the loss, divided by the step, bounds the FD error.
+    rounding = 1e-7 * max(1.0, abs(loss_up))
+    assert gradient == pytest.approx(numeric, rel=1e-5, abs=rounding)
 
 
 @pytest.mark.parametrize("name", ["lean", "dispatched"])
@@ -330,14 +335,6 @@ def test_normalized_backward_matches_autodiff_and_finite_differences(
         )
         return float(np.sum(ops.convert_to_numpy(outputs) * weights))
 
-    step = 1e-6
     for index in (0, 1):
         position = (0,) * arrays[index].ndim
-        up = [a.copy() for a in arrays]
-        down = [a.copy() for a in arrays]
-        up[index][position] += step
-        down[index][position] -= step
-        loss_up, loss_down = loss(*up), loss(*down)
-        numeric = (loss_up - loss_down) / (2 * step)
-        rounding = 1e-7 * max(1.0, abs(loss_up))
-        assert fused[index][position] == pytest.approx(numeric, rel=1e-5, abs=rounding)
+        assert_central_difference(loss, list(arrays), index, position, fused[index][position])

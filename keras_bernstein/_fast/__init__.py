@@ -11,8 +11,9 @@ formulas, same semantics) with fewer kernels:
   TensorFlow on CPU;
 - `torch_polynomial` (via `ops.bernstein_polynomial`): the whole polynomial as
   one in-place autograd node;
-- `torch_normalization` (via `BernsteinDense.pre_activation`): the batch
-  normalization as PyTorch's fused kernel, on the Keras layer's variables.
+- `torch_normalization` (via `BernsteinDense`): the batch normalization as
+  PyTorch's fused kernel, on the Keras layer's variables, and in training
+  one autograd node with the polynomial.
 
 The first three are tested against autodiff of the portable formula in
 `tests/test_gradients.py`, the fourth against the Keras layer in

@@ -7,14 +7,20 @@ ms here). `torch.native_batch_norm` does the same in one kernel each way. This
 module computes exactly what the Keras layer computes (batch statistics in
 training, biased variance, the same moving-average update; moving statistics
 otherwise), reading and updating the Keras layer's own variables, so weights,
-saving and every other backend are unchanged. Tested against the Keras layer
-in `tests/test_layers.py`.
+saving and every other backend are unchanged. In training, `BernsteinDense`
+runs it and the polynomial as one autograd node (`normalized_polynomial`)
+that saves the unnormalized rows instead of the normalized tensor (peak
+memory of a training step at batch 4096: 246-268 -> 206-229 MiB, ReLU
+127-139 MiB; step time unchanged). Tested against the Keras layer in
+`tests/test_layers.py`.
 """
 
 import math
 
 import keras
 import torch
+
+from keras_bernstein._fast import torch_polynomial
 
 
 def supports(inputs):
@@ -28,8 +34,6 @@ def batch_normalization(layer, inputs, training):
     """`layer(inputs, training=training)` for a plain layer that `supports` them."""
     gamma = keras.ops.convert_to_tensor(layer.gamma)
     beta = keras.ops.convert_to_tensor(layer.beta)
-    moving_mean = keras.ops.convert_to_tensor(layer.moving_mean)
-    moving_variance = keras.ops.convert_to_tensor(layer.moving_variance)
     # The channels on axis 1, as the kernel wants them.
     rows = inputs.reshape(-1, inputs.shape[-1])
     if training and layer.trainable:
@@ -39,22 +43,103 @@ def batch_normalization(layer, inputs, training):
         outputs, mean, inverse_deviation = torch.native_batch_norm(
             rows, gamma, beta, None, None, True, 0.0, layer.epsilon
         )
-        with torch.no_grad():
-            variance = inverse_deviation.pow(-2) - layer.epsilon
-            layer.moving_mean.assign(
-                moving_mean * layer.momentum + mean * (1.0 - layer.momentum)
-            )
-            layer.moving_variance.assign(
-                moving_variance * layer.momentum + variance * (1.0 - layer.momentum)
-            )
+        _update_moving_statistics(layer, mean, inverse_deviation)
     else:
         outputs = torch.nn.functional.batch_norm(
             rows,
-            moving_mean,
-            moving_variance,
+            keras.ops.convert_to_tensor(layer.moving_mean),
+            keras.ops.convert_to_tensor(layer.moving_variance),
             gamma,
             beta,
             training=False,
             eps=layer.epsilon,
         )
     return outputs.reshape(inputs.shape)
+
+
+def _update_moving_statistics(layer, mean, inverse_deviation):
+    """Keras' moving-average update, from the kernel's batch statistics."""
+    with torch.no_grad():
+        variance = inverse_deviation.pow(-2) - layer.epsilon
+        layer.moving_mean.assign(
+            keras.ops.convert_to_tensor(layer.moving_mean) * layer.momentum
+            + mean * (1.0 - layer.momentum)
+        )
+        layer.moving_variance.assign(
+            keras.ops.convert_to_tensor(layer.moving_variance) * layer.momentum
+            + variance * (1.0 - layer.momentum)
+        )
+
+
+def normalized_polynomial(layer, inputs, coefficients, bounds, extrapolation):
+    """`bernstein_polynomial(layer(inputs, training=True), ...)` as one
+    autograd node, for a plain trainable layer that `supports` the inputs.
+
+    The node saves the unnormalized rows instead of the normalized tensor,
+    and recomputes the normalization in the backward pass: one activation's
+    worth of memory less per layer.
+    """
+    gamma = keras.ops.convert_to_tensor(layer.gamma)
+    beta = keras.ops.convert_to_tensor(layer.beta)
+    rows = inputs.reshape(-1, inputs.shape[-1])
+    values, mean, inverse_deviation = _NormalizedPolynomial.apply(
+        rows,
+        gamma,
+        beta,
+        keras.ops.convert_to_tensor(coefficients),
+        keras.ops.convert_to_tensor(bounds),
+        extrapolation,
+        layer.epsilon,
+        inputs.shape,
+    )
+    _update_moving_statistics(layer, mean, inverse_deviation)
+    return values
+
+
+class _NormalizedPolynomial(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, rows, gamma, beta, coefficients, bounds, extrapolation, epsilon, shape):
+        normalized, mean, inverse_deviation = torch.native_batch_norm(
+            rows, gamma, beta, None, None, True, 0.0, epsilon
+        )
+        values = torch_polynomial.forward(
+            normalized.reshape(shape), coefficients, bounds, extrapolation
+        )
+        ctx.save_for_backward(rows, gamma, beta, mean, inverse_deviation, coefficients, bounds)
+        ctx.extrapolation, ctx.epsilon, ctx.shape = extrapolation, epsilon, shape
+        ctx.mark_non_differentiable(mean, inverse_deviation)
+        return values, mean, inverse_deviation
+
+    @staticmethod
+    def backward(ctx, upstream, _, __):
+        rows, gamma, beta, mean, inverse_deviation, coefficients, bounds = ctx.saved_tensors
+        need_rows, need_gamma, need_beta, need_coefficients, need_bounds = (
+            ctx.needs_input_grad[:5]
+        )
+        normalized = torch.addcmul(beta, rows - mean, inverse_deviation * gamma)
+        need_input = need_rows or need_gamma or need_beta
+        grad_input, grad_coefficients, grad_bounds = torch_polynomial.gradients(
+            upstream,
+            normalized.reshape(ctx.shape),
+            coefficients,
+            bounds,
+            ctx.extrapolation,
+            (need_input, need_coefficients, need_bounds),
+        )
+        grad_rows = grad_gamma = grad_beta = None
+        if need_input:
+            grad_rows, grad_gamma, grad_beta = torch.ops.aten.native_batch_norm_backward(
+                grad_input.reshape(rows.shape),
+                rows,
+                gamma,
+                None,
+                None,
+                mean,
+                inverse_deviation,
+                True,
+                ctx.epsilon,
+                [need_rows, need_gamma, need_beta],
+            )
+        return (
+            grad_rows, grad_gamma, grad_beta, grad_coefficients, grad_bounds, None, None, None
+        )

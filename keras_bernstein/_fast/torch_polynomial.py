@@ -64,7 +64,7 @@ def _unit_points(x, bounds, extrapolation):
     return t, torch.rsub(t, 1.0), inside, inverse_width
 
 
-def _forward(x, coefficients, bounds, extrapolation):
+def forward(x, coefficients, bounds, extrapolation):
     degree = coefficients.shape[-1] - 1
     t, s, inside, inverse_width = _unit_points(x, bounds, extrapolation)
     values = _horner(t, s, coefficients * _binomials(degree, coefficients))
@@ -92,39 +92,46 @@ class _BernsteinPolynomial(torch.autograd.Function):
     def forward(ctx, x, coefficients, bounds, extrapolation):
         ctx.save_for_backward(x, coefficients, bounds)
         ctx.extrapolation = extrapolation
-        return _forward(x, coefficients, bounds, extrapolation)
+        return forward(x, coefficients, bounds, extrapolation)
 
     @staticmethod
     def backward(ctx, upstream):
         x, coefficients, bounds = ctx.saved_tensors
-        extrapolation = ctx.extrapolation
-        need_x, need_coefficients, need_bounds, _ = ctx.needs_input_grad
-        degree = coefficients.shape[-1] - 1
-        t, s, inside, inverse_width = _unit_points(x, bounds, extrapolation)
-        grad_x = grad_coefficients = grad_bounds = None
+        return gradients(
+            upstream, x, coefficients, bounds, ctx.extrapolation, ctx.needs_input_grad[:3]
+        ) + (None,)
 
-        if need_coefficients or need_bounds:
-            # The input gradient comes from the same basis products.
-            slope_table = _slope_table(coefficients, inverse_width) if need_x else None
-            sums, slope_rows = _basis_sums(
-                upstream, t, s, degree, coefficients.shape[:-1], slope_table
-            )
-            grad_coefficients, grad_bounds = _parameter_gradients(
-                sums, upstream, x, inside, inverse_width, coefficients, bounds, extrapolation
-            )
-        elif need_x:
-            # dσ/dt; at a clamped t it is the end slope, the linear
-            # extrapolation's slope.
-            difference = degree * (coefficients[..., 1:] - coefficients[..., :-1])
-            slope = _horner(t, s, difference * _binomials(degree - 1, coefficients))
-            slope_rows = slope.mul_(upstream).mul_(inverse_width)
-        if need_x:
-            if extrapolation == "clip":
-                # No slope outside; NaN inputs keep their NaN slope.
-                lower, upper = _last_axis_first(bounds)
-                slope_rows.masked_fill_(torch.lt(x, lower).logical_or_(x > upper), 0.0)
-            grad_x = _reduce_to(slope_rows, x.shape)
-        return grad_x, grad_coefficients, grad_bounds, None
+
+def gradients(upstream, x, coefficients, bounds, extrapolation, needs):
+    """`(dL/dx, dL/dc, dL/d bounds)` of the polynomial at `x` for the upstream
+    gradient; `needs` says which are wanted (the others are `None`)."""
+    need_x, need_coefficients, need_bounds = needs
+    degree = coefficients.shape[-1] - 1
+    t, s, inside, inverse_width = _unit_points(x, bounds, extrapolation)
+    grad_x = grad_coefficients = grad_bounds = None
+
+    if need_coefficients or need_bounds:
+        # The input gradient comes from the same basis products.
+        slope_table = _slope_table(coefficients, inverse_width) if need_x else None
+        sums, slope_rows = _basis_sums(
+            upstream, t, s, degree, coefficients.shape[:-1], slope_table
+        )
+        grad_coefficients, grad_bounds = _parameter_gradients(
+            sums, upstream, x, inside, inverse_width, coefficients, bounds, extrapolation
+        )
+    elif need_x:
+        # dσ/dt; at a clamped t it is the end slope, the linear
+        # extrapolation's slope.
+        difference = degree * (coefficients[..., 1:] - coefficients[..., :-1])
+        slope = _horner(t, s, difference * _binomials(degree - 1, coefficients))
+        slope_rows = slope.mul_(upstream).mul_(inverse_width)
+    if need_x:
+        if extrapolation == "clip":
+            # No slope outside; NaN inputs keep their NaN slope.
+            lower, upper = _last_axis_first(bounds)
+            slope_rows.masked_fill_(torch.lt(x, lower).logical_or_(x > upper), 0.0)
+        grad_x = _reduce_to(slope_rows, x.shape)
+    return grad_x, grad_coefficients, grad_bounds
 
 
 def _slope_table(coefficients, inverse_width):

@@ -203,13 +203,22 @@ class BernsteinDense(keras.layers.Layer):
 
     def call(self, inputs, training=None):
         hidden = self.dense(inputs)
-        if (
-            keras.backend.backend() in _FUSED_NORMALIZATION_BACKENDS
-            and self._plain_normalization(hidden)
-            # The fused function stands for the stock activation only.
-            and type(self.bernstein).call is Bernstein.call
-        ):
-            return self._normalized_activation(hidden, training)
+        # The fused functions stand for the stock activation only.
+        if self._plain_normalization(hidden) and type(self.bernstein).call is Bernstein.call:
+            backend = keras.backend.backend()
+            if backend in _FUSED_NORMALIZATION_BACKENDS:
+                return self._normalized_activation(hidden, training)
+            if backend == "torch" and training and self.batch_normalization.trainable:
+                from keras_bernstein._fast import torch_normalization
+
+                if torch_normalization.supports(hidden):
+                    return torch_normalization.normalized_polynomial(
+                        self.batch_normalization,
+                        hidden,
+                        self.coefficients,
+                        self.bounds,
+                        self.extrapolation,
+                    )
         return self.bernstein(self._normalize(hidden, training))
 
     def compute_output_shape(self, input_shape):

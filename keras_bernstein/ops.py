@@ -367,22 +367,19 @@ def _recomputed_gradients(
             ops.where(ops.less(t, 0.0), upstream, zero),
             ops.where(ops.greater(t, 1.0), upstream, zero),
         ]
-    outside_count = len(terms) - (degree + 1)
-    if normalized is not None:
-        terms += [grad_x, grad_x * normalized]
-    sums = _sums_to_shape(terms, neuron_shape)
-    end = degree + 1 + outside_count
+    normalization_terms = [] if normalized is None else [grad_x, grad_x * normalized]
+    sums = _sums_to_shape(terms + normalization_terms, neuron_shape)
     grad_c, grad_bounds = _parameter_gradients(
         ops.stack(sums[: degree + 1], axis=-1),
         coefficients,
         bounds,
         extrapolation,
-        *sums[degree + 1 : end],
+        *sums[degree + 1 : len(terms)],
     )
     gradients = (_sum_to_shape(grad_x, x_shape), grad_c, grad_bounds)
     if normalized is None:
         return gradients
-    return gradients + (sums[end:],)
+    return gradients + (sums[len(terms) :],)
 
 
 def _recomputation_barrier(tensors):
@@ -470,13 +467,17 @@ def bernstein_polynomial(x, coefficients, bounds, extrapolation="linear"):
         return torch_polynomial.bernstein_polynomial(
             x, coefficients, bounds, extrapolation
         )
+    return _call_lean(_with_lean_gradient(extrapolation), x, coefficients, bounds)
+
+
+def _call_lean(function, *tensors):
+    """`function(*tensors)` for a polynomial with a recomputing custom
+    gradient; on TensorFlow compiled by XLA (`_fast/tensorflow_compilation`)."""
     if keras.backend.backend() == "tensorflow":
         from keras_bernstein._fast import tensorflow_compilation
 
-        return tensorflow_compilation.call(
-            _with_lean_gradient(extrapolation), x, coefficients, bounds
-        )
-    return _with_lean_gradient(extrapolation)(x, coefficients, bounds)
+        return tensorflow_compilation.call(function, *tensors)
+    return function(*tensors)
 
 
 @functools.lru_cache(maxsize=None)
@@ -554,12 +555,7 @@ def normalized_bernstein_polynomial(
         x, mean, inverse_deviation, scale, offset = tensors[:5]
         normalized = (x - mean) * (inverse_deviation * scale) + offset
         return bernstein_polynomial(normalized, *tensors[5:], extrapolation)
-    function = _with_lean_normalized_gradient(extrapolation)
-    if keras.backend.backend() == "tensorflow":
-        from keras_bernstein._fast import tensorflow_compilation
-
-        return tensorflow_compilation.call(function, *tensors)
-    return function(*tensors)
+    return _call_lean(_with_lean_normalized_gradient(extrapolation), *tensors)
 
 
 def derivative_coefficients(coefficients):

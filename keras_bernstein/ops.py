@@ -64,14 +64,21 @@ def check_extrapolation(extrapolation):
     return extrapolation
 
 
-def _bernstein_sum(t, scaled_coefficients):
-    """`sum_k a_k t^k (1 - t)^(n - k)` for `a_k = c_k * C(n, k)`.
+def _bernstein_sum(t, coefficients):
+    """`sum_k c_k C(n, k) t^k (1 - t)^(n - k)`.
 
     Horner in `1 - t` with a running power of `t`: after step `k` the
-    accumulator holds `sum_{j <= k} a_j t^j (1 - t)^(k - j)`.
+    accumulator holds `sum_{j <= k} c_j C(n, j) t^j (1 - t)^(k - j)`. The
+    binomials scale each coefficient column separately, as Python floats, so
+    a `(units, n + 1)` table stored degree axis first is read contiguously
+    (`_fast/torch_compilation`).
     """
-    terms = ops.unstack(scaled_coefficients, axis=-1)
-    if len(terms) == 1:
+    degree = coefficients.shape[-1] - 1
+    terms = [
+        ops.multiply(coefficients[..., k], float(math.comb(degree, k)))
+        for k in range(degree + 1)
+    ]
+    if degree == 0:
         return ops.add(ops.zeros_like(t), terms[0])
     s = ops.subtract(1.0, t)
     acc = terms[0]
@@ -81,13 +88,6 @@ def _bernstein_sum(t, scaled_coefficients):
             power = ops.multiply(power, t)
         acc = ops.add(ops.multiply(acc, s), ops.multiply(terms[k], power))
     return acc
-
-
-def _scaled(coefficients, degree):
-    binomials = ops.convert_to_tensor(
-        binomial_coefficients(degree), dtype=coefficients.dtype
-    )
-    return ops.multiply(coefficients, binomials)
 
 
 def to_unit_interval(x, bounds):
@@ -174,31 +174,31 @@ def _evaluate(x, coefficients, bounds, extrapolation):
 
 def _evaluate_at(t, overshoot, coefficients, bounds, extrapolation):
     """`_evaluate` from the parts that `_unit_and_overshoot` returns."""
-    degree = _degree_of(coefficients)
-    scaled = _scaled(coefficients, degree)
     if extrapolation == "polynomial":
-        return _bernstein_sum(t, scaled)
+        return _bernstein_sum(t, coefficients)
     # A huge t clips to the end exactly; NaN stays NaN.
-    values = _bernstein_sum(ops.clip(t, 0.0, 1.0), scaled)
+    values = _bernstein_sum(ops.clip(t, 0.0, 1.0), coefficients)
     if extrapolation == "clip":
         return values
     # Linear: the end value plus the end slope times the overshoot, which is
     # 0 inside. (Written with the overshoot in x units, XLA-CPU fused it worse:
-    # 2.4x instead of 1.6x of ReLU's step at degree 8 with batch norm.)
+    # 2.4x instead of 1.6x of ReLU's step at degree 8 with batch norm.) The
+    # overshoot's sign picks the end by a relu, not by a boolean mask, which
+    # TorchInductor's autodiff would store for the backward pass: storing a
+    # (256, 512) mask took it 1.6 ms on one CPU thread, the rest 0.3 ms.
     slope_lower, slope_upper = end_slopes(coefficients)
-    slope = ops.where(ops.less(t, 0.0), slope_lower, slope_upper)
-    return ops.add(values, ops.multiply(slope, overshoot))
+    bend = ops.multiply(slope_upper - slope_lower, ops.relu(overshoot))
+    return ops.add(values, ops.add(ops.multiply(slope_lower, overshoot), bend))
 
 
 def _slope_in_t(t, coefficients, extrapolation):
     """`dσ/dt` at `t` for the given extrapolation (0 outside for `"clip"`)."""
-    degree = _degree_of(coefficients)
-    scaled = _scaled(derivative_coefficients(coefficients), degree - 1)
+    difference = derivative_coefficients(coefficients)
     if extrapolation == "polynomial":
-        return _bernstein_sum(t, scaled)
+        return _bernstein_sum(t, difference)
     # At a clamped t the derivative polynomial equals the end slope, which is
     # exactly the linear extrapolation's slope.
-    slope = _bernstein_sum(ops.clip(t, 0.0, 1.0), scaled)
+    slope = _bernstein_sum(ops.clip(t, 0.0, 1.0), difference)
     if extrapolation == "linear":
         return slope
     outside = ops.logical_or(ops.less(t, 0.0), ops.greater(t, 1.0))  # NaN: False
@@ -462,8 +462,13 @@ def bernstein_polynomial(x, coefficients, bounds, extrapolation="linear"):
     if degree == 0 or len(x.shape) < len(coefficients.shape) - 1:
         return _evaluate(x, coefficients, bounds, extrapolation)
     if keras.backend.backend() == "torch":
+        from keras_bernstein._fast import torch_compilation
         from keras_bernstein._fast import torch_polynomial
 
+        if torch_compilation.supports(x, degree):
+            return torch_compilation.call(
+                _evaluate, x, coefficients, bounds, extrapolation=extrapolation
+            )
         return torch_polynomial.bernstein_polynomial(
             x, coefficients, bounds, extrapolation
         )
@@ -480,6 +485,14 @@ def _call_lean(function, *tensors):
     return function(*tensors)
 
 
+def _evaluate_normalized(
+    x, mean, inverse_deviation, scale, offset, coefficients, bounds, extrapolation
+):
+    """`_evaluate` of the batch-normalized `x`; plain autodiff-able."""
+    normalized = (x - mean) * (inverse_deviation * scale) + offset
+    return _evaluate(normalized, coefficients, bounds, extrapolation)
+
+
 @functools.lru_cache(maxsize=None)
 def _with_lean_normalized_gradient(extrapolation):
     """`normalized_bernstein_polynomial`'s function, whose backward keeps only
@@ -492,7 +505,9 @@ def _with_lean_normalized_gradient(extrapolation):
     @ops.custom_gradient
     def polynomial(x, mean, inverse_deviation, scale, offset, coefficients, bounds):
         factor = inverse_deviation * scale
-        values = _evaluate((x - mean) * factor + offset, coefficients, bounds, extrapolation)
+        values = _evaluate_normalized(
+            x, mean, inverse_deviation, scale, offset, coefficients, bounds, extrapolation
+        )
 
         def gradient(*args, upstream=None):
             if upstream is None:
@@ -551,11 +566,82 @@ def normalized_bernstein_polynomial(
         ops.convert_to_tensor(value)
         for value in (x, mean, inverse_deviation, scale, offset, coefficients, bounds)
     ]
+    if _torch_compiles(tensors[0], degree):
+        from keras_bernstein._fast import torch_compilation
+
+        return torch_compilation.call(
+            _evaluate_normalized, *tensors, extrapolation=extrapolation
+        )
     if degree == 0:
-        x, mean, inverse_deviation, scale, offset = tensors[:5]
-        normalized = (x - mean) * (inverse_deviation * scale) + offset
-        return bernstein_polynomial(normalized, *tensors[5:], extrapolation)
+        return _evaluate_normalized(*tensors, extrapolation)
     return _call_lean(_with_lean_normalized_gradient(extrapolation), *tensors)
+
+
+def _evaluate_batch_normalized(x, scale, offset, coefficients, bounds, epsilon, extrapolation):
+    """`(_evaluate_normalized with x's batch statistics, mean, variance)`."""
+    mean, variance = ops.moments(x, axes=tuple(range(len(x.shape) - 1)))
+    inverse_deviation = ops.rsqrt(variance + epsilon)
+    values = _evaluate_normalized(
+        x, mean, inverse_deviation, scale, offset, coefficients, bounds, extrapolation
+    )
+    return values, mean, variance
+
+
+def batch_normalized_bernstein_polynomial(
+    x, scale, offset, coefficients, bounds, epsilon=1e-3, extrapolation="linear"
+):
+    """`normalized_bernstein_polynomial` with the batch statistics of `x`.
+
+    What `BernsteinDense` computes in training: the mean and the (biased)
+    variance over every axis of `x` but the last, then
+    `normalized_bernstein_polynomial(x, mean, 1 / sqrt(variance + epsilon),
+    scale, offset, coefficients, bounds, extrapolation)`. On PyTorch-CPU the
+    statistics compile into the same function as the polynomial
+    (`_fast/torch_compilation`).
+
+    Args:
+        x: Input tensor; normalized along its last axis.
+        scale, offset: Tensors of shape `(units,)`.
+        coefficients, bounds, extrapolation: As in `bernstein_polynomial`.
+        epsilon: Small float added to the variance.
+
+    Returns:
+        `(values, mean, variance)`: values of the shape of `x`; the batch
+        mean and variance of shape `(units,)`, for the moving averages.
+    """
+    check_extrapolation(extrapolation)
+    x = ops.convert_to_tensor(x)
+    if _torch_compiles(x, _degree_of(coefficients)):
+        from keras_bernstein._fast import torch_compilation
+
+        return torch_compilation.call(
+            _evaluate_batch_normalized,
+            x,
+            *(ops.convert_to_tensor(v) for v in (scale, offset, coefficients, bounds)),
+            epsilon=float(epsilon),
+            extrapolation=extrapolation,
+        )
+    mean, variance = ops.moments(x, axes=tuple(range(len(x.shape) - 1)))
+    values = normalized_bernstein_polynomial(
+        x,
+        mean,
+        ops.rsqrt(variance + epsilon),
+        scale,
+        offset,
+        coefficients,
+        bounds,
+        extrapolation,
+    )
+    return values, mean, variance
+
+
+def _torch_compiles(x, degree):
+    """Whether the polynomial at `x` runs compiled (`_fast/torch_compilation`)."""
+    if keras.backend.backend() != "torch":
+        return False
+    from keras_bernstein._fast import torch_compilation
+
+    return torch_compilation.supports(x, degree)
 
 
 def derivative_coefficients(coefficients):

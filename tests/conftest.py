@@ -12,6 +12,10 @@ import os
 
 # Must be set before any backend (and its thread pools) is imported.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# TorchInductor takes seconds to compile each polynomial shape, so the suite
+# runs PyTorch's eager kernels except in the tests that ask for
+# `torch_compiled` (the compiled path is what PyTorch-CPU users run).
+os.environ["KERAS_BERNSTEIN_TORCH_COMPILE"] = "0"
 
 import keras  # noqa: E402
 import pytest  # noqa: E402
@@ -35,6 +39,32 @@ def restore_dtype_policy():
     """
     yield
     keras.config.set_dtype_policy("float32")
+
+
+@pytest.fixture
+def torch_compiled(monkeypatch):
+    """Runs the test with the polynomial compiled by TorchInductor
+    (`_fast/torch_compilation`); skips off PyTorch or without a compiler.
+
+    Returns the list of the formulas' names that ran compiled, in order.
+    """
+    if keras.backend.backend() != "torch":
+        pytest.skip("TorchInductor compiles for PyTorch only")
+    from keras_bernstein._fast import torch_compilation
+
+    monkeypatch.setenv("KERAS_BERNSTEIN_TORCH_COMPILE", "1")
+    monkeypatch.setattr(torch_compilation, "_compiler_works", None)
+    if not torch_compilation._compilation_works():
+        pytest.skip("torch.compile does not work on this machine")
+    calls = []
+    call = torch_compilation.call
+
+    def recorded_call(formula, *tensors, **constants):
+        calls.append(formula.__name__)
+        return call(formula, *tensors, **constants)
+
+    monkeypatch.setattr(torch_compilation, "call", recorded_call)
+    return calls
 
 
 def float64_context():

@@ -338,3 +338,147 @@ def test_normalized_backward_matches_autodiff_and_finite_differences(
     for index in (0, 1):
         position = (0,) * arrays[index].ndim
         assert_central_difference(loss, list(arrays), index, position, fused[index][position])
+
+
+def torch_loss(function, weights):
+    """`sum(function(*arrays) * weights)` as a float, evaluated on tensors
+    that require gradients: the compiled training graph, not a second
+    (inference) compilation."""
+    import torch
+
+    def loss(*arrays):
+        tensors = [torch.tensor(a, requires_grad=True) for a in arrays]
+        return float((function(*tensors).detach().numpy() * weights).sum())
+
+    return loss
+
+
+@pytest.mark.parametrize(
+    "extrapolation, degree",
+    [(e, d) for e in ("linear", "clip", "polynomial") for d in (1, 2, 8)] + [("linear", 16)],
+)
+def test_torch_compiled_backward_matches_autodiff_and_finite_differences(
+    extrapolation, degree, torch_compiled
+):
+    """PyTorch-CPU's default path: `ops._evaluate` compiled by TorchInductor,
+    with AOTAutograd's backward, against eager autodiff of the same formula
+    and central differences, in float64 (degrees above
+    `torch_compilation.MAX_DEGREE` run the eager kernels tested above)."""
+    rng = np.random.default_rng(degree)
+    x = rng.normal(size=(9, 4)) * 1.5
+    x[0] = [-7.0, 5.0, 1.3, -1.6] if extrapolation != "polynomial" else [-2.2, 2.3, 1.3, -1.6]
+    coefficients = rng.normal(size=(4, degree + 1))
+    bounds = np.stack([rng.uniform(-2, -1, 4), rng.uniform(1, 2, 4)], -1)
+    weights = rng.normal(size=(9, 4))
+    arrays = [x, coefficients, bounds]
+    compiled = backend_gradients(implementation("dispatched", extrapolation), arrays, weights)
+    assert torch_compiled == ["_evaluate"]
+    reference = backend_gradients(plain(extrapolation, degree), arrays, weights)
+    for label, a, b in zip(("x", "coefficients", "bounds"), compiled, reference):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10 * np.abs(b).max(), err_msg=label)
+    loss = torch_loss(implementation("dispatched", extrapolation), weights)
+    for index, grad in enumerate(compiled):
+        shape = arrays[index].shape
+        for position in [(0,) * len(shape), tuple(size - 1 for size in shape)]:
+            assert_central_difference(loss, arrays, index, position, grad[position])
+
+
+@pytest.mark.parametrize(
+    "dtype, extrapolation, tolerance",
+    [("float32", e, 5e-5) for e in ("linear", "clip", "polynomial")]
+    + [("float16", "linear", 2e-2), ("bfloat16", "linear", 1e-1)],
+)
+def test_torch_compiled_low_precision_backward_matches_float64_autodiff(
+    dtype, extrapolation, tolerance, torch_compiled
+):
+    """The compiled polynomial in float32 and in the 16-bit types of mixed
+    precision, against the float64 formula on the same rounded inputs."""
+    import torch
+
+    rng = np.random.default_rng(17)
+    x = rng.normal(size=(512, 4)) * 1.5
+    x[0] = [-7.0, 5.0, 1.3, -1.6]
+    arrays = [x, rng.normal(size=(4, 7)), np.broadcast_to([-2.0, 2.0], (4, 2)).copy()]
+    weights = rng.normal(size=(512, 4))
+    rounded = [torch.tensor(a).to(getattr(torch, dtype)) for a in arrays + [weights]]
+    reference = backend_gradients(
+        plain(extrapolation, 6), [r.double().numpy() for r in rounded[:3]], rounded[3].double()
+    )
+    compiled = backend_gradients(
+        implementation("dispatched", extrapolation), rounded[:3], rounded[3]
+    )
+    assert torch_compiled == ["_evaluate"]
+    for label, a, b in zip(("x", "coefficients", "bounds"), compiled, reference):
+        scale = np.abs(b).max() + 1.0
+        np.testing.assert_allclose(
+            np.asarray(a, "float64"), b, rtol=0, atol=tolerance * scale, err_msg=label
+        )
+
+
+@pytest.mark.parametrize(
+    "extrapolation, degree, shape",
+    [(e, d, (9, 4)) for e in ("linear", "clip", "polynomial") for d in (1, 8)]
+    + [("linear", 3, (3, 5, 4))],
+)
+def test_torch_compiled_batch_normalized_backward_matches_autodiff(
+    extrapolation, degree, shape, torch_compiled
+):
+    """`BernsteinDense`'s training function on PyTorch-CPU: batch statistics,
+    normalization and polynomial compiled as one, against eager autodiff of
+    the plain formula and central differences (float64); the returned batch
+    mean and variance against NumPy's."""
+    rng = np.random.default_rng(degree + len(shape))
+    x = rng.normal(0.5, 2.0, size=shape)
+    scale = np.array([3.0 if extrapolation != "polynomial" else 1.3, 1.0, 0.7, -0.8])
+    offset = rng.normal(size=4) * 0.3
+    coefficients = rng.normal(size=(1,) * (len(shape) - 2) + (4, degree + 1))
+    bounds = np.stack([rng.uniform(-2, -1, 4), rng.uniform(1, 2, 4)], -1).reshape(
+        coefficients.shape[:-1] + (2,)
+    )
+    weights = rng.normal(size=shape)
+    arrays = [x, scale, offset, coefficients, bounds]
+
+    def compiled_function(*tensors):
+        return bernstein_ops.batch_normalized_bernstein_polynomial(
+            *tensors, epsilon=1e-3, extrapolation=extrapolation
+        )
+
+    compiled = backend_gradients(lambda *t: compiled_function(*t)[0], arrays, weights)
+    assert torch_compiled == ["_evaluate_batch_normalized"]
+    reference = backend_gradients(batch_normalized(extrapolation, False), arrays, weights)
+    for label, a, b in zip(("x", "scale", "offset", "coefficients", "bounds"), compiled, reference):
+        assert a.shape == b.shape, label
+        np.testing.assert_allclose(
+            a, b, rtol=1e-9, atol=1e-9 * (np.abs(b).max() + 1.0), err_msg=label
+        )
+    _, mean, variance = compiled_function(*[ops.convert_to_tensor(a) for a in arrays])
+    axes = tuple(range(len(shape) - 1))
+    np.testing.assert_allclose(ops.convert_to_numpy(mean), x.mean(axes), rtol=1e-12)
+    np.testing.assert_allclose(ops.convert_to_numpy(variance), x.var(axes), rtol=1e-12)
+    loss = torch_loss(lambda *t: compiled_function(*t)[0], weights)
+    for index in (0, 1):
+        position = (0,) * arrays[index].ndim
+        assert_central_difference(loss, arrays, index, position, compiled[index][position])
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="PyTorch's compilation probe")
+def test_torch_falls_back_to_eager_kernels_when_compilation_fails(monkeypatch):
+    """Without a working compiler the polynomial runs eagerly, after one warning."""
+    import torch
+
+    from keras_bernstein._fast import torch_compilation
+
+    def broken_compile(*args, **kwargs):
+        raise RuntimeError("no C++ compiler")
+
+    monkeypatch.setenv("KERAS_BERNSTEIN_TORCH_COMPILE", "1")
+    monkeypatch.setattr(torch_compilation, "_compiler_works", None)
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    x = torch.linspace(-4.0, 4.0, 12).reshape(6, 2)
+    coefficients = torch.tensor([[0.0, 1.0, 3.0], [1.0, -1.0, 2.0]])
+    bounds = torch.tensor([[-2.0, 2.0], [-1.0, 3.0]])
+    with pytest.warns(UserWarning, match="no C.. compiler"):
+        values = bernstein_ops.bernstein_polynomial(x, coefficients, bounds)
+    expected = bernstein_ops._evaluate(x, coefficients, bounds, "linear")
+    np.testing.assert_allclose(values.numpy(), expected.numpy(), rtol=1e-6)
+    assert not torch_compilation.supports(x, 2)

@@ -592,6 +592,51 @@ def test_bernstein_dense_trains_the_same_with_the_compiled_polynomial(
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize(
+    "shape, extrapolation, model_jit_compile",
+    [((32, 5), e, False) for e in ("linear", "clip", "polynomial")]
+    + [((8, 3, 5), "linear", False), ((32, 5), "linear", True)],
+)
+def test_bernstein_dense_trains_the_same_compiled_by_torch(
+    shape, extrapolation, model_jit_compile, torch_compiled, monkeypatch
+):
+    """PyTorch-CPU's default: normalization and polynomial compiled by
+    TorchInductor, in training (batch statistics) and inference (moving
+    statistics), also inside a model compiled whole. Weights, moving
+    statistics and predictions match Keras' BatchNormalization followed by
+    the eager polynomial."""
+    from keras_bernstein._fast import torch_compilation
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(1.0, 2.0, size=shape).astype("float32")
+    y = rng.normal(size=shape[:-1] + (1,)).astype("float32")
+    results = []
+    for compiled in (True, False):
+        if not compiled:
+            monkeypatch.setattr(torch_compilation, "_compiler_works", False)
+            monkeypatch.setattr(BernsteinDense, "_plain_normalization", lambda *args: False)
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential(
+            [
+                keras.Input(shape[1:]),
+                BernsteinDense(4, degree=3, extrapolation=extrapolation),
+                keras.layers.Dense(1),
+            ]
+        )
+        model.layers[0].batch_normalization.gamma.assign(np.linspace(0.5, 2.0, 4))
+        model.layers[0].batch_normalization.beta.assign(np.linspace(-1.0, 1.0, 4))
+        model.compile(optimizer="sgd", loss="mse", jit_compile=model_jit_compile)
+        model.train_on_batch(x, y)
+        model.train_on_batch(x, y)
+        results.append(model.get_weights() + [model.predict_on_batch(x)])
+    if not model_jit_compile:
+        assert set(torch_compiled) == {
+            "_evaluate_batch_normalized", "_evaluate_normalized"
+        }, torch_compiled
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
 def test_bernstein_dense_with_a_custom_activation_calls_it():
     """The fused normalization stands for the stock `Bernstein` only: a
     subclass with its own `call` (the benchmarks' power form) is called."""

@@ -15,7 +15,9 @@ NORMALIZATIONS = (None, "batch")
 # against BatchNormalization -> Bernstein: TensorFlow's step 2% and predict 4%
 # faster, peak memory at batch 4096 418 -> 339 MiB; JAX's memory 1.36x ->
 # 1.05x of ReLU's but its step 2-5% slower, so JAX keeps the two layers.
-# PyTorch runs its own fused normalization kernel (`_fast/torch_normalization`).
+# On PyTorch the function is compiled by TorchInductor where that works (CPU,
+# `_fast/torch_compilation`); elsewhere PyTorch runs its own fused
+# normalization kernel (`_fast/torch_normalization`).
 _FUSED_NORMALIZATION_BACKENDS = ("tensorflow",)
 
 
@@ -206,7 +208,8 @@ class BernsteinDense(keras.layers.Layer):
         # The fused functions stand for the stock activation only.
         if self._plain_normalization(hidden) and type(self.bernstein).call is Bernstein.call:
             backend = keras.backend.backend()
-            if backend in _FUSED_NORMALIZATION_BACKENDS:
+            fused = backend in _FUSED_NORMALIZATION_BACKENDS
+            if fused or bernstein_ops._torch_compiles(hidden, self.degree):
                 return self._normalized_activation(hidden, training)
             if backend == "torch" and training and self.batch_normalization.trainable:
                 from keras_bernstein._fast import torch_normalization
@@ -259,12 +262,19 @@ class BernsteinDense(keras.layers.Layer):
 
     def _normalized_activation(self, hidden, training):
         """`self.bernstein(self.batch_normalization(hidden, training))` as one
-        function (`ops.normalized_bernstein_polynomial`), on the same
+        function (`ops.batch_normalized_bernstein_polynomial` in training,
+        `ops.normalized_bernstein_polynomial` otherwise), on the same
         variables with the same statistics and moving-average update."""
         layer = self.batch_normalization
         if training and layer.trainable:
-            mean, variance = keras.ops.moments(
-                hidden, axes=tuple(range(len(hidden.shape) - 1))
+            outputs, mean, variance = bernstein_ops.batch_normalized_bernstein_polynomial(
+                hidden,
+                layer.gamma,
+                layer.beta,
+                self.coefficients,
+                self.bounds,
+                layer.epsilon,
+                self.extrapolation,
             )
             layer.moving_mean.assign(
                 layer.moving_mean * layer.momentum + mean * (1.0 - layer.momentum)
@@ -273,13 +283,11 @@ class BernsteinDense(keras.layers.Layer):
                 layer.moving_variance * layer.momentum
                 + variance * (1.0 - layer.momentum)
             )
-        else:
-            mean = keras.ops.convert_to_tensor(layer.moving_mean)
-            variance = keras.ops.convert_to_tensor(layer.moving_variance)
+            return outputs
         return bernstein_ops.normalized_bernstein_polynomial(
             hidden,
-            mean,
-            keras.ops.rsqrt(variance + layer.epsilon),
+            layer.moving_mean,
+            keras.ops.rsqrt(layer.moving_variance + layer.epsilon),
             layer.gamma,
             layer.beta,
             self.coefficients,

@@ -450,7 +450,8 @@ def bernstein_polynomial(x, coefficients, bounds, extrapolation="linear"):
         `"linear"` and `"clip"` (the overshoot is taken in the units of `x`).
         The gradient (with respect to all three inputs) recomputes instead of
         storing the basis: a custom gradient on JAX and TensorFlow (there
-        compiled by XLA), one in-place autograd node on PyTorch
+        compiled by XLA), the formula compiled by TorchInductor on
+        PyTorch-CPU, one in-place autograd node on PyTorch otherwise
         (`keras_bernstein/_fast`). All are tested against autodiff of the
         same formula.
     """

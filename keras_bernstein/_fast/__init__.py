@@ -9,13 +9,18 @@ formulas, same semantics) with fewer kernels:
 - `tensorflow_compilation` (via `ops.bernstein_polynomial`): the polynomial
   and its custom gradient compiled by XLA, which Keras does not use for
   TensorFlow on CPU;
-- `torch_polynomial` (via `ops.bernstein_polynomial`): the whole polynomial as
-  one in-place autograd node;
-- `torch_normalization` (via `BernsteinDense`): the batch normalization as
-  PyTorch's fused kernel, on the Keras layer's variables, and in training
-  one autograd node with the polynomial.
+- `torch_compilation` (via `ops.bernstein_polynomial`,
+  `ops.normalized_bernstein_polynomial` and
+  `ops.batch_normalized_bernstein_polynomial`): on PyTorch-CPU, the portable
+  formula itself compiled by TorchInductor, with AOTAutograd's backward;
+- `torch_polynomial` (via `ops.bernstein_polynomial`, where nothing is
+  compiled): the whole polynomial as one in-place autograd node;
+- `torch_normalization` (via `BernsteinDense`, where nothing is compiled):
+  the batch normalization as PyTorch's fused kernel, on the Keras layer's
+  variables, and in training one autograd node with the polynomial.
 
-The first three are tested against autodiff of the portable formula in
-`tests/test_gradients.py`, the fourth against the Keras layer in
+The first four are tested against autodiff of the portable formula in
+`tests/test_gradients.py` (the compiled one in the tests that use the
+`torch_compiled` fixture), the last against the Keras layer in
 `tests/test_layers.py`.
 """

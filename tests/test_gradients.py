@@ -299,16 +299,9 @@ def batch_normalized(extrapolation, fused):
     return evaluate
 
 
-@pytest.mark.parametrize("extrapolation", ["linear", "clip", "polynomial"])
-@pytest.mark.parametrize("degree", [1, 2, 8, 24])
-@pytest.mark.parametrize("shape", [(9, 4), (3, 5, 4)])
-def test_normalized_backward_matches_autodiff_and_finite_differences(
-    extrapolation, degree, shape
-):
-    """Batch normalization and polynomial as one function (the JAX and
-    TensorFlow `BernsteinDense`): gradients for the input, the normalization's
-    scale and offset, the coefficients and the bounds, through the batch
-    statistics, against autodiff of the plain formula and central differences."""
+def normalized_case(extrapolation, degree, shape):
+    """`([x, scale, offset, coefficients, bounds], weights)` for the batch-
+    normalized polynomial, float64, four units."""
     rng = np.random.default_rng(degree + len(shape))
     x = rng.normal(0.5, 2.0, size=shape)
     # Unit 0 scaled far past the bounds (linear and clip) or just past them.
@@ -319,7 +312,20 @@ def test_normalized_backward_matches_autodiff_and_finite_differences(
         coefficients.shape[:-1] + (2,)
     )
     weights = rng.normal(size=shape)
-    arrays = (x, scale, offset, coefficients, bounds)
+    return [x, scale, offset, coefficients, bounds], weights
+
+
+@pytest.mark.parametrize("extrapolation", ["linear", "clip", "polynomial"])
+@pytest.mark.parametrize("degree", [1, 2, 8, 24])
+@pytest.mark.parametrize("shape", [(9, 4), (3, 5, 4)])
+def test_normalized_backward_matches_autodiff_and_finite_differences(
+    extrapolation, degree, shape
+):
+    """Batch normalization and polynomial as one function (the JAX and
+    TensorFlow `BernsteinDense`): gradients for the input, the normalization's
+    scale and offset, the coefficients and the bounds, through the batch
+    statistics, against autodiff of the plain formula and central differences."""
+    arrays, weights = normalized_case(extrapolation, degree, shape)
     fused = backend_gradients(batch_normalized(extrapolation, True), arrays, weights)
     reference = backend_gradients(batch_normalized(extrapolation, False), arrays, weights)
     labels = ("x", "scale", "offset", "coefficients", "bounds")
@@ -427,16 +433,8 @@ def test_torch_compiled_batch_normalized_backward_matches_autodiff(
     normalization and polynomial compiled as one, against eager autodiff of
     the plain formula and central differences (float64); the returned batch
     mean and variance against NumPy's."""
-    rng = np.random.default_rng(degree + len(shape))
-    x = rng.normal(0.5, 2.0, size=shape)
-    scale = np.array([3.0 if extrapolation != "polynomial" else 1.3, 1.0, 0.7, -0.8])
-    offset = rng.normal(size=4) * 0.3
-    coefficients = rng.normal(size=(1,) * (len(shape) - 2) + (4, degree + 1))
-    bounds = np.stack([rng.uniform(-2, -1, 4), rng.uniform(1, 2, 4)], -1).reshape(
-        coefficients.shape[:-1] + (2,)
-    )
-    weights = rng.normal(size=shape)
-    arrays = [x, scale, offset, coefficients, bounds]
+    arrays, weights = normalized_case(extrapolation, degree, shape)
+    x = arrays[0]
 
     def compiled_function(*tensors):
         return bernstein_ops.batch_normalized_bernstein_polynomial(

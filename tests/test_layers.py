@@ -522,6 +522,26 @@ def test_torch_fused_batch_normalization_matches_keras_layer(shape):
     assert not torch_normalization.supports(ops.convert_to_tensor(one_row))
 
 
+def two_steps_then_predict(x, y, extrapolation, jit_compile="auto"):
+    """Weights and predictions of a BernsteinDense(4, degree=3) -> Dense(1)
+    model (normalization scale and offset set away from 1 and 0) after two
+    SGD steps on `(x, y)`."""
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [
+            keras.Input(x.shape[1:]),
+            BernsteinDense(4, degree=3, extrapolation=extrapolation),
+            keras.layers.Dense(1),
+        ]
+    )
+    model.layers[0].batch_normalization.gamma.assign(np.linspace(0.5, 2.0, 4))
+    model.layers[0].batch_normalization.beta.assign(np.linspace(-1.0, 1.0, 4))
+    model.compile(optimizer="sgd", loss="mse", jit_compile=jit_compile)
+    model.train_on_batch(x, y)
+    model.train_on_batch(x, y)
+    return model.get_weights() + [model.predict_on_batch(x)]
+
+
 @pytest.mark.parametrize("shape", [(32, 5), (8, 3, 5)])
 @pytest.mark.parametrize("extrapolation", ["linear", "clip", "polynomial"])
 def test_bernstein_dense_trains_the_same_with_the_fused_normalization(
@@ -544,20 +564,7 @@ def test_bernstein_dense_trains_the_same_with_the_fused_normalization(
     for fused in (True, False):
         if not fused:
             monkeypatch.setattr(BernsteinDense, "_plain_normalization", lambda *args: False)
-        keras.utils.set_random_seed(0)
-        model = keras.Sequential(
-            [
-                keras.Input(shape[1:]),
-                BernsteinDense(4, degree=3, extrapolation=extrapolation),
-                keras.layers.Dense(1),
-            ]
-        )
-        model.layers[0].batch_normalization.gamma.assign(np.linspace(0.5, 2.0, 4))
-        model.layers[0].batch_normalization.beta.assign(np.linspace(-1.0, 1.0, 4))
-        model.compile(optimizer="sgd", loss="mse")
-        model.train_on_batch(x, y)
-        model.train_on_batch(x, y)
-        results.append(model.get_weights() + [model.predict_on_batch(x)])
+        results.append(two_steps_then_predict(x, y, extrapolation))
     for a, b in zip(*results):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
@@ -615,20 +622,7 @@ def test_bernstein_dense_trains_the_same_compiled_by_torch(
         if not compiled:
             monkeypatch.setattr(torch_compilation, "_compiler_works", False)
             monkeypatch.setattr(BernsteinDense, "_plain_normalization", lambda *args: False)
-        keras.utils.set_random_seed(0)
-        model = keras.Sequential(
-            [
-                keras.Input(shape[1:]),
-                BernsteinDense(4, degree=3, extrapolation=extrapolation),
-                keras.layers.Dense(1),
-            ]
-        )
-        model.layers[0].batch_normalization.gamma.assign(np.linspace(0.5, 2.0, 4))
-        model.layers[0].batch_normalization.beta.assign(np.linspace(-1.0, 1.0, 4))
-        model.compile(optimizer="sgd", loss="mse", jit_compile=model_jit_compile)
-        model.train_on_batch(x, y)
-        model.train_on_batch(x, y)
-        results.append(model.get_weights() + [model.predict_on_batch(x)])
+        results.append(two_steps_then_predict(x, y, extrapolation, model_jit_compile))
     if not model_jit_compile:
         assert set(torch_compiled) == {
             "_evaluate_batch_normalized", "_evaluate_normalized"

@@ -466,7 +466,7 @@ def bernstein_polynomial(x, coefficients, bounds, extrapolation="linear"):
         from keras_bernstein._fast import torch_compilation
         from keras_bernstein._fast import torch_polynomial
 
-        if torch_compilation.supports(x, degree):
+        if _torch_compiles(x, degree):
             return torch_compilation.call(
                 _evaluate, x, coefficients, bounds, extrapolation=extrapolation
             )
@@ -580,7 +580,7 @@ def normalized_bernstein_polynomial(
 
 def _evaluate_batch_normalized(x, scale, offset, coefficients, bounds, epsilon, extrapolation):
     """`(_evaluate_normalized with x's batch statistics, mean, variance)`."""
-    mean, variance = ops.moments(x, axes=tuple(range(len(x.shape) - 1)))
+    mean, variance = _batch_statistics(x)
     inverse_deviation = ops.rsqrt(variance + epsilon)
     values = _evaluate_normalized(
         x, mean, inverse_deviation, scale, offset, coefficients, bounds, extrapolation
@@ -622,7 +622,7 @@ def batch_normalized_bernstein_polynomial(
             epsilon=float(epsilon),
             extrapolation=extrapolation,
         )
-    mean, variance = ops.moments(x, axes=tuple(range(len(x.shape) - 1)))
+    mean, variance = _batch_statistics(x)
     values = normalized_bernstein_polynomial(
         x,
         mean,
@@ -634,6 +634,11 @@ def batch_normalized_bernstein_polynomial(
         extrapolation,
     )
     return values, mean, variance
+
+
+def _batch_statistics(x):
+    """Mean and biased variance of `x` over every axis but the last."""
+    return ops.moments(x, axes=tuple(range(len(x.shape) - 1)))
 
 
 def _torch_compiles(x, degree):

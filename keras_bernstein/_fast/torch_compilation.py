@@ -8,8 +8,8 @@ forward, and AOTAutograd's backward of it into one loop nest with the
 per-neuron sums; the partitioner saves only the inputs and recomputes the
 rest. No custom gradient is involved, so the gradients are autodiff of the
 portable formula by construction. Measured for a `(256, 512)` activation at
-degree 8 on one CPU thread: forward and backward 4.2-4.7 -> 1.0-1.7 ms,
-forward alone 0.7-0.9 -> 0.2-0.3 ms (docs/performance.md).
+degree 8 on one CPU thread: forward and backward 4.2-4.7 -> 1.1-1.2 ms,
+forward alone 0.7-0.9 -> 0.25 ms (docs/performance.md).
 
 Two things the speed depends on, both measured:
 
@@ -18,7 +18,7 @@ Two things the speed depends on, both measured:
   loads each coefficient element by element (forward 1.56 against 0.21 ms);
 - no boolean tensor crosses from the forward to the backward graph: Inductor
   took 1.9 ms to store a `(256, 512)` mask that a float pass writes in 0.06
-  (hence `ops._evaluate_at`'s min/max form of the linear extrapolation).
+  (hence `ops._evaluate_at`'s relu form of the linear extrapolation).
 
 Used for CPU tensors when a C++ compiler works (probed once per process);
 otherwise, and on accelerators, the eager kernels of `torch_polynomial` and
@@ -92,7 +92,7 @@ def call(formula, *tensors, **constants):
     key += tuple(sorted(constants.items()))
     function = _compiled.get(key)
     if function is None:
-        function = _compiled[key] = _compile(formula, key, constants)
+        function = _compiled[key] = _compile(formula, constants, coefficients.shape[-1] - 1)
     if inputs[0].dim() >= coefficients.dim():
         # One compiled graph for every batch size, not one per size.
         torch._dynamo.maybe_mark_dynamic(inputs[0], 0)
@@ -104,14 +104,13 @@ def call(formula, *tensors, **constants):
         return function(*inputs, _static_table(coefficients), _static_table(bounds))
 
 
-def _compile(formula, key, constants):
+def _compile(formula, constants, degree):
     def polynomial(*tensors):
         return formula(*tensors, **constants)
 
     # A code object of its own per polynomial: Dynamo keeps at most 8
     # compiled graphs per code object, and a model with several degrees and
     # extrapolations, each trained and evaluated, would exceed that.
-    degree = key[1][-1] - 1
     name = f"bernstein_{formula.__name__.strip('_')}_degree_{degree}"
     code = polynomial.__code__.replace(co_name=name, co_qualname=name)
     return torch.compile(

@@ -15,7 +15,6 @@ Usage:
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -30,6 +29,10 @@ SINGLE_THREAD_ENV = {
     "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1",
     "TF_CPP_MIN_LOG_LEVEL": "3",
 }
+
+# glibc: blocks of 64 KiB and more are mapped and unmapped one by one, so that
+# a process' resident set is what it holds live (peak-memory children only).
+MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "65536"}
 
 # Peak DRAM bandwidth of the GPUs we were lent, for the "fraction of peak" column.
 PEAK_BANDWIDTH = {"H100 80GB HBM3": 3.35e12, "H100": 3.35e12, "H200": 4.8e12}
@@ -101,9 +104,9 @@ def train_times(models, x, y, repeats, steps):
     )
 
 
-def run_backend_child(script, backend, argv, single_thread=True):
+def run_backend_child(script, backend, argv, single_thread=True, extra_env=None):
     """Runs `script --child argv` under `backend`; returns its RESULT dict."""
-    env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
+    env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3", **(extra_env or {}))
     if single_thread:
         env.update(SINGLE_THREAD_ENV)
         env["CUDA_VISIBLE_DEVICES"] = ""
@@ -162,8 +165,8 @@ def time_degrees(args):
 def peak_memory(args, name):
     """Peak memory of training steps at `--memory-batch-size`, in bytes.
 
-    GPU: the framework's peak allocation. CPU: the growth of the process'
-    maximum resident set over the steps, after a warm-up on a single row.
+    GPU: the framework's peak allocation. CPU: the process' peak resident
+    set over the steps, less its resident set before them (Linux).
     """
     import keras
 
@@ -190,11 +193,30 @@ def peak_memory(args, name):
         for _ in range(3):
             model.train_on_batch(x, y)
         return device.memory_stats()["peak_bytes_in_use"] - base
+    # CPU. The resident set before the first full batch is the base; the
+    # first full batch traces and compiles for its shape, then the peak is
+    # reset (Linux: `clear_refs`), so the figure is the steps' own peak
+    # (kept caches such as XLA's temporary buffers included), not the
+    # compiler's. The child runs with glibc returning freed blocks of 64 KiB
+    # and more to the system (`MEMORY_ENV`), so the resident set follows what
+    # is live instead of what the allocator has kept.
     model.train_on_batch(x[:8], y[:8])
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    base = _resident_kib("VmRSS")
+    model.train_on_batch(x, y)
+    with open("/proc/self/clear_refs", "w") as refs:
+        refs.write("5")
     for _ in range(3):
         model.train_on_batch(x, y)
-    return 1024 * (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base)
+    return 1024 * (_resident_kib("VmHWM") - base)
+
+
+def _resident_kib(field):
+    """`VmRSS` (now) or `VmHWM` (peak) of this process, in KiB."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no {field} in /proc/self/status")
 
 
 def activation_bandwidth(args):
@@ -296,13 +318,15 @@ def gpu_name(backend):
     return jax.devices()[0].device_kind
 
 
-def run_child(args, backend, extra=()):
+def run_child(args, backend, extra=(), extra_env=None):
     argv = []
     for key in ("device", "depth", "width", "degree", "batch_size", "memory_batch_size",
                 "steps", "repeats"):
         argv += ["--" + key.replace("_", "-"), str(getattr(args, key))]
     argv += ["--degrees"] + [str(d) for d in args.degrees] + list(extra)
-    return run_backend_child(__file__, backend, argv, single_thread=args.device == "cpu")
+    return run_backend_child(
+        __file__, backend, argv, single_thread=args.device == "cpu", extra_env=extra_env
+    )
 
 
 def report(args, rows, memory):
@@ -385,7 +409,9 @@ def main():
             rows.append(run_child(args, backend))
         if not args.no_memory:
             memory[backend] = {
-                name: run_child(args, backend, ["--memory-model", name])["peak_bytes"]
+                name: run_child(args, backend, ["--memory-model", name], MEMORY_ENV)[
+                    "peak_bytes"
+                ]
                 for name in ("relu", "bernstein", "bernstein_no_bn")
             }
     report(args, rows, memory)

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 # Operands per variadic reduction. XLA-CPU runs it as one scalar loop; with
 # more operands (degree 16: 21) it measured slower than separate sums, in
 # groups of 13 (all of degree 8's) as fast or faster at every degree.
-_MAX_OPERANDS = 13
+MAX_OPERANDS = 13
 
 
 def _on_cpu():
@@ -67,8 +67,8 @@ def sum_many_to_shape(tensors, shape):
     accumulate = jnp.float32 if jnp.finfo(dtype).bits < 32 else dtype
     operands = tuple(tensor.astype(accumulate) for tensor in tensors)
     sums = []
-    for start in range(0, len(operands), _MAX_OPERANDS):
-        group = operands[start : start + _MAX_OPERANDS]
+    for start in range(0, len(operands), MAX_OPERANDS):
+        group = operands[start : start + MAX_OPERANDS]
         zeros = tuple(jnp.zeros((), accumulate) for _ in group)
         sums += lax.reduce(
             group, zeros, lambda a, b: tuple(x + y for x, y in zip(a, b)), axes

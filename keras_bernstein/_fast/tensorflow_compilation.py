@@ -3,39 +3,119 @@
 Keras runs TensorFlow models without XLA where there is no GPU
 (`jit_compile="auto"`), so the polynomial's Horner loop (about `4 n`
 elementwise ops) and its backward's `n + 3` sums each run as separate kernels,
-one pass over memory apiece. As one XLA function, forward and backward each
+one pass over memory apiece. As XLA functions, forward and backward each
 fuse into a few loops; the rest of the model is untouched. Measured on the
 784 -> 4x512 -> 10 MLP, degree 8, one CPU thread: the training step went from
-1.68x to 1.25x of ReLU's, `predict` from 1.50x to 1.16x, and the peak memory
-of a training step at batch 4096 from 9.9x to 3.6-4.0x (docs/performance.md).
-Where Keras compiles the whole step with XLA (GPU), this function is simply
-part of it.
+1.68x to 1.25x of ReLU's and `predict` from 1.50x to 1.16x
+(docs/performance.md). The peak memory of one activation's training step,
+`(4096, 512)`, went from 128 MiB to 16 MiB (ReLU's: 16 MiB) with the custom
+gradient outside the two XLA functions (`with_gradient`) and the backward's
+sums as one variadic reduction (`sum_many_to_shape`). Where Keras compiles
+the whole step with XLA (GPU), these functions are simply part of it.
 """
 
 import functools
+import threading
 
 import tensorflow as tf
+
+# How many compiled functions are being traced on this thread (nested when
+# Keras compiles the whole step): the backward may then use XLA's own ops.
+_tracing = threading.local()
 
 
 @functools.lru_cache(maxsize=None)
 def _compiled(function):
-    # One tf.function per polynomial (cached), so that every layer of the
-    # same shape shares its trace and its XLA executable.
-    return tf.function(function, jit_compile=True)
+    # One tf.function per function (cached), so that every layer of the same
+    # shape shares its trace and its XLA executable.
+    def traced(*tensors):
+        _tracing.depth = getattr(_tracing, "depth", 0) + 1
+        try:
+            return function(*tensors)
+        finally:
+            _tracing.depth -= 1
+
+    return tf.function(traced, jit_compile=True)
 
 
-def call(function, *tensors):
-    """`function(*tensors)`, XLA-compiled inside a traced graph.
+def with_gradient(forward, backward):
+    """`forward` with the gradient `backward(upstream, *inputs)`, each compiled
+    by XLA inside a traced graph.
 
-    `function` is one of `ops`' polynomials with a recomputing custom
-    gradient, which is compiled with it. Inside `tf.function` (Keras' train,
-    test and predict functions) it runs as one XLA function, which XLA
-    compiles once per concrete input shape. Eager calls (a layer called on a
-    batch, plots, callbacks) run it op by op instead: compiled, each new input
-    shape would cost a trace and a compilation (0.1-0.2 s). Variables are read
+    The custom gradient sits outside the two XLA functions, so the step keeps
+    only the inputs for the backward pass. (With `tf.custom_gradient` inside
+    one XLA function, TensorFlow's function gradient returned two copies of
+    the input from the forward function: at batch 4096 two more
+    `(4096, 512)` tensors per layer.) Inside `tf.function` (Keras' train,
+    test and predict functions) each runs as one XLA function, compiled
+    once per concrete input shape. Eager calls (a layer called on a batch,
+    plots, callbacks) run op by op instead: compiled, each new input shape
+    would cost a trace and a compilation (0.1-0.2 s). Variables are read
     first: `tf.custom_gradient` refuses functions that read variables.
     """
-    tensors = [tf.identity(tensor) for tensor in tensors]
-    if tf.executing_eagerly():
-        return function(*tensors)
-    return _compiled(function)(*tensors)
+
+    @tf.custom_gradient
+    def function(*inputs):
+        def gradient(upstream):
+            if tf.executing_eagerly():
+                return backward(upstream, *inputs)
+            return _compiled(backward)(upstream, *inputs)
+
+        if tf.executing_eagerly():
+            return forward(*inputs), gradient
+        return _compiled(forward)(*inputs), gradient
+
+    def read_variables_first(*inputs):
+        return function(*(tf.identity(value) for value in inputs))
+
+    return read_variables_first
+
+
+def fuses_many_sums():
+    """Whether `sum_many_to_shape` should take the backward's sums: while a
+    function is traced for XLA (`_compiled`)."""
+    return getattr(_tracing, "depth", 0) > 0
+
+
+@functools.lru_cache(maxsize=None)
+def _adder(count, dtype):
+    # The reducer of a variadic reduction: `count` running sums plus
+    # `count` new values, all scalars.
+    spec = [tf.TensorSpec([], dtype)] * (2 * count)
+
+    def add(*values):
+        return tuple(a + b for a, b in zip(values[:count], values[count:]))
+
+    return tf.function(add).get_concrete_function(*spec)
+
+
+def sum_many_to_shape(tensors, shape):
+    """Sums each of `tensors` (one common shape) down to `shape`, in one pass
+    of XLA variadic reductions (the TensorFlow side of
+    `_fast/jax_reductions.sum_many_to_shape`, same arguments).
+
+    As separate `reduce_sum`s XLA-CPU stores every product first (the backward
+    of a `(4096, 512)` degree-8 activation: 88 MiB of temporaries).
+    """
+    from tensorflow.compiler.tf2xla.python import xla
+
+    from keras_bernstein._fast.jax_reductions import MAX_OPERANDS
+
+    full_shape = tensors[0].shape
+    leading = len(full_shape) - len(shape)
+    axes = list(range(leading)) + [
+        leading + i
+        for i, size in enumerate(shape)
+        if size == 1 and full_shape[leading + i] != 1
+    ]
+    dtype = tensors[0].dtype
+    accumulate = tf.float32 if dtype.size < 4 else dtype
+    operands = [tf.cast(tensor, accumulate) for tensor in tensors]
+    sums = []
+    for start in range(0, len(operands), MAX_OPERANDS):
+        group = operands[start : start + MAX_OPERANDS]
+        zeros = [tf.zeros([], accumulate)] * len(group)
+        sums += xla.variadic_reduce(
+            group, zeros, dimensions_to_reduce=axes, reducer=_adder(len(group), accumulate)
+        )
+    return [tf.cast(tf.reshape(total, shape), dtype) for total in sums]

@@ -13,6 +13,7 @@ Usage:
 """
 
 import argparse
+import ctypes
 import json
 import os
 import subprocess
@@ -166,7 +167,7 @@ def peak_memory(args, name):
     """Peak memory of training steps at `--memory-batch-size`, in bytes.
 
     GPU: the framework's peak allocation. CPU: the process' peak resident
-    set over the steps, less its resident set before them (Linux).
+    set over the steps, less its resident set before them (Linux, glibc).
     """
     import keras
 
@@ -196,13 +197,17 @@ def peak_memory(args, name):
     # CPU. The resident set before the first full batch is the base; the
     # first full batch traces and compiles for its shape, then the peak is
     # reset (Linux: `clear_refs`), so the figure is the steps' own peak
-    # (kept caches such as XLA's temporary buffers included), not the
-    # compiler's. The child runs with glibc returning freed blocks of 64 KiB
-    # and more to the system (`MEMORY_ENV`), so the resident set follows what
-    # is live instead of what the allocator has kept.
+    # (kept caches such as JAX's buffers included), not the compiler's. The
+    # child runs with glibc returning freed blocks of 64 KiB and more to the
+    # system (`MEMORY_ENV`), and smaller freed blocks are returned before the
+    # base and after the compiling step (`malloc_trim`), so the resident set
+    # follows what is live instead of what the allocator has kept.
     model.train_on_batch(x[:8], y[:8])
+    release_free_memory = ctypes.CDLL("libc.so.6").malloc_trim
+    release_free_memory(0)
     base = _resident_kib("VmRSS")
     model.train_on_batch(x, y)
+    release_free_memory(0)
     with open("/proc/self/clear_refs", "w") as refs:
         refs.write("5")
     for _ in range(3):

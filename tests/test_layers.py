@@ -599,6 +599,62 @@ def test_bernstein_dense_trains_the_same_with_the_compiled_polynomial(
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
+def test_bernstein_dense_normalizes_without_the_masked_steps():
+    """With a mask (here from Masking) the batch statistics skip the masked
+    steps, as Keras' BatchNormalization does with the mask."""
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=(4, 6, 3)).astype("float32") * 2.0 + 1.0
+    x[:, 4:] = 0.0
+    inputs = keras.Input((6, 3))
+    outputs = BernsteinDense(5, degree=3)(keras.layers.Masking(0.0)(inputs))
+    model = keras.Model(inputs, outputs)
+    layer = model.layers[-1]
+    got = ops.convert_to_numpy(model(x, training=True))
+    hidden = layer.dense(x)
+    mask = ops.convert_to_tensor(np.any(x != 0.0, axis=-1))
+    expected = layer.bernstein(layer.batch_normalization(hidden, training=True, mask=mask))
+    unmasked = layer.bernstein(layer.batch_normalization(hidden, training=True))
+    np.testing.assert_allclose(got, ops.convert_to_numpy(expected), rtol=1e-5, atol=1e-5)
+    assert not np.allclose(got, ops.convert_to_numpy(unmasked), atol=1e-3)
+
+
+def test_compiled_inference_follows_weight_updates(torch_compiled):
+    """The compiled polynomial keeps the layer's tables between inference
+    calls; a training step or an `assign` in between must show in the next
+    inference as in the uncompiled formula."""
+    import torch
+
+    from keras_bernstein import ops as bernstein_ops
+
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(16, 5)).astype("float32")
+    y = rng.normal(size=(16, 1)).astype("float32")
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [keras.Input((5,)), BernsteinDense(4, degree=3), keras.layers.Dense(1)]
+    )
+    model.compile(optimizer="sgd", loss="mse")
+    layer = model.layers[0]
+
+    def inference_and_reference():
+        with torch.no_grad():
+            outputs = layer(x, training=False)
+            reference = bernstein_ops._evaluate(
+                layer.pre_activation(x), layer.coefficients, layer.bounds, "linear"
+            )
+        outputs, reference = ops.convert_to_numpy(outputs), ops.convert_to_numpy(reference)
+        np.testing.assert_allclose(outputs, reference, rtol=1e-5, atol=1e-6)
+        return outputs
+
+    first = inference_and_reference()
+    model.train_on_batch(x, y)
+    trained = inference_and_reference()
+    layer.coefficients.assign(layer.coefficients * 2.0 + 1.0)
+    assigned = inference_and_reference()
+    assert not np.allclose(first, trained) and not np.allclose(trained, assigned)
+    assert torch_compiled.count("_evaluate_normalized") == 3
+
+
 @pytest.mark.parametrize(
     "shape, extrapolation, model_jit_compile",
     [((32, 5), e, False) for e in ("linear", "clip", "polynomial")]

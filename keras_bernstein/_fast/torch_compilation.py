@@ -31,6 +31,7 @@ for a few seconds; Inductor caches the result on disk for later processes.
 import os
 import types
 import warnings
+import weakref
 
 import torch
 
@@ -38,6 +39,10 @@ _DISABLE_VARIABLE = "KERAS_BERNSTEIN_TORCH_COMPILE"
 
 _compiler_works = None
 _compiled = {}
+# Call signatures that have run once: compiled, or failed for good.
+_ran = set()
+# id(table) -> (weak reference, version, storage, static copy); see _static_table.
+_static_tables = {}
 
 
 # Compilation time grows faster than the degree (cold cache, one CPU thread:
@@ -96,12 +101,20 @@ def call(formula, *tensors, **constants):
     if inputs[0].dim() >= coefficients.dim():
         # One compiled graph for every batch size, not one per size.
         torch._dynamo.maybe_mark_dynamic(inputs[0], 0)
+    tables = (_static_table(coefficients), _static_table(bounds))
+    # What Dynamo's guards tell apart; a new signature may compile.
+    signature = (key, torch.is_grad_enabled(), inputs[0].dtype)
+    signature += tuple(tensor.requires_grad for tensor in tensors)
+    if signature in _ran:
+        return function(*inputs, *tables)
     with warnings.catch_warnings():
         # Compiling traces Keras' dtype helpers, whose `functools` caches
         # Dynamo reports, and imports Inductor modules that use TorchScript.
         warnings.filterwarnings("ignore", message="Dynamo detected a call to a `functools")
         warnings.filterwarnings("ignore", message="`torch.jit.script_method` is deprecated")
-        return function(*inputs, _static_table(coefficients), _static_table(bounds))
+        values = function(*inputs, *tables)
+    _ran.add(signature)
+    return values
 
 
 def _compile(formula, constants, degree):
@@ -123,7 +136,27 @@ def _static_table(table):
     """`table` with the same shape and values, stored last axis first, its
     sizes marked static: the degree must stay a Python int in the trace, and
     Dynamo would otherwise tie a table size that equals the batch size to the
-    batch's symbol."""
-    table = torch.movedim(torch.movedim(table, -1, 0).contiguous(), 0, -1)
-    torch._dynamo.mark_static(table)
-    return table
+    batch's symbol.
+
+    Where no gradient is taken (`predict`, evaluation) the copy is kept until
+    the table is written to or freed: a layer's tables do not change between
+    its inference calls.
+    """
+    keep = not (torch.is_grad_enabled() and table.requires_grad)
+    if keep:
+        kept = _static_tables.get(id(table))
+        if (
+            kept is not None
+            and kept[0]() is table
+            and kept[1:3] == (table._version, table.data_ptr())
+        ):
+            return kept[3]
+    static = torch.movedim(torch.movedim(table, -1, 0).contiguous(), 0, -1)
+    torch._dynamo.mark_static(static)
+    if keep:
+        key = id(table)
+        forget = lambda _, key=key: _static_tables.pop(key, None)  # noqa: E731
+        _static_tables[key] = (
+            weakref.ref(table, forget), table._version, table.data_ptr(), static
+        )
+    return static

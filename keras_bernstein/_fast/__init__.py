@@ -25,3 +25,21 @@ The first four are tested against autodiff of the portable formula in
 `torch_compiled` fixture), the last against the Keras layer in
 `tests/test_layers.py`.
 """
+
+# Operands per variadic reduction (`jax_reductions`, `tensorflow_compilation`).
+# XLA-CPU runs one as a scalar loop; on JAX, with more operands (degree 16: 21)
+# it measured slower than separate sums, in groups of 13 (all of degree 8's)
+# as fast or faster at every degree.
+MAX_SUM_OPERANDS = 13
+
+
+def reduced_axes(full_shape, shape):
+    """The axes that summing a `full_shape` tensor down to `shape` reduces:
+    the leading axes `shape` lacks and those it holds as 1 (the rule of
+    `ops._sum_to_shape`)."""
+    leading = len(full_shape) - len(shape)
+    return tuple(range(leading)) + tuple(
+        leading + i
+        for i, size in enumerate(shape)
+        if size == 1 and full_shape[leading + i] != 1
+    )

@@ -23,11 +23,8 @@ import jax
 from jax import lax
 import jax.numpy as jnp
 
-
-# Operands per variadic reduction. XLA-CPU runs it as one scalar loop; with
-# more operands (degree 16: 21) it measured slower than separate sums, in
-# groups of 13 (all of degree 8's) as fast or faster at every degree.
-MAX_OPERANDS = 13
+from keras_bernstein._fast import MAX_SUM_OPERANDS
+from keras_bernstein._fast import reduced_axes
 
 
 def _on_cpu():
@@ -56,19 +53,13 @@ def sum_many_to_shape(tensors, shape):
     Half-precision inputs are accumulated in float32 and the sums cast back.
     """
     tensors = [jnp.asarray(tensor) for tensor in tensors]
-    full_shape = tensors[0].shape
-    leading = len(full_shape) - len(shape)
-    axes = tuple(range(leading)) + tuple(
-        leading + i
-        for i, size in enumerate(shape)
-        if size == 1 and full_shape[leading + i] != 1
-    )
+    axes = reduced_axes(tensors[0].shape, shape)
     dtype = tensors[0].dtype
     accumulate = jnp.float32 if jnp.finfo(dtype).bits < 32 else dtype
     operands = tuple(tensor.astype(accumulate) for tensor in tensors)
     sums = []
-    for start in range(0, len(operands), MAX_OPERANDS):
-        group = operands[start : start + MAX_OPERANDS]
+    for start in range(0, len(operands), MAX_SUM_OPERANDS):
+        group = operands[start : start + MAX_SUM_OPERANDS]
         zeros = tuple(jnp.zeros((), accumulate) for _ in group)
         sums += lax.reduce(
             group, zeros, lambda a, b: tuple(x + y for x, y in zip(a, b)), axes

@@ -19,6 +19,9 @@ import threading
 
 import tensorflow as tf
 
+from keras_bernstein._fast import MAX_SUM_OPERANDS
+from keras_bernstein._fast import reduced_axes
+
 # How many compiled functions are being traced on this thread (nested when
 # Keras compiles the whole step): the backward may then use XLA's own ops.
 _tracing = threading.local()
@@ -99,21 +102,13 @@ def sum_many_to_shape(tensors, shape):
     """
     from tensorflow.compiler.tf2xla.python import xla
 
-    from keras_bernstein._fast.jax_reductions import MAX_OPERANDS
-
-    full_shape = tensors[0].shape
-    leading = len(full_shape) - len(shape)
-    axes = list(range(leading)) + [
-        leading + i
-        for i, size in enumerate(shape)
-        if size == 1 and full_shape[leading + i] != 1
-    ]
+    axes = list(reduced_axes(tensors[0].shape, shape))
     dtype = tensors[0].dtype
     accumulate = tf.float32 if dtype.size < 4 else dtype
     operands = [tf.cast(tensor, accumulate) for tensor in tensors]
     sums = []
-    for start in range(0, len(operands), MAX_OPERANDS):
-        group = operands[start : start + MAX_OPERANDS]
+    for start in range(0, len(operands), MAX_SUM_OPERANDS):
+        group = operands[start : start + MAX_SUM_OPERANDS]
         zeros = [tf.zeros([], accumulate)] * len(group)
         sums += xla.variadic_reduce(
             group, zeros, dimensions_to_reduce=axes, reducer=_adder(len(group), accumulate)

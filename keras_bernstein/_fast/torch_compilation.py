@@ -39,7 +39,7 @@ _DISABLE_VARIABLE = "KERAS_BERNSTEIN_TORCH_COMPILE"
 
 _compiler_works = None
 _compiled = {}
-# Call signatures that have run once: compiled, or failed for good.
+# Call signatures that have run (and so compiled) once.
 _ran = set()
 # id(table) -> (weak reference, version, storage, static copy); see _static_table.
 _static_tables = {}

@@ -542,6 +542,18 @@ def two_steps_then_predict(x, y, extrapolation, jit_compile="auto"):
     return model.get_weights() + [model.predict_on_batch(x)]
 
 
+def fast_and_unfused(shape, extrapolation, monkeypatch, fall_back, jit_compile="auto"):
+    """`two_steps_then_predict` on the same data twice: with the fast path,
+    then with `fall_back()` applied and the normalization unfused."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(1.0, 2.0, size=shape).astype("float32")
+    y = rng.normal(size=shape[:-1] + (1,)).astype("float32")
+    fast = two_steps_then_predict(x, y, extrapolation, jit_compile)
+    fall_back()
+    monkeypatch.setattr(BernsteinDense, "_plain_normalization", lambda *args: False)
+    return fast, two_steps_then_predict(x, y, extrapolation, jit_compile)
+
+
 @pytest.mark.parametrize("shape", [(32, 5), (8, 3, 5)])
 @pytest.mark.parametrize("extrapolation", ["linear", "clip", "polynomial"])
 def test_bernstein_dense_trains_the_same_with_the_fused_normalization(
@@ -557,14 +569,7 @@ def test_bernstein_dense_trains_the_same_with_the_fused_normalization(
     monkeypatch.setattr(
         bernstein_dense, "_FUSED_NORMALIZATION_BACKENDS", ("jax", "tensorflow")
     )
-    rng = np.random.default_rng(1)
-    x = rng.normal(1.0, 2.0, size=shape).astype("float32")
-    y = rng.normal(size=shape[:-1] + (1,)).astype("float32")
-    results = []
-    for fused in (True, False):
-        if not fused:
-            monkeypatch.setattr(BernsteinDense, "_plain_normalization", lambda *args: False)
-        results.append(two_steps_then_predict(x, y, extrapolation))
+    results = fast_and_unfused(shape, extrapolation, monkeypatch, fall_back=lambda: None)
     for a, b in zip(*results):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
@@ -670,15 +675,13 @@ def test_bernstein_dense_trains_the_same_compiled_by_torch(
     the eager polynomial."""
     from keras_bernstein._fast import torch_compilation
 
-    rng = np.random.default_rng(1)
-    x = rng.normal(1.0, 2.0, size=shape).astype("float32")
-    y = rng.normal(size=shape[:-1] + (1,)).astype("float32")
-    results = []
-    for compiled in (True, False):
-        if not compiled:
-            monkeypatch.setattr(torch_compilation, "_compiler_works", False)
-            monkeypatch.setattr(BernsteinDense, "_plain_normalization", lambda *args: False)
-        results.append(two_steps_then_predict(x, y, extrapolation, model_jit_compile))
+    results = fast_and_unfused(
+        shape,
+        extrapolation,
+        monkeypatch,
+        fall_back=lambda: monkeypatch.setattr(torch_compilation, "_compiler_works", False),
+        jit_compile=model_jit_compile,
+    )
     if not model_jit_compile:
         assert set(torch_compiled) == {
             "_evaluate_batch_normalized", "_evaluate_normalized"

@@ -109,33 +109,31 @@ def bernstein_basis(t, degree):
         `C(n, k) t^k (1 - t)^(n - k)`, computed by products of powers
         built by repeated multiplication (no `pow`).
     """
-    return ops.stack(_basis_terms(ops.convert_to_tensor(t), degree), axis=-1)
+    basis = ops.stack(_basis_terms(ops.convert_to_tensor(t), degree), axis=-1)
+    return ops.multiply(basis, ops.cast(binomial_coefficients(degree), basis.dtype))
 
 
 def _basis_terms(t, degree, weight=None):
-    """`[weight * C(n, k) t^k (1 - t)^(n - k) for k in 0..n]`, unstacked.
+    """`[weight * t^k (1 - t)^(n - k) for k in 0..n]`, unstacked and without
+    the binomials `C(n, k)`, which the caller applies (to the per-neuron sums
+    in the backward pass, where they cost nothing per element).
 
     A list, so that a sum of each term over the batch can fuse with the
-    products that make it (`_sums_to_shape`).
+    products that make it (`_sums_to_shape`). Two multiplies per term plus
+    the powers of `1 - t`: XLA-CPU runs those sums as a scalar loop.
     """
     s = ops.subtract(1.0, t)
-    t_powers = [None, t]
     s_powers = [None, s]
     for _ in range(degree - 1):
-        t_powers.append(ops.multiply(t_powers[-1], t))
         s_powers.append(ops.multiply(s_powers[-1], s))
-    binomials = binomial_coefficients(degree)
+    weighted_power = ops.ones_like(t) if weight is None else weight
     terms = []
     for k in range(degree + 1):
-        if weight is None:
-            term = ops.full_like(t, float(binomials[k]))
-        else:
-            term = ops.multiply(weight, float(binomials[k]))
         if k:
-            term = ops.multiply(term, t_powers[k])
-        if degree - k:
-            term = ops.multiply(term, s_powers[degree - k])
-        terms.append(term)
+            weighted_power = ops.multiply(weighted_power, t)
+        terms.append(
+            ops.multiply(weighted_power, s_powers[degree - k]) if degree - k else weighted_power
+        )
     return terms
 
 
@@ -373,8 +371,9 @@ def _recomputed_gradients(
         ]
     normalization_terms = [] if normalized is None else [grad_x, grad_x * normalized]
     sums = _sums_to_shape(terms + normalization_terms, neuron_shape)
+    basis_sums = ops.stack(sums[: degree + 1], axis=-1)
     grad_c, grad_bounds = _parameter_gradients(
-        ops.stack(sums[: degree + 1], axis=-1),
+        basis_sums * ops.cast(binomial_coefficients(degree), basis_sums.dtype),
         coefficients,
         bounds,
         extrapolation,
@@ -407,8 +406,10 @@ def _with_gradient(forward, backward):
 
     `backward` returns one gradient per input and recomputes what it needs
     from the inputs, so a training step keeps nothing of the forward pass but
-    its inputs. On TensorFlow forward and backward are each compiled by XLA
-    (`_fast/tensorflow_compilation`).
+    its inputs. Where `forward` returns a tuple, only its first item carries
+    a gradient (`upstream` is that item's); the others are statistics, which
+    callers return through `ops.stop_gradient`. On TensorFlow forward and
+    backward are each compiled by XLA (`_fast/tensorflow_compilation`).
     """
     if keras.backend.backend() == "tensorflow":
         from keras_bernstein._fast import tensorflow_compilation
@@ -420,6 +421,8 @@ def _with_gradient(forward, backward):
         def gradient(*args, upstream=None):
             if upstream is None:
                 (upstream,) = args
+            if isinstance(upstream, (tuple, list)):
+                upstream = upstream[0]
             return backward(upstream, *inputs)
 
         return forward(*inputs), gradient
@@ -498,6 +501,24 @@ def _evaluate_normalized(
     return _evaluate(normalized, coefficients, bounds, extrapolation)
 
 
+def _normalized_gradients(
+    upstream, x, mean, inverse_deviation, scale, offset, coefficients, bounds, extrapolation
+):
+    """The backward of `σ((x - mean) * inverse_deviation * scale + offset)`
+    for fixed statistics, recomputed from `x` in one pass
+    (`_recomputed_gradients`): `(g, dL/dscale, dL/doffset, dL/dc,
+    dL/dbounds, normalized)`, where `g` is the gradient for the polynomial's
+    input and `normalized` is `(x - mean) * inverse_deviation`."""
+    normalized = (x - mean) * inverse_deviation
+    parts = _unit_and_overshoot(normalized * scale + offset, bounds)
+    grad_input, grad_c, grad_bounds, (grad_offset, grad_scale) = _recomputed_gradients(
+        parts, x.shape, coefficients, bounds, upstream, extrapolation, normalized
+    )
+    grad_offset = ops.reshape(grad_offset, ops.shape(offset))
+    grad_scale = ops.reshape(grad_scale, ops.shape(scale))
+    return grad_input, grad_scale, grad_offset, grad_c, grad_bounds, normalized
+
+
 @functools.lru_cache(maxsize=None)
 def _with_lean_normalized_gradient(extrapolation):
     """`normalized_bernstein_polynomial`'s function, whose backward keeps only
@@ -513,14 +534,11 @@ def _with_lean_normalized_gradient(extrapolation):
         )
 
     def backward(upstream, x, mean, inverse_deviation, scale, offset, coefficients, bounds):
-        (x_again,) = _recomputation_barrier((x,))
-        normalized = (x_again - mean) * inverse_deviation
-        parts = _unit_and_overshoot(normalized * scale + offset, bounds)
-        grad_input, grad_c, grad_bounds, (grad_offset, grad_scale) = _recomputed_gradients(
-            parts, x.shape, coefficients, bounds, upstream, extrapolation, normalized
+        (x,) = _recomputation_barrier((x,))
+        grad_input, grad_scale, grad_offset, grad_c, grad_bounds, _ = _normalized_gradients(
+            upstream, x, mean, inverse_deviation, scale, offset, coefficients, bounds,
+            extrapolation,
         )
-        grad_offset = ops.reshape(grad_offset, ops.shape(offset))
-        grad_scale = ops.reshape(grad_scale, ops.shape(scale))
         factor = inverse_deviation * scale
         return (
             grad_input * factor,
@@ -587,6 +605,50 @@ def _evaluate_batch_normalized(x, scale, offset, coefficients, bounds, epsilon, 
     return values, mean, variance
 
 
+@functools.lru_cache(maxsize=None)
+def _with_lean_batch_normalized_gradient(extrapolation, epsilon):
+    """`batch_normalized_bernstein_polynomial` as one function: the batch
+    statistics, the normalization and the polynomial in the forward pass;
+    in the backward, the batch normalization's whole input gradient,
+    `scale * inverse_deviation * (g - (sum g + normalized * sum g *
+    normalized) / count)` with `g` the polynomial's input gradient, from the
+    sums that `_recomputed_gradients` takes in its one pass. It keeps only
+    `x`; the statistics are recomputed from it.
+    """
+
+    def statistics(x):
+        mean, variance = _batch_statistics(x)
+        return mean, variance, ops.rsqrt(variance + epsilon)
+
+    def forward(x, scale, offset, coefficients, bounds):
+        mean, variance, inverse_deviation = statistics(x)
+        values = _evaluate_normalized(
+            x, mean, inverse_deviation, scale, offset, coefficients, bounds, extrapolation
+        )
+        return values, mean, variance
+
+    def backward(upstream, x, scale, offset, coefficients, bounds):
+        (x,) = _recomputation_barrier((x,))
+        mean, _, inverse_deviation = statistics(x)
+        grad_input, grad_scale, grad_offset, grad_c, grad_bounds, normalized = (
+            _normalized_gradients(
+                upstream, x, mean, inverse_deviation, scale, offset, coefficients, bounds,
+                extrapolation,
+            )
+        )
+        count = ops.cast(ops.size(x) // ops.shape(x)[-1], x.dtype)
+        centered = grad_input - (grad_offset + normalized * grad_scale) / count
+        return (
+            (scale * inverse_deviation) * centered,
+            grad_scale,
+            grad_offset,
+            grad_c,
+            grad_bounds,
+        )
+
+    return _with_gradient(forward, backward)
+
+
 def batch_normalized_bernstein_polynomial(
     x, scale, offset, coefficients, bounds, epsilon=1e-3, extrapolation="linear"
 ):
@@ -595,9 +657,14 @@ def batch_normalized_bernstein_polynomial(
     What `BernsteinDense` computes in training: the mean and the (biased)
     variance over every axis of `x` but the last, then
     `normalized_bernstein_polynomial(x, mean, 1 / sqrt(variance + epsilon),
-    scale, offset, coefficients, bounds, extrapolation)`. On PyTorch-CPU the
-    statistics compile into the same function as the polynomial
-    (`_fast/torch_compilation`).
+    scale, offset, coefficients, bounds, extrapolation)`. The statistics are
+    part of one function with the polynomial: compiled by TorchInductor on
+    PyTorch-CPU (`_fast/torch_compilation`); on JAX and TensorFlow a custom
+    gradient that keeps only `x` and takes the whole batch normalization's
+    input gradient from the sums of the polynomial's backward pass
+    (`_with_lean_batch_normalized_gradient`; on TensorFlow, where Keras runs
+    the rest of a CPU step without XLA, this moved the statistics and their
+    gradient into the XLA functions).
 
     Args:
         x: Input tensor; normalized along its last axis.
@@ -607,7 +674,9 @@ def batch_normalized_bernstein_polynomial(
 
     Returns:
         `(values, mean, variance)`: values of the shape of `x`; the batch
-        mean and variance of shape `(units,)`, for the moving averages.
+        mean and variance of shape `(units,)`, for the moving averages (on
+        JAX and TensorFlow without a gradient: `values` carries the
+        statistics' share of the input gradient).
     """
     check_extrapolation(extrapolation)
     x = ops.convert_to_tensor(x)
@@ -621,18 +690,17 @@ def batch_normalized_bernstein_polynomial(
             epsilon=float(epsilon),
             extrapolation=extrapolation,
         )
-    mean, variance = _batch_statistics(x)
-    values = normalized_bernstein_polynomial(
-        x,
-        mean,
-        ops.rsqrt(variance + epsilon),
-        scale,
-        offset,
-        coefficients,
-        bounds,
-        extrapolation,
-    )
-    return values, mean, variance
+    tensors = [ops.convert_to_tensor(v) for v in (scale, offset, coefficients, bounds)]
+    degree = _degree_of(tensors[2])
+    if degree == 0 or keras.backend.backend() == "torch":
+        mean, variance = _batch_statistics(x)
+        values = normalized_bernstein_polynomial(
+            x, mean, ops.rsqrt(variance + epsilon), *tensors, extrapolation
+        )
+        return values, mean, variance
+    function = _with_lean_batch_normalized_gradient(extrapolation, float(epsilon))
+    values, mean, variance = function(x, *tensors)
+    return values, ops.stop_gradient(mean), ops.stop_gradient(variance)
 
 
 def _batch_statistics(x):

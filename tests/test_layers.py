@@ -58,26 +58,42 @@ def test_bernstein_standard_checks_4d_shared_axes(shared_axes, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "normalization, trainable, non_trainable", [("batch", 5, 3), (None, 3, 1)]
+    "normalization, use_bias, trainable, non_trainable",
+    [("batch", None, 4, 3), ("batch", True, 5, 3), (None, None, 3, 1)],
 )
 def test_bernstein_dense_standard_checks(
-    normalization, trainable, non_trainable, tmp_path
+    normalization, use_bias, trainable, non_trainable, tmp_path
 ):
+    shapes = {"kernel": (6, 4), "coefficients": (4, 6), "bounds": (4, 2)}
+    if trainable in (3, 5):  # with a bias: the default without normalization
+        shapes["bias"] = (4,)
     run_layer_test(
         BernsteinDense,
-        {"units": 4, "degree": 5, "normalization": normalization},
+        {"units": 4, "degree": 5, "normalization": normalization, "use_bias": use_bias},
         input_shape=(8, 6),
         expected_output_shape=(8, 4),
         expected_num_trainable_weights=trainable,
         expected_num_non_trainable_weights=non_trainable,
-        expected_weight_shapes={
-            "kernel": (6, 4),
-            "bias": (4,),
-            "coefficients": (4, 6),
-            "bounds": (4, 2),
-        },
+        expected_weight_shapes=shapes,
         tmp_path=tmp_path,
     )
+
+
+def test_bernstein_dense_drops_the_bias_that_batch_normalization_cancels():
+    """By default a bias only where no batch normalization subtracts the
+    batch mean; with one, a bias changes no output of a training step."""
+    assert not BernsteinDense(3).use_bias
+    assert BernsteinDense(3, normalization=None).use_bias
+    assert BernsteinDense(3, use_bias=True).use_bias
+    x = np.random.default_rng(0).standard_normal((16, 5)).astype("float32")
+    layer = BernsteinDense(3, degree=4, use_bias=True, bias_initializer="ones")
+    with_bias = _numpy(layer(x, training=True))
+    layer.bias.assign(np.zeros(3, "float32"))
+    np.testing.assert_allclose(
+        _numpy(layer(x, training=True)), with_bias, rtol=1e-5, atol=1e-5
+    )
+    assert layer.get_config()["use_bias"] is True
+    assert BernsteinDense(3).get_config()["use_bias"] is False
 
 
 # ---------------------------------------------------------------------------
@@ -358,7 +374,7 @@ def test_layer_derivative_matches_ops():
 
 
 def test_bernstein_dense_attributes_are_the_variables():
-    layer = BernsteinDense(4, degree=3, trainable_bounds=True)
+    layer = BernsteinDense(4, degree=3, use_bias=True, trainable_bounds=True)
     layer.build((None, 6))
     ids = [id(v) for v in layer.weights]
     for name in ("kernel", "bias", "coefficients", "bounds"):
@@ -388,7 +404,7 @@ def test_bernstein_dense_standard_checks_3d(tmp_path):
         {"units": 4, "degree": 3},
         input_shape=(4, 3, 6),
         expected_output_shape=(4, 3, 4),
-        expected_num_trainable_weights=5,
+        expected_num_trainable_weights=4,
         expected_num_non_trainable_weights=3,
         expected_weight_shapes={"kernel": (6, 4), "coefficients": (1, 4, 4)},
         tmp_path=tmp_path,

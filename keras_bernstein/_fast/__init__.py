@@ -6,10 +6,11 @@ formulas, same semantics) with fewer kernels:
 - `jax_reductions` (via `ops.bernstein_polynomial`): the per-neuron sums of
   the JAX backward as fused reductions, and the barrier that keeps XLA-CPU
   from storing the forward pass's powers of `t`;
-- `tensorflow_compilation` (via `ops.bernstein_polynomial` and
-  `ops.normalized_bernstein_polynomial`): the polynomial and its recomputing
-  gradient each compiled by XLA, which Keras does not use for TensorFlow on
-  CPU, with the gradient's sums as one variadic reduction;
+- `tensorflow_compilation` (via `ops.bernstein_polynomial`,
+  `ops.normalized_bernstein_polynomial` and
+  `ops.batch_normalized_bernstein_polynomial`): the polynomial and its
+  recomputing gradient each compiled by XLA, which Keras does not use for
+  TensorFlow on CPU, with the gradient's sums as one variadic reduction;
 - `torch_compilation` (via `ops.bernstein_polynomial`,
   `ops.normalized_bernstein_polynomial` and
   `ops.batch_normalized_bernstein_polynomial`): on PyTorch-CPU, the portable

@@ -59,7 +59,8 @@ def with_gradient(forward, backward):
 
     @tf.custom_gradient
     def function(*inputs):
-        def gradient(upstream):
+        def gradient(upstream, *statistics_upstream):
+            # Outputs after the first are gradient-free statistics.
             if tf.executing_eagerly():
                 return backward(upstream, *inputs)
             return _compiled(backward)(upstream, *inputs)

@@ -408,8 +408,9 @@ def _with_gradient(forward, backward):
     from the inputs, so a training step keeps nothing of the forward pass but
     its inputs. Where `forward` returns a tuple, only its first item carries
     a gradient (`upstream` is that item's); the others are statistics, which
-    callers return through `ops.stop_gradient`. On TensorFlow forward and
-    backward are each compiled by XLA (`_fast/tensorflow_compilation`).
+    callers return through `ops.stop_gradient`. The inputs are `(x, ...,
+    bounds)`, `x` the batch-shaped one. On TensorFlow forward and backward
+    are each compiled by XLA (`_fast/tensorflow_compilation`).
     """
     if keras.backend.backend() == "tensorflow":
         from keras_bernstein._fast import tensorflow_compilation

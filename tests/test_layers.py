@@ -1,5 +1,6 @@
 """Tests of the `Bernstein` and `BernsteinDense` layers."""
 
+import functools
 import math
 import re
 
@@ -607,7 +608,11 @@ def test_bernstein_dense_trains_the_same_with_the_compiled_polynomial(
     weights = []
     for compiled in (True, False):
         if not compiled:
-            monkeypatch.setattr(tensorflow_compilation, "_compiled", lambda function: function)
+            monkeypatch.setattr(
+                tensorflow_compilation,
+                "_call_for_any_batch",
+                lambda function, tensors, *shape_arguments: function(*tensors),
+            )
         keras.utils.set_random_seed(0)
         model = keras.Sequential(
             [keras.Input((5,)), BernsteinDense(4, degree=5), keras.layers.Dense(1)]
@@ -618,6 +623,38 @@ def test_bernstein_dense_trains_the_same_with_the_compiled_polynomial(
         weights.append(model.get_weights())
     for a, b in zip(*weights):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.skipif(
+    keras.backend.backend() != "tensorflow", reason="TensorFlow's XLA-compiled polynomial"
+)
+def test_compiled_polynomial_is_traced_once_for_every_batch_size(monkeypatch):
+    """A new batch size makes XLA compile the polynomial's two functions for
+    it, but does not trace them again (each trace stays resident: 11 MiB for
+    the benchmark's model)."""
+    from keras_bernstein._fast import tensorflow_compilation
+
+    traced = []
+    compile_function = tensorflow_compilation._compiled.__wrapped__
+
+    @functools.lru_cache(maxsize=None)
+    def recording(function):
+        traced.append(compile_function(function))
+        return traced[-1]
+
+    monkeypatch.setattr(tensorflow_compilation, "_compiled", recording)
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(24, 5)).astype("float32")
+    y = rng.normal(size=(24, 1)).astype("float32")
+    model = keras.Sequential(
+        [keras.Input((5,)), BernsteinDense(4, degree=3), keras.layers.Dense(1)]
+    )
+    model.compile(optimizer="sgd", loss="mse")
+    traces = []
+    for batch_size in (8, 16, 24):
+        model.train_on_batch(x[:batch_size], y[:batch_size])
+        traces.append(sum(f.experimental_get_tracing_count() for f in traced))
+    assert traces == [2, 2, 2]
 
 
 def test_bernstein_dense_normalizes_without_the_masked_steps():

@@ -10,8 +10,10 @@ fuse into a few loops; the rest of the model is untouched. Measured on the
 (docs/performance.md). The peak memory of one activation's training step,
 `(4096, 512)`, went from 128 MiB to 16 MiB (ReLU's: 16 MiB) with the custom
 gradient outside the two XLA functions (`with_gradient`) and the backward's
-sums as one variadic reduction (`sum_many_to_shape`). Where Keras compiles
-the whole step with XLA (GPU), these functions are simply part of it.
+sums as one variadic reduction (`sum_many_to_shape`). Each function is
+traced once for every batch size (`_call_for_any_batch`): a trace per shape
+stayed resident. Where Keras compiles the whole step with XLA (GPU), these
+functions are simply part of it.
 """
 
 import functools
@@ -41,6 +43,27 @@ def _compiled(function):
     return tf.function(traced, jit_compile=True)
 
 
+def _call_for_any_batch(function, tensors, batch_tensors, neuron_rank):
+    """`_compiled(function)(*tensors)`, traced with the leading axes of the
+    first `batch_tensors` tensors (those before the last `neuron_rank`)
+    unknown.
+
+    One trace then serves every batch size, and XLA still compiles for each
+    concrete shape. Traced for the shape at hand, a new batch size (Keras'
+    train function retraces once for a new one, then keeps an unknown batch
+    axis) traced both functions again: 11 MiB more resident per model of
+    four layers, degree 8.
+    """
+    specs = []
+    for index, tensor in enumerate(tensors):
+        shape = tensor.shape
+        if index < batch_tensors:
+            leading = max(shape.rank - neuron_rank, 0)
+            shape = tf.TensorShape([None] * leading).concatenate(shape[leading:])
+        specs.append(tf.TensorSpec(shape, tensor.dtype))
+    return _compiled(function).get_concrete_function(*specs)(*tensors)
+
+
 def with_gradient(forward, backward):
     """`forward` with the gradient `backward(upstream, *inputs)`, each compiled
     by XLA inside a traced graph.
@@ -55,19 +78,23 @@ def with_gradient(forward, backward):
     plots, callbacks) run op by op instead: compiled, each new input shape
     would cost a trace and a compilation (0.1-0.2 s). Variables are read
     first: `tf.custom_gradient` refuses functions that read variables.
+    The inputs are `(x, ..., bounds)`: `x`'s axes before `bounds`' neuron
+    axes are batch axes (`_call_for_any_batch`).
     """
 
     @tf.custom_gradient
     def function(*inputs):
+        neuron_rank = inputs[-1].shape.rank - 1
+
         def gradient(upstream, *statistics_upstream):
             # Outputs after the first are gradient-free statistics.
             if tf.executing_eagerly():
                 return backward(upstream, *inputs)
-            return _compiled(backward)(upstream, *inputs)
+            return _call_for_any_batch(backward, (upstream, *inputs), 2, neuron_rank)
 
         if tf.executing_eagerly():
             return forward(*inputs), gradient
-        return _compiled(forward)(*inputs), gradient
+        return _call_for_any_batch(forward, inputs, 1, neuron_rank), gradient
 
     def read_variables_first(*inputs):
         return function(*(tf.identity(value) for value in inputs))

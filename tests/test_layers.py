@@ -66,7 +66,7 @@ def test_bernstein_dense_standard_checks(
     normalization, use_bias, trainable, non_trainable, tmp_path
 ):
     shapes = {"kernel": (6, 4), "coefficients": (4, 6), "bounds": (4, 2)}
-    if trainable in (3, 5):  # with a bias: the default without normalization
+    if use_bias or normalization is None:  # the default bias: without normalization
         shapes["bias"] = (4,)
     run_layer_test(
         BernsteinDense,

@@ -2,9 +2,10 @@
 
 Prints Markdown tables for `docs/performance.md`. Every figure is a ratio
 measured inside one process per backend (a Keras backend cannot change inside
-a process), with the models timed interleaved in every repeat and the median
-over repeats reported, so drifts of a shared machine cancel. On CPU each child
-is single-threaded; peak memory is measured in a fresh process per model.
+a process), with the models timed interleaved (a new random order in every
+repeat) and the median over repeats reported, so drifts of a shared machine
+cancel. On CPU each child is single-threaded; peak memory is measured in a
+fresh process per model.
 
 Usage:
     python benchmarks/performance.py                         # CPU, 3 backends
@@ -80,12 +81,21 @@ def data(args, batch_size):
 
 
 def interleaved(functions, repeats, steps):
-    """Median seconds per call of each function, timed round-robin."""
+    """Seconds per call of each function, one timing per repeat, timed
+    round-robin in a new random order every repeat.
+
+    A function runs slower right after one with large temporaries: timed
+    always after the power form, JAX's ReLU step read 15.2-15.5 ms against
+    13.6-13.7 ms without it (the ratios to it 0.12-0.15 too low). A shuffled
+    order spreads that over every function.
+    """
     import numpy as np
 
+    rng = np.random.default_rng(0)
     times = {name: [] for name in functions}
     for _ in range(repeats):
-        for name, function in functions.items():
+        for index in rng.permutation(len(functions)):
+            name, function = list(functions.items())[index]
             start = time.perf_counter()
             for _ in range(steps):
                 function()
@@ -132,27 +142,39 @@ def ratios(times, reference="relu"):
     }
 
 
+def ratios_apart_from_power_form(models, time):
+    """`ratios` of `time(models)` (a function timing a dict of models), with
+    the power form apart: every other model in one round; the power form in
+    a round of its own with ReLU and the Bernstein model, whose times give
+    its ratio and the speed-up over it. Its temporaries slow whatever runs
+    after it. Returns `(ratios, speed-up over the power form)`."""
+    import numpy as np
+
+    result = ratios(time({n: m for n, m in models.items() if n != "power_form"}))
+    power = time({n: models[n] for n in ("relu", "bernstein", "power_form")})
+    result["power_form"] = ratios(power)["power_form"]
+    return result, float(np.median(power["power_form"] / power["bernstein"]))
+
+
 def time_models(args):
     names = ["relu", "bernstein", "bernstein_no_bn", "power_form"]
     models = {name: make_model(args, name) for name in names}
     x, y = data(args, args.batch_size)
-    train = train_times(models, x, y, args.repeats, args.steps)
-    for model in models.values():  # compile and warm up
-        model.predict_on_batch(x)
-    predict = interleaved(
-        {n: (lambda m=m: m.predict_on_batch(x)) for n, m in models.items()},
-        args.repeats,
-        args.steps,
-    )
-    import numpy as np
 
-    return {
-        "train": ratios(train),
-        "predict": ratios(predict),
-        "speedup_over_power_form": float(
-            np.median(train["power_form"] / train["bernstein"])
-        ),
-    }
+    def predict_times(chosen):
+        for model in chosen.values():  # compile and warm up
+            model.predict_on_batch(x)
+        return interleaved(
+            {n: (lambda m=m: m.predict_on_batch(x)) for n, m in chosen.items()},
+            args.repeats,
+            args.steps,
+        )
+
+    train, speedup = ratios_apart_from_power_form(
+        models, lambda chosen: train_times(chosen, x, y, args.repeats, args.steps)
+    )
+    predict, _ = ratios_apart_from_power_form(models, predict_times)
+    return {"train": train, "predict": predict, "speedup_over_power_form": speedup}
 
 
 def time_degrees(args):

@@ -92,10 +92,11 @@ def interleaved(functions, repeats, steps):
     import numpy as np
 
     rng = np.random.default_rng(0)
+    items = list(functions.items())
     times = {name: [] for name in functions}
     for _ in range(repeats):
-        for index in rng.permutation(len(functions)):
-            name, function = list(functions.items())[index]
+        for index in rng.permutation(len(items)):
+            name, function = items[index]
             start = time.perf_counter()
             for _ in range(steps):
                 function()

@@ -598,8 +598,7 @@ def normalized_bernstein_polynomial(
 
 def _evaluate_batch_normalized(x, scale, offset, coefficients, bounds, epsilon, extrapolation):
     """`(_evaluate_normalized with x's batch statistics, mean, variance)`."""
-    mean, variance = _batch_statistics(x)
-    inverse_deviation = ops.rsqrt(variance + epsilon)
+    mean, variance, inverse_deviation = _batch_statistics(x, epsilon)
     values = _evaluate_normalized(
         x, mean, inverse_deviation, scale, offset, coefficients, bounds, extrapolation
     )
@@ -617,20 +616,14 @@ def _with_lean_batch_normalized_gradient(extrapolation, epsilon):
     `x`; the statistics are recomputed from it.
     """
 
-    def statistics(x):
-        mean, variance = _batch_statistics(x)
-        return mean, variance, ops.rsqrt(variance + epsilon)
-
     def forward(x, scale, offset, coefficients, bounds):
-        mean, variance, inverse_deviation = statistics(x)
-        values = _evaluate_normalized(
-            x, mean, inverse_deviation, scale, offset, coefficients, bounds, extrapolation
+        return _evaluate_batch_normalized(
+            x, scale, offset, coefficients, bounds, epsilon, extrapolation
         )
-        return values, mean, variance
 
     def backward(upstream, x, scale, offset, coefficients, bounds):
         (x,) = _recomputation_barrier((x,))
-        mean, _, inverse_deviation = statistics(x)
+        mean, _, inverse_deviation = _batch_statistics(x, epsilon)
         grad_input, grad_scale, grad_offset, grad_c, grad_bounds, normalized = (
             _normalized_gradients(
                 upstream, x, mean, inverse_deviation, scale, offset, coefficients, bounds,
@@ -694,9 +687,9 @@ def batch_normalized_bernstein_polynomial(
     tensors = [ops.convert_to_tensor(v) for v in (scale, offset, coefficients, bounds)]
     degree = _degree_of(tensors[2])
     if degree == 0 or keras.backend.backend() == "torch":
-        mean, variance = _batch_statistics(x)
+        mean, variance, inverse_deviation = _batch_statistics(x, epsilon)
         values = normalized_bernstein_polynomial(
-            x, mean, ops.rsqrt(variance + epsilon), *tensors, extrapolation
+            x, mean, inverse_deviation, *tensors, extrapolation
         )
         return values, mean, variance
     function = _with_lean_batch_normalized_gradient(extrapolation, float(epsilon))
@@ -704,9 +697,11 @@ def batch_normalized_bernstein_polynomial(
     return values, ops.stop_gradient(mean), ops.stop_gradient(variance)
 
 
-def _batch_statistics(x):
-    """Mean and biased variance of `x` over every axis but the last."""
-    return ops.moments(x, axes=tuple(range(len(x.shape) - 1)))
+def _batch_statistics(x, epsilon):
+    """Mean, biased variance and `1 / sqrt(variance + epsilon)` of `x` over
+    every axis but the last."""
+    mean, variance = ops.moments(x, axes=tuple(range(len(x.shape) - 1)))
+    return mean, variance, ops.rsqrt(variance + epsilon)
 
 
 def _torch_compiles(x, degree):

@@ -329,60 +329,93 @@ def _parameter_gradients(basis_sums, coefficients, bounds, extrapolation, below=
     return grad_c, grad_bounds
 
 
-def _recomputed_gradients(
-    parts, x_shape, coefficients, bounds, upstream, extrapolation, normalized=None
-):
+def _recomputed_gradients(unit_parts, x, coefficients, bounds, upstream, extrapolation):
     """Gradients of `sum(upstream * σ(x))` with respect to `x`, `c` and `bounds`.
 
-    The hand-written backward of `bernstein_polynomial`. It keeps only
-    `parts = (t, overshoot)` of the forward pass (`_unit_and_overshoot`)
-    and recomputes the rest: `dσ/dx = σ_t / (u - l)` (one Horner pass of
-    degree n - 1), `dσ/dc_k = b_{n,k}(t)` reduced over the batch (plus the
-    end-slope terms of linear extrapolation), and the bounds' gradients from
-    those sums (`_parameter_gradients`). Every per-neuron sum is taken in one
-    `_sums_to_shape`. Plain autodiff of the Horner loop instead keeps about
-    `2 n` tensors of the input's size.
+    The hand-written backward of `bernstein_polynomial`. It keeps only the
+    input `x` of the forward pass and recomputes the rest from
+    `unit_parts(x) = (t, overshoot, normalized)` (`t` and the overshoot as
+    `_unit_and_overshoot` returns them): `dσ/dx = σ_t / (u - l)` (one Horner
+    pass of degree n - 1), `dσ/dc_k = b_{n,k}(t)` reduced over the batch
+    (plus the end-slope terms of linear extrapolation), and the bounds'
+    gradients from those sums (`_parameter_gradients`). Every per-neuron sum
+    is taken in one `_batch_sums`. Plain autodiff of the Horner loop instead
+    keeps about `2 n` tensors of the input's size.
 
-    With `normalized` (the batch-normalized input before its scale and
-    offset, `normalized_bernstein_polynomial`) the same pass also sums the
-    input gradient and the input gradient times `normalized`, and returns
-    them as a fourth item: the gradients of the normalization's offset and
-    scale.
+    With `normalized` not None (the batch-normalized input before its scale
+    and offset, `normalized_bernstein_polynomial`) the same pass also sums
+    the input gradient and the input gradient times `normalized`, and
+    returns them as a fourth item: the gradients of the normalization's
+    offset and scale.
     """
-    t, overshoot = parts
     degree = coefficients.shape[-1] - 1
     width = bounds[..., 1] - bounds[..., 0]
-    neuron_shape = coefficients.shape[:-1]
-    weighted = ops.multiply(upstream, _slope_in_t(t, coefficients, extrapolation))
-    grad_x = ops.divide(weighted, width)
-    basis_at = t if extrapolation == "polynomial" else ops.clip(t, 0.0, 1.0)
-    terms = _basis_terms(basis_at, degree, weight=upstream)
-    if extrapolation == "linear":
-        # relu, not minimum/maximum: Keras' torch backend returns float32
-        # from those for float64 tensors.
-        above = ops.relu(overshoot)
-        terms += [upstream * (overshoot - above), upstream * above]
-    elif extrapolation == "clip":
-        # Points outside count in S_0 or S_n, but have no slope.
-        zero = ops.zeros_like(upstream)
-        terms += [
-            ops.where(ops.less(t, 0.0), upstream, zero),
-            ops.where(ops.greater(t, 1.0), upstream, zero),
-        ]
-    normalization_terms = [] if normalized is None else [grad_x, grad_x * normalized]
-    sums = _sums_to_shape(terms + normalization_terms, neuron_shape)
+
+    def input_gradient(t, upstream):
+        return ops.divide(
+            ops.multiply(upstream, _slope_in_t(t, coefficients, extrapolation)), width
+        )
+
+    def sums_at(t, overshoot, normalized, upstream, grad_x):
+        basis_at = t if extrapolation == "polynomial" else ops.clip(t, 0.0, 1.0)
+        terms = _basis_terms(basis_at, degree, weight=upstream)
+        if extrapolation == "linear":
+            # relu, not minimum/maximum: Keras' torch backend returns float32
+            # from those for float64 tensors.
+            above = ops.relu(overshoot)
+            terms += [upstream * (overshoot - above), upstream * above]
+        elif extrapolation == "clip":
+            # Points outside count in S_0 or S_n, but have no slope.
+            zero = ops.zeros_like(upstream)
+            terms += [
+                ops.where(ops.less(t, 0.0), upstream, zero),
+                ops.where(ops.greater(t, 1.0), upstream, zero),
+            ]
+        if normalized is not None:
+            terms += [grad_x, grad_x * normalized]
+        return _sums_to_shape(terms, coefficients.shape[:-1])
+
+    def sums_from_input(x, upstream):
+        t, overshoot, normalized = unit_parts(x)
+        return sums_at(t, overshoot, normalized, upstream, input_gradient(t, upstream))
+
+    t, overshoot, normalized = unit_parts(x)
+    grad_x = input_gradient(t, upstream)
+    sums = _batch_sums(
+        sums_from_input,
+        (x, upstream),
+        len(bounds.shape) - 1,
+        lambda: sums_at(t, overshoot, normalized, upstream, grad_x),
+    )
+    polynomial_terms = degree + 1 + (0 if extrapolation == "polynomial" else 2)
     basis_sums = ops.stack(sums[: degree + 1], axis=-1)
     grad_c, grad_bounds = _parameter_gradients(
         basis_sums * ops.cast(binomial_coefficients(degree), basis_sums.dtype),
         coefficients,
         bounds,
         extrapolation,
-        *sums[degree + 1 : len(terms)],
+        *sums[degree + 1 : polynomial_terms],
     )
-    gradients = (_sum_to_shape(grad_x, x_shape), grad_c, grad_bounds)
+    gradients = (_sum_to_shape(grad_x, x.shape), grad_c, grad_bounds)
     if normalized is None:
         return gradients
-    return gradients + (sums[len(terms) :],)
+    return gradients + (sums[polynomial_terms:],)
+
+
+def _batch_sums(function, tensors, neuron_rank, whole_batch):
+    """`whole_batch()`, a list of per-neuron sums over the batch axes (the
+    axes before the last `neuron_rank`), which `function(*tensors)` also
+    computes from the batch-shaped `tensors` alone.
+
+    On JAX-GPU a large batch is summed in row chunks by `function`
+    (`_fast/jax_reductions.sums_in_row_chunks`): XLA-GPU stores every
+    product it sums, `n + 3` tensors of the batch's size.
+    """
+    if keras.backend.backend() == "jax":
+        from keras_bernstein._fast import jax_reductions
+
+        return jax_reductions.sums_in_row_chunks(function, tensors, neuron_rank, whole_batch)
+    return whole_batch()
 
 
 def _recomputation_barrier(tensors):
@@ -442,7 +475,12 @@ def _with_lean_gradient(extrapolation):
     def backward(upstream, x, coefficients, bounds):
         (x,) = _recomputation_barrier((x,))
         return _recomputed_gradients(
-            _unit_and_overshoot(x, bounds), x.shape, coefficients, bounds, upstream, extrapolation
+            lambda x: (*_unit_and_overshoot(x, bounds), None),
+            x,
+            coefficients,
+            bounds,
+            upstream,
+            extrapolation,
         )
 
     return _with_gradient(forward, backward)
@@ -510,14 +548,20 @@ def _normalized_gradients(
     (`_recomputed_gradients`): `(g, dL/dscale, dL/doffset, dL/dc,
     dL/dbounds, normalized)`, where `g` is the gradient for the polynomial's
     input and `normalized` is `(x - mean) * inverse_deviation`."""
-    normalized = (x - mean) * inverse_deviation
-    parts = _unit_and_overshoot(normalized * scale + offset, bounds)
+
+    def normalize(x):
+        return (x - mean) * inverse_deviation
+
+    def unit_parts(x):
+        normalized = normalize(x)
+        return (*_unit_and_overshoot(normalized * scale + offset, bounds), normalized)
+
     grad_input, grad_c, grad_bounds, (grad_offset, grad_scale) = _recomputed_gradients(
-        parts, x.shape, coefficients, bounds, upstream, extrapolation, normalized
+        unit_parts, x, coefficients, bounds, upstream, extrapolation
     )
     grad_offset = ops.reshape(grad_offset, ops.shape(offset))
     grad_scale = ops.reshape(grad_scale, ops.shape(scale))
-    return grad_input, grad_scale, grad_offset, grad_c, grad_bounds, normalized
+    return grad_input, grad_scale, grad_offset, grad_c, grad_bounds, normalize(x)
 
 
 @functools.lru_cache(maxsize=None)

@@ -252,6 +252,44 @@ def test_jax_accelerator_form_matches_autodiff(extrapolation, monkeypatch):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10, err_msg=label)
 
 
+@pytest.mark.skipif(BACKEND != "jax", reason="the JAX backward's accelerator form")
+@pytest.mark.parametrize("extrapolation", ["linear", "clip", "polynomial"])
+@pytest.mark.parametrize("function", ["plain", "normalized", "batch_normalized"])
+@pytest.mark.parametrize("shape", [(37, 4), (7, 3, 4)])
+def test_jax_accelerator_sums_in_row_chunks_match_autodiff(
+    extrapolation, function, shape, monkeypatch
+):
+    """Off CPU a large batch's sums are taken in row chunks: a scan over whole
+    chunks, then the rows left over (37 and 7 rows: prime, so some are left
+    over wherever chunks of more than one row fit); same gradients as
+    autodiff."""
+    import jax
+
+    from keras_bernstein._fast import jax_reductions
+
+    monkeypatch.setattr(jax_reductions, "_on_cpu", lambda: False)
+    # 7 to 11 float64 products per element: chunks of 4 to 6 rows of 4
+    # elements, 1 or 2 rows of (3, 4).
+    monkeypatch.setattr(jax_reductions, "MAX_STORED_PRODUCT_BYTES", 1500)
+    scans = []
+    scan = jax.lax.scan
+    monkeypatch.setattr(jax.lax, "scan", lambda *a, **k: scans.append(1) or scan(*a, **k))
+    arrays, weights = normalized_case(extrapolation, 6, shape)
+    if function == "plain":
+        arrays = [arrays[0], arrays[3], arrays[4]]
+        fast = bernstein_ops._with_lean_gradient.__wrapped__(extrapolation)
+        reference = plain(extrapolation, 6)
+    else:
+        fast = batch_normalized(extrapolation, True if function == "normalized" else "statistics")
+        reference = batch_normalized(extrapolation, False)
+    fast_grads = backend_gradients(fast, arrays, weights)
+    assert scans, "the sums were not taken in chunks"
+    for index, (a, b) in enumerate(zip(fast_grads, backend_gradients(reference, arrays, weights))):
+        np.testing.assert_allclose(
+            a, b, rtol=1e-10, atol=1e-10 * (np.abs(b).max() + 1.0), err_msg=str(index)
+        )
+
+
 @pytest.mark.skipif(BACKEND != "torch", reason="PyTorch's backward branches on what needs a gradient")
 @pytest.mark.parametrize("extrapolation", ["linear", "clip", "polynomial"])
 @pytest.mark.parametrize("wanted", ["x", "parameters"])

@@ -3,9 +3,12 @@
 Each module here computes exactly what the portable code computes (same
 formulas, same semantics) with fewer kernels:
 
-- `jax_reductions` (via `ops.bernstein_polynomial`): the per-neuron sums of
-  the JAX backward as fused reductions, and the barrier that keeps XLA-CPU
-  from storing the forward pass's powers of `t`;
+- `jax_reductions` (via `ops.bernstein_polynomial`,
+  `ops.normalized_bernstein_polynomial` and
+  `ops.batch_normalized_bernstein_polynomial`): the per-neuron sums of the
+  JAX backward as fused reductions on CPU and in row chunks for large
+  batches on GPU, and the barrier that keeps XLA-CPU from storing the
+  forward pass's powers of `t`;
 - `tensorflow_compilation` (via `ops.bernstein_polynomial`,
   `ops.normalized_bernstein_polynomial` and
   `ops.batch_normalized_bernstein_polynomial`): the polynomial and its

@@ -1,23 +1,31 @@
 """How the JAX backward of `ops.bernstein_polynomial` meets XLA.
 
-Two things, both measured on a training step (docs/performance.md):
+Three things, all measured on a training step (docs/performance.md):
 
 - The backward's `n + 3` per-neuron sums (`n + 1` basis sums and two for the
   ends of the interval). On CPU they are variadic `lax.reduce`s, which fuse
   every product into one loop over the inputs; as separate sums, XLA-CPU
   materialised the powers of `t` they share (a `(4096, 512)` activation's
   gradient: 176 MiB and 162 ms of temporaries before, 0 and 50 ms after). On
-  GPU they stay separate sums, which XLA-GPU fuses: on an H100 one reduction
-  of the stacked terms saved memory (the step's peak 524 MiB against 877)
-  but took the step from 1.49x to 2.05x of ReLU's (degree 32: 1.96x to
-  7.27x), and a variadic reduction of 37 operands (degree 32) failed to
-  compile (`ptxas`: too much shared data).
+  GPU they stay separate sums. XLA-GPU computes all the products in one
+  kernel, stores them and then reduces them, in every form tried on an H100
+  (ninth session): grouped variadic reductions measured mixed (a (4096,
+  2048) activation at degree 8: 0.71-0.75 against 0.65 ms; batch-normalized
+  0.83-1.07 against 1.05 ms; one step run 1.13x against 1.21x of ReLU's
+  with BN, 1.20-1.22x against 1.16x without), not adopted without a repeat;
+  37 operands (degree 32) fail to compile (`ptxas`); one reduction of the
+  stacked terms stores nothing but took 0.83 against 0.54 ms (degree 32: 15
+  against 1.3 ms).
+- On GPU, the sums of a batch whose products would take more than
+  `MAX_STORED_PRODUCT_BYTES` in row chunks (`sums_in_row_chunks`).
 - A barrier between the forward and backward passes, on CPU: without it XLA
   merges the backward's powers of `t` with the forward Horner loop's, keeps
   all of them from the forward pass, and the reductions read `n` stored
   tensors instead of recomputing (degree 8: 1.9x -> 1.45x of ReLU's step,
   peak memory 3.2x -> 1.4x). On the H100 it changed neither time nor memory.
 """
+
+import math
 
 import jax
 from jax import lax
@@ -27,8 +35,18 @@ from keras_bernstein._fast import MAX_SUM_OPERANDS
 from keras_bernstein._fast import reduced_axes
 
 
+# Bytes of stored products above which `sums_in_row_chunks` takes the
+# backward's sums in row chunks.
+MAX_STORED_PRODUCT_BYTES = 2**30
+
+
 def _on_cpu():
     return jax.default_backend() == "cpu"
+
+
+def sums_in_chunks():
+    """Whether `sums_in_row_chunks` chunks large batches: off CPU."""
+    return not _on_cpu()
 
 
 def fuses_many_sums():
@@ -65,3 +83,60 @@ def sum_many_to_shape(tensors, shape):
             group, zeros, lambda a, b: tuple(x + y for x, y in zip(a, b)), axes
         )
     return [total.reshape(shape).astype(dtype) for total in sums]
+
+
+def sums_in_row_chunks(function, tensors, neuron_rank, whole_batch):
+    """`whole_batch()`, a list of per-neuron sums over the batch axes of the
+    batch-shaped `tensors` (the axes before the last `neuron_rank`); where
+    `sums_in_chunks()` and the products summed would take more than
+    `MAX_STORED_PRODUCT_BYTES`, the same sums from `function(*tensors)`,
+    which recomputes them from `tensors` alone, in a `lax.scan` over row
+    chunks.
+
+    XLA-GPU computes the products in one multi-output kernel and stores each
+    of them before reducing them: `n + 3` tensors of the batch's size (352
+    MiB for a (4096, 2048) activation at degree 8, 1.1 GiB at degree 32),
+    growing with the batch. In chunks they are bounded, but they cost time:
+    in chunks of 1024 rows the (4096, 2048) activation's forward and backward
+    took 0.88 against 0.54 ms on an H100, and the benchmark MLP's training
+    step 1.55x against 1.36x of ReLU's (peak memory 524 against 877 MiB), so
+    only batches past the limit are chunked, into as few chunks as keep
+    under it. `function` must be elementwise along the batch axes: it sees a
+    chunk's rows with the batch axes flattened into one. Half-precision sums
+    are accumulated in float32.
+    """
+    shape = tuple(tensors[0].shape)
+    batch_rank = len(shape) - neuron_rank
+    if (
+        not sums_in_chunks()
+        or batch_rank < 1
+        or None in shape
+        or any(tuple(tensor.shape) != shape for tensor in tensors)
+    ):
+        return whole_batch()
+    rows = math.prod(shape[:batch_rank])
+    row_shape = shape[batch_rank:]
+    dtype = tensors[0].dtype
+    row_sums = jax.eval_shape(function, *(jnp.zeros((1,) + row_shape, dtype) for _ in tensors))
+    row_bytes = len(row_sums) * math.prod(row_shape) * jnp.dtype(dtype).itemsize
+    largest = max(1, MAX_STORED_PRODUCT_BYTES // row_bytes)
+    if rows <= largest:
+        return whole_batch()
+    chunk = -(-rows // -(-rows // largest))  # as few chunks as fit, of equal size
+    count = rows // chunk
+    flat = [jnp.reshape(tensor, (rows,) + row_shape) for tensor in tensors]
+    chunked = [
+        jnp.reshape(tensor[: count * chunk], (count, chunk) + row_shape) for tensor in flat
+    ]
+    accumulate = jnp.float32 if jnp.finfo(dtype).bits < 32 else dtype
+
+    def add_chunk(totals, chunk_tensors):
+        sums = function(*chunk_tensors)
+        return [total + jnp.asarray(s, accumulate) for total, s in zip(totals, sums)], None
+
+    zeros = [jnp.zeros(s.shape, accumulate) for s in row_sums]
+    totals, _ = lax.scan(add_chunk, zeros, chunked)
+    if count * chunk < rows:
+        rest = function(*(tensor[count * chunk :] for tensor in flat))
+        totals = [total + jnp.asarray(s, accumulate) for total, s in zip(totals, rest)]
+    return [total.astype(dtype) for total in totals]

@@ -377,7 +377,8 @@ def _recomputed_gradients(unit_parts, x, coefficients, bounds, upstream, extrapo
 
     def sums_from_input(x, upstream):
         t, overshoot, normalized = unit_parts(x)
-        return sums_at(t, overshoot, normalized, upstream, input_gradient(t, upstream))
+        grad_x = None if normalized is None else input_gradient(t, upstream)
+        return sums_at(t, overshoot, normalized, upstream, grad_x)
 
     t, overshoot, normalized = unit_parts(x)
     grad_x = input_gradient(t, upstream)

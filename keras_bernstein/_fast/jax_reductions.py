@@ -44,9 +44,9 @@ def _on_cpu():
     return jax.default_backend() == "cpu"
 
 
-def sums_in_chunks():
-    """Whether `sums_in_row_chunks` chunks large batches: off CPU."""
-    return not _on_cpu()
+def _accumulation_dtype(dtype):
+    """float32 for half-precision sums, else `dtype`."""
+    return jnp.float32 if jnp.finfo(dtype).bits < 32 else dtype
 
 
 def fuses_many_sums():
@@ -73,7 +73,7 @@ def sum_many_to_shape(tensors, shape):
     tensors = [jnp.asarray(tensor) for tensor in tensors]
     axes = reduced_axes(tensors[0].shape, shape)
     dtype = tensors[0].dtype
-    accumulate = jnp.float32 if jnp.finfo(dtype).bits < 32 else dtype
+    accumulate = _accumulation_dtype(dtype)
     operands = tuple(tensor.astype(accumulate) for tensor in tensors)
     sums = []
     for start in range(0, len(operands), MAX_SUM_OPERANDS):
@@ -87,8 +87,8 @@ def sum_many_to_shape(tensors, shape):
 
 def sums_in_row_chunks(function, tensors, neuron_rank, whole_batch):
     """`whole_batch()`, a list of per-neuron sums over the batch axes of the
-    batch-shaped `tensors` (the axes before the last `neuron_rank`); where
-    `sums_in_chunks()` and the products summed would take more than
+    batch-shaped `tensors` (the axes before the last `neuron_rank`); where,
+    off CPU, the products summed would take more than
     `MAX_STORED_PRODUCT_BYTES`, the same sums from `function(*tensors)`,
     which recomputes them from `tensors` alone, in a `lax.scan` over row
     chunks.
@@ -108,7 +108,7 @@ def sums_in_row_chunks(function, tensors, neuron_rank, whole_batch):
     shape = tuple(tensors[0].shape)
     batch_rank = len(shape) - neuron_rank
     if (
-        not sums_in_chunks()
+        _on_cpu()
         or batch_rank < 1
         or None in shape
         or any(tuple(tensor.shape) != shape for tensor in tensors)
@@ -128,7 +128,7 @@ def sums_in_row_chunks(function, tensors, neuron_rank, whole_batch):
     chunked = [
         jnp.reshape(tensor[: count * chunk], (count, chunk) + row_shape) for tensor in flat
     ]
-    accumulate = jnp.float32 if jnp.finfo(dtype).bits < 32 else dtype
+    accumulate = _accumulation_dtype(dtype)
 
     def add_chunk(totals, chunk_tensors):
         sums = function(*chunk_tensors)

@@ -65,20 +65,29 @@ def check_extrapolation(extrapolation):
 
 
 def _bernstein_sum(t, coefficients):
-    """`sum_k c_k C(n, k) t^k (1 - t)^(n - k)`.
+    """`sum_k c_k C(n, k) t^k (1 - t)^(n - k)`; see `_sum_of_scaled_columns`."""
+    return _sum_of_scaled_columns(t, _scaled_columns(coefficients))
 
-    Horner in `1 - t` with a running power of `t`: after step `k` the
-    accumulator holds `sum_{j <= k} c_j C(n, j) t^j (1 - t)^(k - j)`. The
-    binomials scale each coefficient column separately, as Python floats, so
-    a `(units, n + 1)` table stored degree axis first is read contiguously
-    (`_fast/torch_compilation`).
-    """
+
+def _scaled_columns(coefficients):
+    """`[c_k C(n, k) for k in 0..n]`, one tensor per degree. The binomials
+    scale each coefficient column separately, as Python floats, so a
+    `(units, n + 1)` table stored degree axis first is read contiguously
+    (`_fast/torch_compilation`)."""
     degree = coefficients.shape[-1] - 1
-    terms = [
+    return [
         ops.multiply(coefficients[..., k], float(math.comb(degree, k)))
         for k in range(degree + 1)
     ]
-    if degree == 0:
+
+
+def _sum_of_scaled_columns(t, terms):
+    """`sum_k terms[k] t^k (1 - t)^(n - k)`, `terms` from `_scaled_columns`.
+
+    Horner in `1 - t` with a running power of `t`: after step `k` the
+    accumulator holds `sum_{j <= k} c_j C(n, j) t^j (1 - t)^(k - j)`.
+    """
+    if len(terms) == 1:
         return ops.add(ops.zeros_like(t), terms[0])
     s = ops.subtract(1.0, t)
     acc = terms[0]
@@ -160,8 +169,13 @@ def _unit_and_overshoot(x, bounds):
     of any size give finite linear extrapolations.
     """
     t = to_unit_interval(x, bounds)
+    return t, _overshoot(t)
+
+
+def _overshoot(t):
+    """`t - clip(t, 0, 1)`, from `t` limited to `±1e30` (`_unit_and_overshoot`)."""
     limited = ops.clip(t, -_T_LIMIT, _T_LIMIT)
-    return t, ops.subtract(limited, ops.clip(t, 0.0, 1.0))
+    return ops.subtract(limited, ops.clip(t, 0.0, 1.0))
 
 
 def _evaluate(x, coefficients, bounds, extrapolation):
@@ -172,10 +186,26 @@ def _evaluate(x, coefficients, bounds, extrapolation):
 
 def _evaluate_at(t, overshoot, coefficients, bounds, extrapolation):
     """`_evaluate` from the parts that `_unit_and_overshoot` returns."""
+    slopes = _linear_slopes(coefficients) if extrapolation == "linear" else None
+    return _evaluate_at_columns(
+        t, overshoot, _scaled_columns(coefficients), slopes, extrapolation
+    )
+
+
+def _linear_slopes(coefficients):
+    """`(slope_lower, slope_upper - slope_lower)` of `end_slopes`, the two
+    per-neuron factors of linear extrapolation in `_evaluate_at_columns`."""
+    slope_lower, slope_upper = end_slopes(coefficients)
+    return slope_lower, slope_upper - slope_lower
+
+
+def _evaluate_at_columns(t, overshoot, columns, slopes, extrapolation):
+    """`_evaluate_at` from the scaled coefficient columns (`_scaled_columns`)
+    and, for `"linear"`, `_linear_slopes`."""
     if extrapolation == "polynomial":
-        return _bernstein_sum(t, coefficients)
+        return _sum_of_scaled_columns(t, columns)
     # A huge t clips to the end exactly; NaN stays NaN.
-    values = _bernstein_sum(ops.clip(t, 0.0, 1.0), coefficients)
+    values = _sum_of_scaled_columns(ops.clip(t, 0.0, 1.0), columns)
     if extrapolation == "clip":
         return values
     # Linear: the end value plus the end slope times the overshoot, which is
@@ -184,9 +214,40 @@ def _evaluate_at(t, overshoot, coefficients, bounds, extrapolation):
     # overshoot's sign picks the end by a relu, not by a boolean mask, which
     # TorchInductor's autodiff would store for the backward pass: storing a
     # (256, 512) mask took it 1.6 ms on one CPU thread, the rest 0.3 ms.
-    slope_lower, slope_upper = end_slopes(coefficients)
-    bend = ops.multiply(slope_upper - slope_lower, ops.relu(overshoot))
+    slope_lower, bend = slopes
+    bend = ops.multiply(bend, ops.relu(overshoot))
     return ops.add(values, ops.add(ops.multiply(slope_lower, overshoot), bend))
+
+
+def _polynomial_tables(coefficients, bounds):
+    """`(lower, scale, shift, columns, slope_lower, bend)`: what `_evaluate`
+    derives from the coefficient and bound tables alone, once per neuron:
+    `t = (x - lower) * scale + shift` (here `scale = 1 / (u - l)`, `shift =
+    0`), the coefficients scaled by their binomials (`_scaled_columns`,
+    stacked degree axis first) and `_linear_slopes`.
+    `_evaluate_from_tables` with them computes `_evaluate`'s values, `t`
+    by a multiplication instead of a division (as XLA computes it; a width
+    below `1 / max float` would overflow the reciprocal).
+
+    For inference on PyTorch-CPU (`_fast/torch_compilation`): TorchInductor
+    computes such constants again for every element of its loop.
+    """
+    lower = bounds[..., 0]
+    scale = ops.divide(1.0, ops.subtract(bounds[..., 1], lower))
+    columns = ops.stack(_scaled_columns(coefficients), axis=0)
+    return (lower, scale, ops.zeros_like(lower), columns, *_linear_slopes(coefficients))
+
+
+def _evaluate_from_tables(x, center, scale, shift, columns, slope_lower, bend, extrapolation):
+    """`_evaluate` from `_polynomial_tables` (or `_normalized_tables`)."""
+    t = ops.add(ops.multiply(ops.subtract(x, center), scale), shift)
+    return _evaluate_at_columns(
+        t,
+        _overshoot(t),
+        [columns[k] for k in range(columns.shape[0])],
+        (slope_lower, bend),
+        extrapolation,
+    )
 
 
 def _slope_in_t(t, coefficients, extrapolation):
@@ -525,7 +586,12 @@ def bernstein_polynomial(x, coefficients, bounds, extrapolation="linear"):
 
         if _torch_compiles(x, degree):
             return torch_compilation.call(
-                _evaluate, x, coefficients, bounds, extrapolation=extrapolation
+                _evaluate,
+                x,
+                coefficients,
+                bounds,
+                tabulated=(_evaluate_from_tables, _polynomial_tables),
+                extrapolation=extrapolation,
             )
         return torch_polynomial.bernstein_polynomial(
             x, coefficients, bounds, extrapolation
@@ -539,6 +605,15 @@ def _evaluate_normalized(
     """`_evaluate` of the batch-normalized `x`; plain autodiff-able."""
     normalized = (x - mean) * (inverse_deviation * scale) + offset
     return _evaluate(normalized, coefficients, bounds, extrapolation)
+
+
+def _normalized_tables(mean, inverse_deviation, scale, offset, coefficients, bounds):
+    """`_polynomial_tables` for `_evaluate_normalized`: the normalization
+    and `t = (x - l) / (u - l)` folded into `t = (x - mean) * factor +
+    shift`."""
+    lower, reciprocal_width, _, *rest = _polynomial_tables(coefficients, bounds)
+    factor = inverse_deviation * scale * reciprocal_width
+    return (mean, factor, (offset - lower) * reciprocal_width, *rest)
 
 
 def _normalized_gradients(
@@ -634,7 +709,10 @@ def normalized_bernstein_polynomial(
         from keras_bernstein._fast import torch_compilation
 
         return torch_compilation.call(
-            _evaluate_normalized, *tensors, extrapolation=extrapolation
+            _evaluate_normalized,
+            *tensors,
+            tabulated=(_evaluate_from_tables, _normalized_tables),
+            extrapolation=extrapolation,
         )
     if degree == 0:
         return _evaluate_normalized(*tensors, extrapolation)

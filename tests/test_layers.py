@@ -713,6 +713,80 @@ def test_compiled_inference_follows_weight_updates(torch_compiled):
     assert torch_compiled.count("_evaluate_normalized") == 3
 
 
+@pytest.mark.parametrize("dtype, tolerance", [("float32", 1e-5), ("float64", 1e-12)])
+@pytest.mark.parametrize("extrapolation", ["linear", "clip", "polynomial"])
+@pytest.mark.parametrize("degree", [1, 3, 8])
+def test_compiled_inference_from_kept_tables_matches_the_formula(
+    degree, extrapolation, dtype, tolerance, torch_compiled, monkeypatch
+):
+    """Without a gradient the compiled polynomial runs from per-neuron tables
+    (`ops._polynomial_tables`, `ops._normalized_tables`) kept between calls:
+    its values match the eager formula, NaN and huge inputs included, and
+    the tables are computed again exactly when a source changes (an
+    in-place update, or new values in a new tensor)."""
+    import torch
+
+    from keras_bernstein import ops as bernstein_ops
+    from keras_bernstein._fast import torch_compilation
+
+    tabulated = []
+    kept_tables = torch_compilation._kept_tables
+
+    def recorded(tabulate, sources):
+        before = torch_compilation._tables.get((tabulate, id(sources[-2])))
+        tables = kept_tables(tabulate, sources)
+        after = torch_compilation._tables[(tabulate, id(sources[-2]))]
+        tabulated.append(after is not before)
+        return tables
+
+    monkeypatch.setattr(torch_compilation, "_kept_tables", recorded)
+    rng = np.random.default_rng(degree)
+    units = 6
+    x = rng.normal(size=(40, units)) * 3.0
+    x[0, 0], x[1, 1], x[2, 2] = np.nan, 1e30, -1e30
+    x = torch.tensor(x, dtype=getattr(torch, dtype))
+    coefficients = torch.tensor(rng.normal(size=(units, degree + 1)), dtype=x.dtype)
+    lower = -rng.uniform(0.5, 1.5, size=units)
+    bounds = torch.tensor(np.stack([lower, lower + rng.uniform(0.5, 3.0, size=units)], -1), dtype=x.dtype)
+    statistics = [torch.tensor(rng.uniform(0.5, 1.5, size=units), dtype=x.dtype) for _ in range(4)]
+
+    def check():
+        with torch.no_grad():
+            got = bernstein_ops.bernstein_polynomial(x, coefficients, bounds, extrapolation)
+            expected = bernstein_ops._evaluate(x, coefficients, bounds, extrapolation)
+            got_normalized = bernstein_ops.normalized_bernstein_polynomial(
+                x, *statistics, coefficients, bounds, extrapolation
+            )
+            expected_normalized = bernstein_ops._evaluate_normalized(
+                x, *statistics, coefficients, bounds, extrapolation
+            )
+        # `t` by a multiplication, not a division: its rounding grows with
+        # the degree in the polynomial's own extrapolation far outside.
+        rtol = tolerance * (10.0 if extrapolation == "polynomial" else 1.0)
+        for a, b in ((got, expected), (got_normalized, expected_normalized)):
+            np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=rtol, atol=tolerance)
+        return got.numpy(), got_normalized.numpy()
+
+    first = check()
+    assert tabulated == [True, True]
+    again = check()  # same tensors: kept
+    statistics[1] = statistics[1].clone()  # a new tensor, same values: kept
+    check()
+    assert tabulated[2:] == [False, False, False, False]
+    np.testing.assert_array_equal(first[0], again[0])
+    with torch.no_grad():
+        coefficients.mul_(2.0)  # in place: both tables again
+    check()
+    statistics[1] = statistics[1] * 0.5  # new values: the normalized one again
+    changed = check()
+    assert tabulated[6:] == [True, True, False, True]
+    assert not np.allclose(changed[1], first[1], equal_nan=True)
+    # A gradient needs the formula itself (AOTAutograd's backward).
+    coefficients.requires_grad_(True)
+    bernstein_ops.bernstein_polynomial(x, coefficients, bounds, extrapolation)
+    assert len(tabulated) == 10
+
+
 @pytest.mark.parametrize(
     "shape, extrapolation, model_jit_compile",
     [((32, 5), e, False) for e in ("linear", "clip", "polynomial")]

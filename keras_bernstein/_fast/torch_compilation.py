@@ -43,6 +43,9 @@ _compiled = {}
 _ran = set()
 # id(table) -> (weak reference, version, storage, static copy); see _static_table.
 _static_tables = {}
+# (tabulate, id(coefficients)) -> (weak reference, source snapshots, tables);
+# see _kept_tables.
+_tables = {}
 
 
 # Compilation time grows faster than the degree (cold cache, one CPU thread:
@@ -80,10 +83,18 @@ def _compilation_works():
     return _compiler_works
 
 
-def call(formula, *tensors, **constants):
+def call(formula, *tensors, tabulated=None, **constants):
     """`formula(*tensors, **constants)`, compiled; the last two tensors are
     the `(..., n + 1)` coefficient and `(..., 2)` bound tables, and the
     constants (the extrapolation, an epsilon) are Python values.
+
+    `tabulated`, a pair `(formula_from_tables, tabulate)`, serves inference:
+    where no gradient is taken, `formula_from_tables(tensors[0],
+    *tabulate(*tensors[1:]), **constants)` runs instead, the same values
+    from per-neuron tables computed once and kept while their sources keep
+    their values (`_kept_tables`). Inductor's loop would otherwise compute
+    the scaled coefficients, the end slopes and the normalization's factor
+    again for every element.
 
     Inside an enclosing `torch.compile` (a Keras model compiled with
     `jit_compile=True`) the formula is traced into that graph instead.
@@ -91,20 +102,27 @@ def call(formula, *tensors, **constants):
     if torch.compiler.is_compiling():
         return formula(*tensors, **constants)
     *inputs, coefficients, bounds = tensors
+    degree = coefficients.shape[-1] - 1
+    if tabulated is not None and not (
+        torch.is_grad_enabled() and any(tensor.requires_grad for tensor in tensors)
+    ):
+        formula, tabulate = tabulated
+        inputs, tables = inputs[:1], _kept_tables(tabulate, tensors[1:])
+    else:
+        tables = (_static_table(coefficients), _static_table(bounds))
     # Per table shape too: Dynamo would otherwise make a second layer's
     # table sizes symbolic, the degree among them.
-    key = (formula, tuple(coefficients.shape), tuple(bounds.shape))
+    key = (formula,) + tuple(tuple(table.shape) for table in tables)
     key += tuple(sorted(constants.items()))
     function = _compiled.get(key)
     if function is None:
-        function = _compiled[key] = _compile(formula, constants, coefficients.shape[-1] - 1)
+        function = _compiled[key] = _compile(formula, constants, degree)
     if inputs[0].dim() >= coefficients.dim():
         # One compiled graph for every batch size, not one per size.
         torch._dynamo.maybe_mark_dynamic(inputs[0], 0)
-    tables = (_static_table(coefficients), _static_table(bounds))
     # What Dynamo's guards tell apart; a new signature may compile.
     signature = (key, torch.is_grad_enabled(), inputs[0].dtype)
-    signature += tuple(tensor.requires_grad for tensor in tensors)
+    signature += tuple(tensor.requires_grad for tensor in (*inputs, *tables))
     if signature in _ran:
         return function(*inputs, *tables)
     with warnings.catch_warnings():
@@ -160,3 +178,41 @@ def _static_table(table):
             weakref.ref(table, forget), table._version, table.data_ptr(), static
         )
     return static
+
+
+def _kept_tables(tabulate, sources):
+    """`tabulate(*sources)`, contiguous and marked static, kept between calls.
+
+    One entry per `tabulate` and coefficient table (`sources[-2]`, a layer's
+    variable), reused while every source is the same tensor unchanged (its
+    version counter) or holds the same values (`torch.equal`: a layer passes
+    a new `rsqrt` of its moving variance to every call). The entry goes
+    with the coefficient table.
+    """
+    coefficients = sources[-2]
+    key = (tabulate, id(coefficients))
+    kept = _tables.get(key)
+    if kept is not None and kept[0]() is coefficients and all(
+        _unchanged(source, *snapshot) for source, snapshot in zip(sources, kept[1])
+    ):
+        return kept[2]
+    tables = tuple(table.detach().contiguous() for table in tabulate(*sources))
+    for table in tables:
+        torch._dynamo.mark_static(table)
+    snapshots = tuple(
+        (weakref.ref(source), source._version, source.data_ptr(), source.detach().clone())
+        for source in sources
+    )
+    forget = lambda _, key=key: _tables.pop(key, None)  # noqa: E731
+    _tables[key] = (weakref.ref(coefficients, forget), snapshots, tables)
+    return tables
+
+
+def _unchanged(source, reference, version, address, values):
+    if reference() is source and source._version == version and source.data_ptr() == address:
+        return True
+    return (
+        source.shape == values.shape
+        and source.dtype == values.dtype
+        and torch.equal(source, values)
+    )

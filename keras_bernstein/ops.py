@@ -181,27 +181,21 @@ def _overshoot(t):
 def _evaluate(x, coefficients, bounds, extrapolation):
     """Value of the polynomial (with extrapolation) at `x`; plain autodiff-able."""
     t, overshoot = _unit_and_overshoot(x, bounds)
-    return _evaluate_at(t, overshoot, coefficients, bounds, extrapolation)
-
-
-def _evaluate_at(t, overshoot, coefficients, bounds, extrapolation):
-    """`_evaluate` from the parts that `_unit_and_overshoot` returns."""
     slopes = _linear_slopes(coefficients) if extrapolation == "linear" else None
-    return _evaluate_at_columns(
-        t, overshoot, _scaled_columns(coefficients), slopes, extrapolation
-    )
+    return _evaluate_at(t, overshoot, _scaled_columns(coefficients), slopes, extrapolation)
 
 
 def _linear_slopes(coefficients):
     """`(slope_lower, slope_upper - slope_lower)` of `end_slopes`, the two
-    per-neuron factors of linear extrapolation in `_evaluate_at_columns`."""
+    per-neuron factors of linear extrapolation in `_evaluate_at`."""
     slope_lower, slope_upper = end_slopes(coefficients)
     return slope_lower, slope_upper - slope_lower
 
 
-def _evaluate_at_columns(t, overshoot, columns, slopes, extrapolation):
-    """`_evaluate_at` from the scaled coefficient columns (`_scaled_columns`)
-    and, for `"linear"`, `_linear_slopes`."""
+def _evaluate_at(t, overshoot, columns, slopes, extrapolation):
+    """`_evaluate` from `t` and the overshoot (`_unit_and_overshoot`), the
+    scaled coefficient columns (`_scaled_columns`) and, for `"linear"`,
+    `_linear_slopes`."""
     if extrapolation == "polynomial":
         return _sum_of_scaled_columns(t, columns)
     # A huge t clips to the end exactly; NaN stays NaN.
@@ -241,7 +235,7 @@ def _polynomial_tables(coefficients, bounds):
 def _evaluate_from_tables(x, center, scale, shift, columns, slope_lower, bend, extrapolation):
     """`_evaluate` from `_polynomial_tables` (or `_normalized_tables`)."""
     t = ops.add(ops.multiply(ops.subtract(x, center), scale), shift)
-    return _evaluate_at_columns(
+    return _evaluate_at(
         t,
         _overshoot(t),
         [columns[k] for k in range(columns.shape[0])],

@@ -438,6 +438,22 @@ def test_bernstein_dense_without_bias_and_normalization():
     assert len(layer.weights) == 3
 
 
+@pytest.mark.parametrize("policy", ["float32", "mixed_float16"])
+def test_bernstein_dense_without_normalization_is_its_sublayers(policy):
+    """The layer calls its activation's `call` directly; the values and the
+    dtype are those of the sublayers called one after the other."""
+    keras.config.set_dtype_policy(policy)  # conftest restores float32
+    layer = BernsteinDense(5, normalization=None, degree=3, bounds=(-1.0, 1.0))
+    x = np.random.default_rng(0).standard_normal((6, 4)).astype("float32") * 2.0
+    got = layer(x)
+    expected = layer.bernstein(layer.dense(x))
+    assert got.dtype == expected.dtype
+    assert keras.backend.standardize_dtype(got.dtype) == (
+        "float16" if policy == "mixed_float16" else "float32"
+    )
+    np.testing.assert_array_equal(_numpy(got), _numpy(expected))
+
+
 def test_bernstein_dense_config_carries_dense_and_bernstein_arguments():
     layer = BernsteinDense(
         3,

@@ -236,7 +236,16 @@ class BernsteinDense(keras.layers.Layer):
                         self.bounds,
                         self.extrapolation,
                     )
-        return self.bernstein(self._normalize(hidden, training))
+        activation_inputs = self._normalize(hidden, training)
+        if (
+            getattr(activation_inputs, "_keras_mask", None) is None
+            and type(self.bernstein).call is Bernstein.call
+        ):
+            # `call`, not `__call__`, as for the Dense above: `Bernstein.call`
+            # casts for itself (predict without normalization on PyTorch:
+            # 1.155x -> 1.116x of ReLU's).
+            return self.bernstein.call(activation_inputs)
+        return self.bernstein(activation_inputs)
 
     def compute_output_shape(self, input_shape):
         return self.dense.compute_output_shape(input_shape)

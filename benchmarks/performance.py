@@ -4,8 +4,8 @@ Prints Markdown tables for `docs/performance.md`. Every figure is a ratio
 measured inside one process per backend (a Keras backend cannot change inside
 a process), with the models timed interleaved (a new random order in every
 repeat) and the median over repeats reported, so drifts of a shared machine
-cancel. On CPU each child is single-threaded; peak memory is measured in a
-fresh process per model.
+cancel. On CPU each child is single-threaded; peak memory is the median over
+fresh processes, one per model and repeat (`--memory-repeats`).
 
 Usage:
     python benchmarks/performance.py                         # CPU, 3 backends
@@ -410,18 +410,17 @@ def report(args, rows, memory):
         print("| backend | ReLU | BernsteinDense (BN) | ratio | no BN | ratio |")
         print("|---|---|---|---|---|---|")
 
-        def mib(peaks):
-            middle = f"{np.median(peaks) / 2**20:.0f} MiB"
-            if len(peaks) == 1:
-                return middle
-            return middle + f" [{min(peaks) / 2**20:.0f}–{max(peaks) / 2**20:.0f}]"
-
-        for backend, m in memory.items():
-            relu = np.median(m["relu"])
+        for backend, peaks in memory.items():
+            median = {name: np.median(p) for name, p in peaks.items()}
+            cells = {
+                name: f"{median[name] / 2**20:.0f} MiB"
+                + (f" [{min(p) / 2**20:.0f}–{max(p) / 2**20:.0f}]" if len(p) > 1 else "")
+                for name, p in peaks.items()
+            }
             print(
-                f"| {backend} | {mib(m['relu'])} | {mib(m['bernstein'])} | "
-                f"{np.median(m['bernstein']) / relu:.2f}× | {mib(m['bernstein_no_bn'])} | "
-                f"{np.median(m['bernstein_no_bn']) / relu:.2f}× |"
+                f"| {backend} | {cells['relu']} | {cells['bernstein']} | "
+                f"{median['bernstein'] / median['relu']:.2f}× | {cells['bernstein_no_bn']} | "
+                f"{median['bernstein_no_bn'] / median['relu']:.2f}× |"
             )
     if args.device == "gpu":
         print(f"\nActivation alone, forward + backward, ({args.batch_size}, {args.width}) "

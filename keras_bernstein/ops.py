@@ -389,20 +389,58 @@ def _recomputed_gradients(unit_parts, x, coefficients, bounds, upstream, extrapo
 
     The hand-written backward of `bernstein_polynomial`. It keeps only the
     input `x` of the forward pass and recomputes the rest from
-    `unit_parts(x) = (t, overshoot, normalized)` (`t` and the overshoot as
-    `_unit_and_overshoot` returns them): `dσ/dx = σ_t / (u - l)` (one Horner
-    pass of degree n - 1), `dσ/dc_k = b_{n,k}(t)` reduced over the batch
-    (plus the end-slope terms of linear extrapolation), and the bounds'
-    gradients from those sums (`_parameter_gradients`). Every per-neuron sum
-    is taken in one `_batch_sums`. Plain autodiff of the Horner loop instead
-    keeps about `2 n` tensors of the input's size.
+    `unit_parts(x, bounds) = (t, overshoot, normalized)` (`t` and the
+    overshoot as `_unit_and_overshoot` returns them): `dσ/dx = σ_t / (u - l)`
+    (one Horner pass of degree n - 1), `dσ/dc_k = b_{n,k}(t)` reduced over
+    the batch (plus the end-slope terms of linear extrapolation), and the
+    bounds' gradients from those sums (`_parameter_gradients`). Every
+    per-neuron sum is taken in one `_batch_sums`. Plain autodiff of the
+    Horner loop instead keeps about `2 n` tensors of the input's size.
 
-    With `normalized` not None (the batch-normalized input before its scale
-    and offset, `normalized_bernstein_polynomial`) the same pass also sums
-    the input gradient and the input gradient times `normalized`, and
-    returns them as a fourth item: the gradients of the normalization's
-    offset and scale.
+    `unit_parts=None` stands for the polynomial of `x` itself
+    (`_plain_unit_parts`), whose input gradient and sums a kernel of our own
+    computes on JAX-CPU (`_jax_cpu_kernel`). With `normalized` not
+    None (the batch-normalized input before its scale and offset,
+    `normalized_bernstein_polynomial`) the same pass also sums the input
+    gradient and the input gradient times `normalized`, and returns them as
+    a fourth item: the gradients of the normalization's offset and scale.
     """
+    degree = coefficients.shape[-1] - 1
+
+    reference = functools.partial(
+        _gradient_and_sums, unit_parts or _plain_unit_parts, extrapolation=extrapolation
+    )
+    kernel = _jax_cpu_kernel() if unit_parts is None else None
+    if kernel is None:
+        grad_x, sums = reference(upstream, x, coefficients, bounds)
+    else:
+        grad_x, sums = kernel.gradient_and_sums(
+            upstream, x, coefficients, bounds, extrapolation, reference
+        )
+    polynomial_terms = degree + 1 + (0 if extrapolation == "polynomial" else 2)
+    basis_sums = ops.stack(sums[: degree + 1], axis=-1)
+    grad_c, grad_bounds = _parameter_gradients(
+        basis_sums * ops.cast(binomial_coefficients(degree), basis_sums.dtype),
+        coefficients,
+        bounds,
+        extrapolation,
+        *sums[degree + 1 : polynomial_terms],
+    )
+    gradients = (_sum_to_shape(grad_x, x.shape), grad_c, grad_bounds)
+    if len(sums) == polynomial_terms:
+        return gradients
+    return gradients + (sums[polynomial_terms:],)
+
+
+def _plain_unit_parts(x, bounds):
+    """`unit_parts` of `_recomputed_gradients` for the polynomial of `x`."""
+    return (*_unit_and_overshoot(x, bounds), None)
+
+
+def _gradient_and_sums(unit_parts, upstream, x, coefficients, bounds, extrapolation):
+    """`(dL/dx, sums)` of `_recomputed_gradients`: the input gradient and the
+    list of per-neuron sums its other gradients come from (the basis sums,
+    then the extrapolation's two, then the normalization's two)."""
     degree = coefficients.shape[-1] - 1
     width = bounds[..., 1] - bounds[..., 0]
 
@@ -431,11 +469,11 @@ def _recomputed_gradients(unit_parts, x, coefficients, bounds, upstream, extrapo
         return _sums_to_shape(terms, coefficients.shape[:-1])
 
     def sums_from_input(x, upstream):
-        t, overshoot, normalized = unit_parts(x)
+        t, overshoot, normalized = unit_parts(x, bounds)
         grad_x = None if normalized is None else input_gradient(t, upstream)
         return sums_at(t, overshoot, normalized, upstream, grad_x)
 
-    t, overshoot, normalized = unit_parts(x)
+    t, overshoot, normalized = unit_parts(x, bounds)
     grad_x = input_gradient(t, upstream)
     sums = _batch_sums(
         sums_from_input,
@@ -443,19 +481,18 @@ def _recomputed_gradients(unit_parts, x, coefficients, bounds, upstream, extrapo
         len(bounds.shape) - 1,
         lambda: sums_at(t, overshoot, normalized, upstream, grad_x),
     )
-    polynomial_terms = degree + 1 + (0 if extrapolation == "polynomial" else 2)
-    basis_sums = ops.stack(sums[: degree + 1], axis=-1)
-    grad_c, grad_bounds = _parameter_gradients(
-        basis_sums * ops.cast(binomial_coefficients(degree), basis_sums.dtype),
-        coefficients,
-        bounds,
-        extrapolation,
-        *sums[degree + 1 : polynomial_terms],
-    )
-    gradients = (_sum_to_shape(grad_x, x.shape), grad_c, grad_bounds)
-    if normalized is None:
-        return gradients
-    return gradients + (sums[polynomial_terms:],)
+    return grad_x, sums
+
+
+def _jax_cpu_kernel():
+    """`_fast/jax_cpu_kernel` on JAX, else None: the polynomial and its
+    backward as C++ kernels on CPU, where they apply (each of its functions
+    otherwise calls the XLA `reference` it is given)."""
+    if keras.backend.backend() != "jax":
+        return None
+    from keras_bernstein._fast import jax_cpu_kernel
+
+    return jax_cpu_kernel
 
 
 def _batch_sums(function, tensors, neuron_rank, whole_batch):
@@ -491,15 +528,18 @@ def _recomputation_barrier(tensors):
 
 
 def _with_gradient(forward, backward):
-    """`forward` as a function whose gradient is `backward(upstream, *inputs)`.
+    """`forward` as a function whose gradient is `backward(upstream, *inputs,
+    *statistics)`.
 
     `backward` returns one gradient per input and recomputes what it needs
     from the inputs, so a training step keeps nothing of the forward pass but
     its inputs. Where `forward` returns a tuple, only its first item carries
-    a gradient (`upstream` is that item's); the others are statistics, which
-    callers return through `ops.stop_gradient`. The inputs are `(x, ...,
-    bounds)`, `x` the batch-shaped one. On TensorFlow forward and backward
-    are each compiled by XLA (`_fast/tensorflow_compilation`).
+    a gradient (`upstream` is that item's); the others are per-neuron
+    statistics, which callers return through `ops.stop_gradient` and which
+    `backward` receives after the inputs (small, and so kept rather than
+    recomputed). The inputs are `(x, ..., bounds)`, `x` the batch-shaped one.
+    On TensorFlow forward and backward are each compiled by XLA
+    (`_fast/tensorflow_compilation`).
     """
     if keras.backend.backend() == "tensorflow":
         from keras_bernstein._fast import tensorflow_compilation
@@ -513,9 +553,11 @@ def _with_gradient(forward, backward):
                 (upstream,) = args
             if isinstance(upstream, (tuple, list)):
                 upstream = upstream[0]
-            return backward(upstream, *inputs)
+            return backward(upstream, *inputs, *statistics)
 
-        return forward(*inputs), gradient
+        outputs = forward(*inputs)
+        statistics = tuple(outputs[1:]) if isinstance(outputs, (tuple, list)) else ()
+        return outputs, gradient
 
     return function
 
@@ -525,19 +567,18 @@ def _with_lean_gradient(extrapolation):
     """The polynomial as a function whose backward is `_recomputed_gradients`,
     recomputing `t` and the overshoot from `x`."""
 
-    def forward(x, coefficients, bounds):
+    def evaluate(x, coefficients, bounds):
         return _evaluate(x, coefficients, bounds, extrapolation)
+
+    def forward(x, coefficients, bounds):
+        kernel = _jax_cpu_kernel()
+        if kernel is None:
+            return evaluate(x, coefficients, bounds)
+        return kernel.values(x, coefficients, bounds, extrapolation, evaluate)
 
     def backward(upstream, x, coefficients, bounds):
         (x,) = _recomputation_barrier((x,))
-        return _recomputed_gradients(
-            lambda x: (*_unit_and_overshoot(x, bounds), None),
-            x,
-            coefficients,
-            bounds,
-            upstream,
-            extrapolation,
-        )
+        return _recomputed_gradients(None, x, coefficients, bounds, upstream, extrapolation)
 
     return _with_gradient(forward, backward)
 
@@ -622,7 +663,7 @@ def _normalized_gradients(
     def normalize(x):
         return (x - mean) * inverse_deviation
 
-    def unit_parts(x):
+    def unit_parts(x, bounds):
         normalized = normalize(x)
         return (*_unit_and_overshoot(normalized * scale + offset, bounds), normalized)
 
@@ -729,8 +770,10 @@ def _with_lean_batch_normalized_gradient(extrapolation, epsilon):
     in the backward, the batch normalization's whole input gradient,
     `scale * inverse_deviation * (g - (sum g + normalized * sum g *
     normalized) / count)` with `g` the polynomial's input gradient, from the
-    sums that `_recomputed_gradients` takes in its one pass. It keeps only
-    `x`; the statistics are recomputed from it.
+    sums that `_recomputed_gradients` takes in its one pass. It keeps `x`
+    and the forward pass's per-neuron mean and variance: recomputing them
+    cost the backward two more passes over `x` and, on TensorFlow, a stored
+    tensor of squared deviations.
     """
 
     def forward(x, scale, offset, coefficients, bounds):
@@ -738,9 +781,9 @@ def _with_lean_batch_normalized_gradient(extrapolation, epsilon):
             x, scale, offset, coefficients, bounds, epsilon, extrapolation
         )
 
-    def backward(upstream, x, scale, offset, coefficients, bounds):
+    def backward(upstream, x, scale, offset, coefficients, bounds, mean, variance):
         (x,) = _recomputation_barrier((x,))
-        mean, _, inverse_deviation = _batch_statistics(x, epsilon)
+        inverse_deviation = _inverse_deviation(variance, epsilon)
         grad_input, grad_scale, grad_offset, grad_c, grad_bounds, normalized = (
             _normalized_gradients(
                 upstream, x, mean, inverse_deviation, scale, offset, coefficients, bounds,
@@ -818,7 +861,11 @@ def _batch_statistics(x, epsilon):
     """Mean, biased variance and `1 / sqrt(variance + epsilon)` of `x` over
     every axis but the last."""
     mean, variance = ops.moments(x, axes=tuple(range(len(x.shape) - 1)))
-    return mean, variance, ops.rsqrt(variance + epsilon)
+    return mean, variance, _inverse_deviation(variance, epsilon)
+
+
+def _inverse_deviation(variance, epsilon):
+    return ops.rsqrt(variance + epsilon)
 
 
 def _torch_compiles(x, degree):

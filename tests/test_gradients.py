@@ -561,3 +561,160 @@ def test_torch_falls_back_to_eager_kernels_when_compilation_fails(monkeypatch):
     expected = bernstein_ops._evaluate(x, coefficients, bounds, "linear")
     np.testing.assert_allclose(values.numpy(), expected.numpy(), rtol=1e-6)
     assert not torch_compilation.supports(x, 2)
+
+
+def jax_cpu_kernel_or_skip(degree):
+    """The JAX-CPU kernel module, its library for `degree` built; skips where
+    no C++ compiler is installed (the XLA backward then runs)."""
+    if BACKEND != "jax":
+        pytest.skip("the C++ kernel is JAX-CPU's")
+    import jax
+
+    from keras_bernstein._fast import jax_cpu_kernel
+
+    if jax.default_backend() != "cpu":
+        pytest.skip("the C++ kernel runs on CPU")
+    try:
+        jax_cpu_kernel._compiler()
+    except RuntimeError as error:
+        pytest.skip(str(error))
+    assert jax_cpu_kernel._target(degree, "linear", "Values") is not None, "no kernel built"
+    return jax_cpu_kernel
+
+
+def kernel_case(rows, units, degree, seed, on_bounds=True):
+    """float32 arrays for the kernel: points far outside, inside and (with
+    `on_bounds`) on the bounds, per-neuron coefficients and bounds."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(rows, units)) * 1.5
+    bounds = np.stack([rng.uniform(-2, -1, units), rng.uniform(1, 2, units)], -1)
+    x[0, ::2] = -7.0
+    x[0, 1::2] = 9.0
+    if on_bounds:
+        x[1] = bounds[:, 0]
+        x[2] = bounds[:, 1]
+    coefficients = rng.normal(size=(units, degree + 1))
+    weights = rng.normal(size=(rows, units))
+    return tuple(a.astype("float32") for a in (x, coefficients, bounds, weights))
+
+
+def xla_and_kernel_gradients(function, arrays, weights, monkeypatch):
+    """`backend_gradients` of `function` with the kernel off, then on (each
+    traced afresh)."""
+    results = []
+    for setting in ("0", "1"):
+        monkeypatch.setenv("KERAS_BERNSTEIN_CPU_KERNEL", setting)
+        results.append(backend_gradients(function, arrays, weights))
+    return results
+
+
+@pytest.mark.parametrize("extrapolation", ["linear", "clip", "polynomial"])
+@pytest.mark.parametrize("degree", [1, 2, 3, 5, 8, 13, 16, 24])
+def test_jax_cpu_kernel_matches_xla_backward(extrapolation, degree, monkeypatch):
+    """The C++ kernels' values and gradients against the XLA code they
+    replace (same
+    formulas: to float32 rounding, points on the bounds included) and against
+    float64 autodiff (off the bounds, where autodiff of `clip` takes a side
+    of its own). 37 neurons: two vector blocks of 16 and five left over."""
+    kernel_module = jax_cpu_kernel_or_skip(degree)
+    calls = []
+    target = kernel_module._target
+    monkeypatch.setattr(
+        kernel_module, "_target", lambda *args: calls.append(args) or target(*args)
+    )
+    function = implementation("dispatched", extrapolation)
+    for on_bounds in (True, False):
+        x, coefficients, bounds, weights = kernel_case(
+            300, 37, degree, seed=degree, on_bounds=on_bounds
+        )
+        if extrapolation == "polynomial":  # t**24 far outside overflows float32
+            x[0] = 0.5
+        xla, kernel = xla_and_kernel_gradients(
+            function, (x, coefficients, bounds), weights, monkeypatch
+        )
+        for label, a, b in zip(("x", "coefficients", "bounds"), kernel, xla):
+            assert a.dtype == np.float32 and a.shape == b.shape, label
+            scale = np.abs(b).max() + 1.0
+            np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * scale, err_msg=label)
+    assert sorted(set(calls)) == [(degree, extrapolation, kind) for kind in ("Gradient", "Values")]
+    monkeypatch.setenv("KERAS_BERNSTEIN_CPU_KERNEL", "1")
+    values = function(x, coefficients, bounds)
+    expected = plain(extrapolation, degree)(x, coefficients, bounds)
+    np.testing.assert_allclose(
+        values, expected, rtol=0, atol=1e-5 * (np.abs(expected).max() + 1.0)
+    )
+    reference = backend_gradients(
+        plain(extrapolation, degree),
+        tuple(a.astype("float64") for a in (x, coefficients, bounds)),
+        weights.astype("float64"),
+    )
+    for label, a, exact in zip(("x", "coefficients", "bounds"), kernel, reference):
+        scale = np.abs(exact).max() + 1.0
+        np.testing.assert_allclose(a, exact, rtol=0, atol=5e-5 * scale, err_msg=label)
+
+
+def test_jax_cpu_kernel_on_many_threads_and_batch_axes(monkeypatch):
+    """A batch large enough to be split over XLA's threads (when there are
+    several), with two batch axes and a NaN, against the XLA backward."""
+    jax_cpu_kernel_or_skip(8)
+    x, coefficients, bounds, weights = kernel_case(1000, 150, 8, seed=5)
+    x[5, 7] = np.nan
+    x, weights = x.reshape(10, 100, 150), weights.reshape(10, 100, 150)
+    function = implementation("dispatched", "linear")
+    xla, kernel = xla_and_kernel_gradients(
+        function, (x, coefficients, bounds), weights, monkeypatch
+    )
+    for label, a, b in zip(("x", "coefficients", "bounds"), kernel, xla):
+        np.testing.assert_array_equal(np.isnan(a), np.isnan(b), err_msg=label)
+        scale = np.nanmax(np.abs(b)) + 1.0
+        np.testing.assert_allclose(a, b, rtol=0, atol=2e-6 * scale, err_msg=label)
+
+
+def test_jax_cpu_kernel_gradient_is_differentiable(monkeypatch):
+    """A gradient penalty differentiates the gradient again: through the
+    kernel, by the XLA backward's derivative."""
+    import jax
+    import jax.numpy as jnp
+
+    jax_cpu_kernel_or_skip(5)
+    x, coefficients, bounds, weights = kernel_case(40, 20, 5, seed=2)
+
+    def penalty(x, coefficients, bounds):
+        def loss(x, coefficients, bounds):
+            values = bernstein_ops.bernstein_polynomial(x, coefficients, bounds)
+            return jnp.sum(values * weights)
+
+        gradients = jax.grad(loss, argnums=(0, 1, 2))(x, coefficients, bounds)
+        return sum(jnp.sum(g**2) for g in gradients)
+
+    results = []
+    for setting in ("0", "1"):
+        monkeypatch.setenv("KERAS_BERNSTEIN_CPU_KERNEL", setting)
+        results.append(jax.jit(jax.grad(penalty, argnums=(0, 1, 2)))(x, coefficients, bounds))
+    for label, a, b in zip(("x", "coefficients", "bounds"), *results):
+        scale = np.abs(np.asarray(b)).max() + 1.0
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * scale, err_msg=label)
+
+
+def test_jax_cpu_kernel_falls_back_to_xla_when_the_build_fails(monkeypatch):
+    """Without a working compiler the XLA backward runs, after one warning."""
+    if BACKEND != "jax":
+        pytest.skip("the C++ kernel is JAX-CPU's")
+    from keras_bernstein._fast import jax_cpu_kernel
+
+    def broken_build(degree):
+        raise RuntimeError("no C++ compiler found")
+
+    monkeypatch.setattr(jax_cpu_kernel, "_build", broken_build)
+    monkeypatch.setattr(jax_cpu_kernel, "_targets", {})
+    monkeypatch.setattr(jax_cpu_kernel, "_warned", False)
+    monkeypatch.setenv("KERAS_BERNSTEIN_CPU_KERNEL", "1")
+    x, coefficients, bounds, weights = kernel_case(30, 4, 3, seed=1)
+    function = implementation("dispatched", "linear")
+    with pytest.warns(UserWarning, match="no C.. compiler found"):
+        fallback = backend_gradients(function, (x, coefficients, bounds), weights)
+    assert jax_cpu_kernel._targets == {3: None}
+    monkeypatch.setenv("KERAS_BERNSTEIN_CPU_KERNEL", "0")
+    xla = backend_gradients(function, (x, coefficients, bounds), weights)
+    for label, a, b in zip(("x", "coefficients", "bounds"), fallback, xla):
+        np.testing.assert_array_equal(a, b, err_msg=label)

@@ -9,6 +9,10 @@ formulas, same semantics) with fewer kernels:
   JAX backward as fused reductions on CPU and in row chunks for large
   batches on GPU, and the barrier that keeps XLA-CPU from storing the
   forward pass's powers of `t`;
+- `jax_cpu_kernel` (via `ops.bernstein_polynomial`): on JAX-CPU the
+  polynomial and its backward (input gradient and per-neuron sums) as C++
+  kernels called through XLA's FFI, compiled on first use from
+  `bernstein_cpu.cc`;
 - `tensorflow_compilation` (via `ops.bernstein_polynomial`,
   `ops.normalized_bernstein_polynomial` and
   `ops.batch_normalized_bernstein_polynomial`): the polynomial and its
@@ -24,7 +28,7 @@ formulas, same semantics) with fewer kernels:
   the batch normalization as PyTorch's fused kernel, on the Keras layer's
   variables, and in training one autograd node with the polynomial.
 
-The first four are tested against autodiff of the portable formula in
+The first five are tested against autodiff of the portable formula in
 `tests/test_gradients.py` (the compiled one in the tests that use the
 `torch_compiled` fixture), the last against the Keras layer in
 `tests/test_layers.py`.

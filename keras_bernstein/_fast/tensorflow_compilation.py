@@ -65,8 +65,9 @@ def _call_for_any_batch(function, tensors, batch_tensors, neuron_rank):
 
 
 def with_gradient(forward, backward):
-    """`forward` with the gradient `backward(upstream, *inputs)`, each compiled
-    by XLA inside a traced graph.
+    """`forward` with the gradient `backward(upstream, *inputs, *statistics)`
+    (`statistics`: `forward`'s outputs after the first), each compiled by XLA
+    inside a traced graph.
 
     The custom gradient sits outside the two XLA functions, so the step keeps
     only the inputs for the backward pass. (With `tf.custom_gradient` inside
@@ -88,13 +89,17 @@ def with_gradient(forward, backward):
 
         def gradient(upstream, *statistics_upstream):
             # Outputs after the first are gradient-free statistics.
+            tensors = (upstream, *inputs, *statistics)
             if tf.executing_eagerly():
-                return backward(upstream, *inputs)
-            return _call_for_any_batch(backward, (upstream, *inputs), 2, neuron_rank)
+                return backward(*tensors)
+            return _call_for_any_batch(backward, tensors, 2, neuron_rank)
 
         if tf.executing_eagerly():
-            return forward(*inputs), gradient
-        return _call_for_any_batch(forward, inputs, 1, neuron_rank), gradient
+            outputs = forward(*inputs)
+        else:
+            outputs = _call_for_any_batch(forward, inputs, 1, neuron_rank)
+        statistics = tuple(outputs[1:]) if isinstance(outputs, (tuple, list)) else ()
+        return outputs, gradient
 
     def read_variables_first(*inputs):
         return function(*(tf.identity(value) for value in inputs))

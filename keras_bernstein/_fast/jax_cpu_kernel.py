@@ -1,25 +1,27 @@
-"""The JAX backward of `ops.bernstein_polynomial` on CPU, as a C++ kernel.
+"""The JAX polynomial of `ops.bernstein_polynomial` and its backward on
+CPU, as C++ kernels.
 
 XLA-CPU runs the backward's `n + 3` per-neuron sums as one scalar loop, and
 on a machine whose matrix products are fast that loop is most of what a
 Bernstein layer costs beyond a ReLU layer (docs/performance.md).
-`bernstein_cpu.cc` computes the same input gradient and sums, with the same
-formulas in the same order, holding 16 neurons' sums in vector registers
-while it walks down the rows, and is called from XLA as an FFI custom call.
-Measured on the benchmark MLP (degree 8, one CPU thread): the training step
-went from 1.58x to 1.32x of ReLU's with batch normalization and from 1.40x
-to 1.21x without.
+`bernstein_cpu.cc` computes the same values, input gradient and sums, with
+the same formulas in the same order, holding a block of 16 neurons in
+vector registers while it walks down the rows, and is called from XLA as FFI
+custom calls (`values`, `gradient_and_sums`). Measured on the benchmark MLP
+(degree 8, one CPU thread, kernels on and off in one process): the training
+step went from 1.61x to 1.34x of ReLU's with batch normalization and from
+1.38x to 1.15x without; predict from 1.15x to 0.83x.
 
 The file is compiled by the system's C++ compiler (`$CXX`, else `c++`,
 `g++` or `clang++`) with `-O3 -march=native`, once per degree, into a cache
 directory (`$KERAS_BERNSTEIN_CACHE`, else `~/.cache/keras_bernstein`), keyed
-by the source, the compiler, the flags, jaxlib's version and the processor;
+by the source, the compiler, the flags, jax's version and the processor;
 a build takes about two seconds. Where there is no compiler, the build
 fails, the input is not float32, the tables are broadcast, or the degree is
-above `MAX_DEGREE`, the XLA backward runs instead, with the same values.
-`KERAS_BERNSTEIN_CPU_KERNEL=0` turns the kernel off. The kernel has no
-derivative of its own: differentiating the gradient again (a Hessian, a
-gradient penalty) differentiates the XLA backward (`gradient_and_sums`).
+above `MAX_DEGREE`, the XLA code runs instead, with the same values.
+`KERAS_BERNSTEIN_CPU_KERNEL=0` turns the kernels off. They have no
+derivatives of their own: differentiating through them (a gradient penalty)
+differentiates the XLA code they stand for (`_differentiable`).
 """
 
 import ctypes

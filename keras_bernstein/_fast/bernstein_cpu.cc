@@ -165,18 +165,23 @@ void ValuesOfNeurons(const ValueArguments& a, int64_t first) {
   }
 }
 
-// `for_neurons(first)` over every block of 16 neurons (then one by one for
-// the rest), the blocks split over XLA's intra-op threads where the input is
-// large enough to pay for the hand-off.
-template <typename Vectors, typename Scalars>
-void OverNeurons(ffi::ThreadPool& pool, int64_t rows, int64_t units, Vectors for_vector,
-                 Scalars for_scalar) {
+// `for_neurons(Vector{}, first)` for every block of 16 neurons, then
+// `for_neurons(0.0f, first)` for each neuron left, the blocks split over
+// XLA's intra-op threads where the input is large enough to pay for the
+// hand-off. `a` holds the rows and units of a (rows, units) input whose
+// (units, 2) bound table is `bounds`.
+template <typename Arguments, typename ForNeurons>
+void OverNeurons(ffi::ThreadPool& pool, const ffi::Buffer<ffi::F32>& x,
+                 const ffi::Buffer<ffi::F32>& bounds, Arguments& a, ForNeurons for_neurons) {
+  a.units = bounds.element_count() / 2;
+  a.rows = a.units ? x.element_count() / a.units : 0;
+  const int64_t rows = a.rows, units = a.units;
   constexpr int64_t kBlock = sizeof(Vector) / sizeof(float);
   constexpr int64_t kElementsPerTask = 1 << 16;
   auto range = [&](int64_t begin, int64_t end) {
     int64_t first = begin;
-    for (; first + kBlock <= end; first += kBlock) for_vector(first);
-    for (; first < end; ++first) for_scalar(first);
+    for (; first + kBlock <= end; first += kBlock) for_neurons(Vector{}, first);
+    for (; first < end; ++first) for_neurons(0.0f, first);
   };
   const int64_t blocks = (units + kBlock - 1) / kBlock;
   int64_t tasks = std::min<int64_t>(pool.num_threads(), blocks);
@@ -207,17 +212,15 @@ ffi::Error Gradient(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
                     ffi::Buffer<ffi::F32> slope_table, ffi::ResultBuffer<ffi::F32> grad_x,
                     ffi::ResultBuffer<ffi::F32> sums) {
   GradientArguments a;
-  a.units = bounds.element_count() / 2;
-  a.rows = a.units ? x.element_count() / a.units : 0;
   a.x = x.typed_data();
   a.upstream = upstream.typed_data();
   a.bounds = bounds.typed_data();
   a.slope_table = slope_table.typed_data();
   a.grad_x = grad_x->typed_data();
   a.sums = sums->typed_data();
-  OverNeurons(
-      pool, a.rows, a.units, [&](int64_t first) { GradientOfNeurons<kMode, Vector>(a, first); },
-      [&](int64_t first) { GradientOfNeurons<kMode, float>(a, first); });
+  OverNeurons(pool, x, bounds, a, [&](auto width, int64_t first) {
+    GradientOfNeurons<kMode, decltype(width)>(a, first);
+  });
   return ffi::Error::Success();
 }
 
@@ -226,17 +229,15 @@ ffi::Error Values(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi
                   ffi::Buffer<ffi::F32> columns, ffi::Buffer<ffi::F32> slope_lower,
                   ffi::Buffer<ffi::F32> bend, ffi::ResultBuffer<ffi::F32> values) {
   ValueArguments a;
-  a.units = bounds.element_count() / 2;
-  a.rows = a.units ? x.element_count() / a.units : 0;
   a.x = x.typed_data();
   a.bounds = bounds.typed_data();
   a.columns = columns.typed_data();
   a.slope_lower = slope_lower.typed_data();
   a.bend = bend.typed_data();
   a.values = values->typed_data();
-  OverNeurons(
-      pool, a.rows, a.units, [&](int64_t first) { ValuesOfNeurons<kMode, Vector>(a, first); },
-      [&](int64_t first) { ValuesOfNeurons<kMode, float>(a, first); });
+  OverNeurons(pool, x, bounds, a, [&](auto width, int64_t first) {
+    ValuesOfNeurons<kMode, decltype(width)>(a, first);
+  });
   return ffi::Error::Success();
 }
 

@@ -417,6 +417,20 @@ def _recomputed_gradients(unit_parts, x, coefficients, bounds, upstream, extrapo
         grad_x, sums = kernel.gradient_and_sums(
             upstream, x, coefficients, bounds, extrapolation, reference
         )
+    grad_c, grad_bounds, normalization_sums = _gradients_from_sums(
+        sums, coefficients, bounds, extrapolation
+    )
+    gradients = (_sum_to_shape(grad_x, x.shape), grad_c, grad_bounds)
+    if not normalization_sums:
+        return gradients
+    return gradients + (normalization_sums,)
+
+
+def _gradients_from_sums(sums, coefficients, bounds, extrapolation):
+    """`(dL/dc, dL/dbounds, rest)` from the per-neuron sums of
+    `_gradient_and_sums`; `rest` the sums after the polynomial's (the
+    normalization's, where it has them)."""
+    degree = coefficients.shape[-1] - 1
     polynomial_terms = degree + 1 + (0 if extrapolation == "polynomial" else 2)
     basis_sums = ops.stack(sums[: degree + 1], axis=-1)
     grad_c, grad_bounds = _parameter_gradients(
@@ -426,10 +440,7 @@ def _recomputed_gradients(unit_parts, x, coefficients, bounds, upstream, extrapo
         extrapolation,
         *sums[degree + 1 : polynomial_terms],
     )
-    gradients = (_sum_to_shape(grad_x, x.shape), grad_c, grad_bounds)
-    if len(sums) == polynomial_terms:
-        return gradients
-    return gradients + (sums[polynomial_terms:],)
+    return grad_c, grad_bounds, sums[polynomial_terms:]
 
 
 def _plain_unit_parts(x, bounds):
@@ -482,6 +493,13 @@ def _gradient_and_sums(unit_parts, upstream, x, coefficients, bounds, extrapolat
         lambda: sums_at(t, overshoot, normalized, upstream, grad_x),
     )
     return grad_x, sums
+
+
+def _normalization_kernel_applies(x, degree):
+    """Whether `batch_normalized_bernstein_polynomial` of `x` runs as C++
+    kernels (JAX-CPU, float32; `_fast/jax_cpu_kernel`)."""
+    kernel = _jax_cpu_kernel()
+    return kernel is not None and kernel.batch_normalized_applies(x, degree)
 
 
 def _jax_cpu_kernel():
@@ -773,15 +791,24 @@ def _with_lean_batch_normalized_gradient(extrapolation, epsilon):
     sums that `_recomputed_gradients` takes in its one pass. It keeps `x`
     and the forward pass's per-neuron mean and variance: recomputing them
     cost the backward two more passes over `x` and, on TensorFlow, a stored
-    tensor of squared deviations.
+    tensor of squared deviations. On JAX-CPU both passes run as C++ kernels
+    where they apply (`_jax_cpu_kernel`).
     """
 
-    def forward(x, scale, offset, coefficients, bounds):
+    def evaluate(x, scale, offset, coefficients, bounds):
         return _evaluate_batch_normalized(
             x, scale, offset, coefficients, bounds, epsilon, extrapolation
         )
 
-    def backward(upstream, x, scale, offset, coefficients, bounds, mean, variance):
+    def forward(x, scale, offset, coefficients, bounds):
+        kernel = _jax_cpu_kernel()
+        if kernel is None:
+            return evaluate(x, scale, offset, coefficients, bounds)
+        return kernel.batch_normalized_values(
+            x, scale, offset, coefficients, bounds, epsilon, extrapolation, evaluate
+        )
+
+    def gradients(upstream, x, scale, offset, coefficients, bounds, mean, variance):
         (x,) = _recomputation_barrier((x,))
         inverse_deviation = _inverse_deviation(variance, epsilon)
         grad_input, grad_scale, grad_offset, grad_c, grad_bounds, normalized = (
@@ -798,6 +825,21 @@ def _with_lean_batch_normalized_gradient(extrapolation, epsilon):
             grad_offset,
             grad_c,
             grad_bounds,
+        )
+
+    def from_kernel_sums(grad_x, sums, coefficients, bounds):
+        grad_c, grad_bounds, (grad_offset, grad_scale) = _gradients_from_sums(
+            sums, coefficients, bounds, extrapolation
+        )
+        return grad_x, grad_scale, grad_offset, grad_c, grad_bounds
+
+    def backward(upstream, x, scale, offset, coefficients, bounds, mean, variance):
+        tensors = (upstream, x, scale, offset, coefficients, bounds, mean, variance)
+        kernel = _jax_cpu_kernel()
+        if kernel is None:
+            return gradients(*tensors)
+        return kernel.batch_normalized_gradient(
+            *tensors, epsilon, extrapolation, gradients, from_kernel_sums
         )
 
     return _with_gradient(forward, backward)

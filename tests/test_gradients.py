@@ -653,6 +653,67 @@ def test_jax_cpu_kernel_matches_xla_backward(extrapolation, degree, monkeypatch)
         np.testing.assert_allclose(a, exact, rtol=0, atol=5e-5 * scale, err_msg=label)
 
 
+@pytest.mark.parametrize("extrapolation", ["linear", "clip", "polynomial"])
+@pytest.mark.parametrize("degree", [1, 2, 8, 24])
+def test_jax_cpu_batch_normalized_kernel_matches_xla(extrapolation, degree, monkeypatch):
+    """`batch_normalized_bernstein_polynomial` as C++ kernels (statistics,
+    normalization and polynomial; the batch normalization's whole backward):
+    values, statistics and the five gradients against the XLA code (float32
+    rounding) and against float64 autodiff of the plain formula. 37 neurons:
+    two vector blocks and five single ones."""
+    kernel_module = jax_cpu_kernel_or_skip(degree)
+    calls = []
+    target = kernel_module._target
+    monkeypatch.setattr(
+        kernel_module, "_target", lambda *args: calls.append(args[2]) or target(*args)
+    )
+    rng = np.random.default_rng(degree)
+    units = 37
+    x = rng.normal(0.5, 2.0, size=(300, units))
+    x[0, :5] = [40.0, -40.0, 6.0, -6.0, 0.0]  # far past the bounds
+    scale = rng.uniform(0.5, 1.5, units) * np.where(np.arange(units) % 3, 1.0, -1.0)
+    offset = rng.normal(size=units) * 0.3
+    coefficients = rng.normal(size=(units, degree + 1))
+    bounds = np.stack([rng.uniform(-2, -1, units), rng.uniform(1, 2, units)], -1)
+    weights = rng.normal(size=(300, units))
+    if extrapolation == "polynomial":  # t**24 far outside overflows float32
+        x[0, :5] = 0.5
+    arrays = [a.astype("float32") for a in (x, scale, offset, coefficients, bounds)]
+    function = batch_normalized(extrapolation, "statistics")
+
+    def forward(*arrays):
+        return [
+            np.asarray(a)
+            for a in bernstein_ops.batch_normalized_bernstein_polynomial(
+                *arrays, 1e-3, extrapolation
+            )
+        ]
+
+    results = []
+    for setting in ("0", "1"):
+        monkeypatch.setenv("KERAS_BERNSTEIN_CPU_KERNEL", setting)
+        results.append(
+            (forward(*arrays), backend_gradients(function, arrays, weights.astype("float32")))
+        )
+    (xla_outputs, xla), (kernel_outputs, kernel) = results
+    assert {"BatchNormalizedGradient", "BatchNormalizedValues"} <= set(calls)
+    for label, a, b in zip(("values", "mean", "variance"), kernel_outputs, xla_outputs):
+        np.testing.assert_allclose(
+            a, b, rtol=0, atol=1e-5 * (np.abs(b).max() + 1.0), err_msg=label
+        )
+    reference = backend_gradients(
+        batch_normalized(extrapolation, False),
+        [a.astype("float64") for a in arrays],
+        weights,
+    )
+    labels = ("x", "scale", "offset", "coefficients", "bounds")
+    for label, a, b, exact in zip(labels, kernel, xla, reference):
+        assert a.dtype == np.float32 and a.shape == b.shape, label
+        size = np.abs(exact).max() + 1.0
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * size, err_msg=label)
+        np.testing.assert_allclose(a, exact, rtol=0, atol=5e-5 * size, err_msg=label)
+
+
 def test_jax_cpu_kernel_on_many_threads_and_batch_axes(monkeypatch):
     """A batch large enough to be split over XLA's threads (when there are
     several), with two batch axes and a NaN, against the XLA backward."""

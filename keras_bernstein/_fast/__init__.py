@@ -9,10 +9,11 @@ formulas, same semantics) with fewer kernels:
   JAX backward as fused reductions on CPU and in row chunks for large
   batches on GPU, and the barrier that keeps XLA-CPU from storing the
   forward pass's powers of `t`;
-- `jax_cpu_kernel` (via `ops.bernstein_polynomial`): on JAX-CPU the
-  polynomial and its backward (input gradient and per-neuron sums) as C++
-  kernels called through XLA's FFI, compiled on first use from
-  `bernstein_cpu.cc`;
+- `jax_cpu_kernel` (via `ops.bernstein_polynomial` and
+  `ops.batch_normalized_bernstein_polynomial`, which `BernsteinDense` on
+  JAX-CPU calls in training): the polynomial, with or without the batch
+  normalization, and its backward as C++ kernels called through XLA's FFI,
+  compiled on first use from `bernstein_cpu.cc`;
 - `tensorflow_compilation` (via `ops.bernstein_polynomial`,
   `ops.normalized_bernstein_polynomial` and
   `ops.batch_normalized_bernstein_polynomial`): the polynomial and its

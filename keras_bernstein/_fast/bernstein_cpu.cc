@@ -6,10 +6,15 @@
 // computes, in one pass over the rows, the input gradient and every
 // per-neuron sum of `ops._gradient_and_sums` (same formulas, same order of
 // operations): the `n + 1` basis sums `sum g t^k (1 - t)^(n - k)` and, for
-// "linear" and "clip", the two sums for the ends. XLA-CPU runs those sums as
+// "linear" and "clip", the two sums for the ends. `BatchNormalizedValues`
+// and `BatchNormalizedGradient` do the same for
+// `ops.batch_normalized_bernstein_polynomial`: the batch statistics and the
+// normalization in the forward pass, the normalization's two sums and its
+// whole input gradient (a second pass over the rows) in the backward. XLA-CPU runs those sums as
 // one scalar loop (docs/performance.md); here a thread holds a block of 16
 // neurons' sums in vector registers while it walks down the rows.
 #include <algorithm>
+#include <cmath>
 #include <condition_variable>
 #include <cstdint>
 #include <cstring>
@@ -18,6 +23,7 @@
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
+using F32 = ffi::Buffer<ffi::F32>;
 
 #ifndef DEGREE
 #error "compile with -DDEGREE=n"
@@ -78,29 +84,129 @@ V HornerInOneMinusT(const V* columns, V t, V s) {
   return sum;
 }
 
-struct GradientArguments {
-  int64_t rows, units;
-  const float *x, *upstream, *bounds, *slope_table;
-  float *grad_x, *sums;
+// What a handler passes to the loops over its neurons. Arrays are row-major,
+// (rows, units) or per neuron (units,); tables are degree axis first.
+struct Arguments {
+  int64_t rows = 0, units = 0;
+  const float* x = nullptr;
+  const float* upstream = nullptr;     // gradients
+  const float* bounds = nullptr;       // (units, 2)
+  const float* table = nullptr;        // coefficient columns, or the slope's
+  const float* slope_lower = nullptr;  // values, "linear"
+  const float* bend = nullptr;         // values, "linear"
+  const float* scale = nullptr;        // batch-normalized only
+  const float* offset = nullptr;       // batch-normalized only
+  const float* mean_in = nullptr;      // batch-normalized gradients
+  const float* variance_in = nullptr;  // batch-normalized gradients
+  float* mean_out = nullptr;           // batch-normalized values
+  float* variance_out = nullptr;       // batch-normalized values
+  float* out = nullptr;                // values or input gradient
+  float* sums = nullptr;               // gradients
+  float epsilon = 0.0f;
 };
 
-// The input gradient and sums of neurons [first, first + width of V).
-template <int kMode, typename V>
-void GradientOfNeurons(const GradientArguments& a, int64_t first) {
+// `1 / sqrt(variance + epsilon)`, lane by lane (`ops._inverse_deviation`).
+template <typename V>
+V InverseDeviation(V variance, float epsilon) {
+  constexpr int kWidth = sizeof(V) / sizeof(float);
+  float lanes[kWidth];
+  std::memcpy(lanes, &variance, sizeof(V));
+  for (int i = 0; i < kWidth; ++i) lanes[i] = 1.0f / std::sqrt(lanes[i] + epsilon);
+  return Load<V>(lanes);
+}
+
+// The mean and (biased) variance over the rows, as `ops.moments` computes
+// them on JAX: the mean, then the mean of the squared deviations from it.
+template <typename V>
+void Moments(const Arguments& a, int64_t first, V* mean, V* variance) {
+  const V count = V{} + static_cast<float>(a.rows);
+  V total = V{} + 0.0f;
+  for (int64_t row = 0; row < a.rows; ++row) total += Load<V>(a.x + row * a.units + first);
+  *mean = total / count;
+  V squares = V{} + 0.0f;
+  for (int64_t row = 0; row < a.rows; ++row) {
+    const V deviation = Load<V>(a.x + row * a.units + first) - *mean;
+    squares += deviation * deviation;
+  }
+  *variance = squares / count;
+}
+
+// `ops._evaluate` of neurons [first, first + width of V), of the
+// batch-normalized input where `kNormalized` (`ops._evaluate_batch_normalized`,
+// whose batch statistics it also stores).
+template <int kMode, bool kNormalized, typename V>
+void ValuesOfNeurons(const Arguments& a, int64_t first) {
   constexpr int n = kDegree;
-  constexpr int kSums = kMode == kPolynomial ? n + 1 : n + 3;
+  const V zero = V{} + 0.0f, one = zero + 1.0f;
+  V lower, width;
+  LoadBounds(a.bounds, first, &lower, &width);
+  V columns[n + 1];
+  for (int k = 0; k <= n; ++k) columns[k] = Load<V>(a.table + k * a.units + first);
+  V slope_lower = zero, bend = zero;
+  if (kMode == kLinear) {
+    slope_lower = Load<V>(a.slope_lower + first);
+    bend = Load<V>(a.bend + first);
+  }
+  V mean = zero, factor = one, offset = zero;
+  if (kNormalized) {
+    V variance;
+    Moments(a, first, &mean, &variance);
+    Store(a.mean_out + first, mean);
+    Store(a.variance_out + first, variance);
+    factor = InverseDeviation(variance, a.epsilon) * Load<V>(a.scale + first);
+    offset = Load<V>(a.offset + first);
+  }
+  for (int64_t row = 0; row < a.rows; ++row) {
+    const int64_t at = row * a.units + first;
+    V input = Load<V>(a.x + at);
+    if (kNormalized) input = (input - mean) * factor + offset;
+    const V t = (input - lower) / width;
+    const V basis_at = kMode == kPolynomial ? t : Clip(t, zero, one);
+    V value = HornerInOneMinusT<n>(columns, basis_at, one - basis_at);
+    if (kMode == kLinear) {
+      const V overshoot = Clip(t, zero - kLimit, zero + kLimit) - basis_at;
+      const V above = overshoot < zero ? zero : overshoot;  // relu: NaN stays
+      value = value + (slope_lower * overshoot + bend * above);
+    }
+    Store(a.out + at, value);
+  }
+}
+
+// The input gradient and the per-neuron sums of neurons [first, first +
+// width of V) (`ops._gradient_and_sums`). Where `kNormalized`, of the
+// batch-normalized polynomial with the forward pass's statistics: the sums
+// end with those of the normalization's offset and scale, and a second pass
+// over the rows turns the polynomial's input gradient into the batch
+// normalization's (`ops._with_lean_batch_normalized_gradient`).
+template <int kMode, bool kNormalized, typename V>
+void GradientOfNeurons(const Arguments& a, int64_t first) {
+  constexpr int n = kDegree;
+  constexpr int kPolynomialSums = kMode == kPolynomial ? n + 1 : n + 3;
+  constexpr int kSums = kNormalized ? kPolynomialSums + 2 : kPolynomialSums;
   const V zero = V{} + 0.0f, one = zero + 1.0f;
   V lower, width;
   LoadBounds(a.bounds, first, &lower, &width);
   V slope_columns[n];
-  for (int k = 0; k < n; ++k) slope_columns[k] = Load<V>(a.slope_table + k * a.units + first);
+  for (int k = 0; k < n; ++k) slope_columns[k] = Load<V>(a.table + k * a.units + first);
+  V mean = zero, inverse_deviation = one, scale = one, offset = zero;
+  if (kNormalized) {
+    mean = Load<V>(a.mean_in + first);
+    inverse_deviation = InverseDeviation(Load<V>(a.variance_in + first), a.epsilon);
+    scale = Load<V>(a.scale + first);
+    offset = Load<V>(a.offset + first);
+  }
   V sums[kSums];
   for (int k = 0; k < kSums; ++k) sums[k] = zero;
 
   for (int64_t row = 0; row < a.rows; ++row) {
     const int64_t at = row * a.units + first;
     const V upstream = Load<V>(a.upstream + at);
-    const V t = (Load<V>(a.x + at) - lower) / width;
+    V input = Load<V>(a.x + at), normalized = zero;
+    if (kNormalized) {
+      normalized = (input - mean) * inverse_deviation;
+      input = normalized * scale + offset;
+    }
+    const V t = (input - lower) / width;
     const V basis_at = kMode == kPolynomial ? t : Clip(t, zero, one);
     const V s = one - basis_at;
     // The basis terms, `_basis_terms(basis_at, n, weight=upstream)`.
@@ -117,7 +223,7 @@ void GradientOfNeurons(const GradientArguments& a, int64_t first) {
     V slope = HornerInOneMinusT<n - 1>(slope_columns, basis_at, s);
     if (kMode == kLinear) {
       const V overshoot = Clip(t, zero - kLimit, zero + kLimit) - basis_at;
-      const V above = overshoot < zero ? zero : overshoot;  // relu: NaN stays
+      const V above = overshoot < zero ? zero : overshoot;
       sums[n + 1] += upstream * (overshoot - above);
       sums[n + 2] += upstream * above;
     } else if (kMode == kClip) {
@@ -126,42 +232,24 @@ void GradientOfNeurons(const GradientArguments& a, int64_t first) {
       sums[n + 2] += beyond ? upstream : zero;
       slope = (below | beyond) ? zero : slope;
     }
-    Store(a.grad_x + at, upstream * slope / width);
+    const V gradient = upstream * slope / width;
+    if (kNormalized) {
+      sums[kPolynomialSums] += gradient;
+      sums[kPolynomialSums + 1] += gradient * normalized;
+    }
+    Store(a.out + at, gradient);
   }
   for (int k = 0; k < kSums; ++k) Store(a.sums + k * a.units + first, sums[k]);
-}
-
-struct ValueArguments {
-  int64_t rows, units;
-  const float *x, *bounds, *columns, *slope_lower, *bend;
-  float* values;
-};
-
-// `ops._evaluate` of neurons [first, first + width of V).
-template <int kMode, typename V>
-void ValuesOfNeurons(const ValueArguments& a, int64_t first) {
-  constexpr int n = kDegree;
-  const V zero = V{} + 0.0f, one = zero + 1.0f;
-  V lower, width;
-  LoadBounds(a.bounds, first, &lower, &width);
-  V columns[n + 1];
-  for (int k = 0; k <= n; ++k) columns[k] = Load<V>(a.columns + k * a.units + first);
-  V slope_lower = zero, bend = zero;
-  if (kMode == kLinear) {
-    slope_lower = Load<V>(a.slope_lower + first);
-    bend = Load<V>(a.bend + first);
-  }
+  if (!kNormalized) return;
+  const V count = zero + static_cast<float>(a.rows);
+  const V factor = scale * inverse_deviation;
   for (int64_t row = 0; row < a.rows; ++row) {
     const int64_t at = row * a.units + first;
-    const V t = (Load<V>(a.x + at) - lower) / width;
-    const V basis_at = kMode == kPolynomial ? t : Clip(t, zero, one);
-    V value = HornerInOneMinusT<n>(columns, basis_at, one - basis_at);
-    if (kMode == kLinear) {
-      const V overshoot = Clip(t, zero - kLimit, zero + kLimit) - basis_at;
-      const V above = overshoot < zero ? zero : overshoot;
-      value = value + (slope_lower * overshoot + bend * above);
-    }
-    Store(a.values + at, value);
+    const V normalized = (Load<V>(a.x + at) - mean) * inverse_deviation;
+    const V centered =
+        Load<V>(a.out + at) -
+        (sums[kPolynomialSums] + normalized * sums[kPolynomialSums + 1]) / count;
+    Store(a.out + at, factor * centered);
   }
 }
 
@@ -207,69 +295,112 @@ void OverNeurons(ffi::ThreadPool& pool, const ffi::Buffer<ffi::F32>& x,
 }
 
 template <int kMode>
-ffi::Error Gradient(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
-                    ffi::Buffer<ffi::F32> upstream, ffi::Buffer<ffi::F32> bounds,
-                    ffi::Buffer<ffi::F32> slope_table, ffi::ResultBuffer<ffi::F32> grad_x,
-                    ffi::ResultBuffer<ffi::F32> sums) {
-  GradientArguments a;
+ffi::Error Gradient(ffi::ThreadPool pool, F32 x, F32 upstream, F32 bounds, F32 slope_table,
+                    ffi::ResultBuffer<ffi::F32> grad_x, ffi::ResultBuffer<ffi::F32> sums) {
+  Arguments a;
   a.x = x.typed_data();
   a.upstream = upstream.typed_data();
   a.bounds = bounds.typed_data();
-  a.slope_table = slope_table.typed_data();
-  a.grad_x = grad_x->typed_data();
+  a.table = slope_table.typed_data();
+  a.out = grad_x->typed_data();
   a.sums = sums->typed_data();
   OverNeurons(pool, x, bounds, a, [&](auto width, int64_t first) {
-    GradientOfNeurons<kMode, decltype(width)>(a, first);
+    GradientOfNeurons<kMode, false, decltype(width)>(a, first);
   });
   return ffi::Error::Success();
 }
 
 template <int kMode>
-ffi::Error Values(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> bounds,
-                  ffi::Buffer<ffi::F32> columns, ffi::Buffer<ffi::F32> slope_lower,
-                  ffi::Buffer<ffi::F32> bend, ffi::ResultBuffer<ffi::F32> values) {
-  ValueArguments a;
+ffi::Error Values(ffi::ThreadPool pool, F32 x, F32 bounds, F32 columns, F32 slope_lower,
+                  F32 bend, ffi::ResultBuffer<ffi::F32> values) {
+  Arguments a;
   a.x = x.typed_data();
   a.bounds = bounds.typed_data();
-  a.columns = columns.typed_data();
+  a.table = columns.typed_data();
   a.slope_lower = slope_lower.typed_data();
   a.bend = bend.typed_data();
-  a.values = values->typed_data();
+  a.out = values->typed_data();
   OverNeurons(pool, x, bounds, a, [&](auto width, int64_t first) {
-    ValuesOfNeurons<kMode, decltype(width)>(a, first);
+    ValuesOfNeurons<kMode, false, decltype(width)>(a, first);
+  });
+  return ffi::Error::Success();
+}
+
+template <int kMode>
+ffi::Error BatchNormalizedGradient(ffi::ThreadPool pool, F32 x, F32 upstream, F32 mean,
+                                   F32 variance, F32 scale, F32 offset, F32 bounds,
+                                   F32 slope_table, float epsilon,
+                                   ffi::ResultBuffer<ffi::F32> grad_x,
+                                   ffi::ResultBuffer<ffi::F32> sums) {
+  Arguments a;
+  a.x = x.typed_data();
+  a.upstream = upstream.typed_data();
+  a.mean_in = mean.typed_data();
+  a.variance_in = variance.typed_data();
+  a.scale = scale.typed_data();
+  a.offset = offset.typed_data();
+  a.bounds = bounds.typed_data();
+  a.table = slope_table.typed_data();
+  a.epsilon = epsilon;
+  a.out = grad_x->typed_data();
+  a.sums = sums->typed_data();
+  OverNeurons(pool, x, bounds, a, [&](auto width, int64_t first) {
+    GradientOfNeurons<kMode, true, decltype(width)>(a, first);
+  });
+  return ffi::Error::Success();
+}
+
+template <int kMode>
+ffi::Error BatchNormalizedValues(ffi::ThreadPool pool, F32 x, F32 scale, F32 offset,
+                                 F32 bounds, F32 columns, F32 slope_lower, F32 bend,
+                                 float epsilon, ffi::ResultBuffer<ffi::F32> values,
+                                 ffi::ResultBuffer<ffi::F32> mean,
+                                 ffi::ResultBuffer<ffi::F32> variance) {
+  Arguments a;
+  a.x = x.typed_data();
+  a.scale = scale.typed_data();
+  a.offset = offset.typed_data();
+  a.bounds = bounds.typed_data();
+  a.table = columns.typed_data();
+  a.slope_lower = slope_lower.typed_data();
+  a.bend = bend.typed_data();
+  a.epsilon = epsilon;
+  a.out = values->typed_data();
+  a.mean_out = mean->typed_data();
+  a.variance_out = variance->typed_data();
+  OverNeurons(pool, x, bounds, a, [&](auto width, int64_t first) {
+    ValuesOfNeurons<kMode, true, decltype(width)>(a, first);
   });
   return ffi::Error::Success();
 }
 
 }  // namespace
 
-using F32 = ffi::Buffer<ffi::F32>;
+// The handlers, for each extrapolation: their arguments in order.
+#define KERAS_BERNSTEIN_HANDLERS(mode, name)                                              \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(                                                          \
+      name##Values, Values<mode>,                                                         \
+      ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<F32>(/* x */).Arg<F32>(/* bounds */)    \
+          .Arg<F32>(/* coefficient columns */).Arg<F32>(/* slope_lower */)                \
+          .Arg<F32>(/* bend */).Ret<F32>(/* values */));                                  \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(                                                          \
+      name##Gradient, Gradient<mode>,                                                     \
+      ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<F32>(/* x */).Arg<F32>(/* upstream */)  \
+          .Arg<F32>(/* bounds */).Arg<F32>(/* slope columns */)                           \
+          .Ret<F32>(/* input gradient */).Ret<F32>(/* sums */));                          \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(                                                          \
+      name##BatchNormalizedValues, BatchNormalizedValues<mode>,                           \
+      ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<F32>(/* x */).Arg<F32>(/* scale */)     \
+          .Arg<F32>(/* offset */).Arg<F32>(/* bounds */).Arg<F32>(/* columns */)          \
+          .Arg<F32>(/* slope_lower */).Arg<F32>(/* bend */).Attr<float>("epsilon")        \
+          .Ret<F32>(/* values */).Ret<F32>(/* mean */).Ret<F32>(/* variance */));         \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(                                                          \
+      name##BatchNormalizedGradient, BatchNormalizedGradient<mode>,                       \
+      ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<F32>(/* x */).Arg<F32>(/* upstream */)  \
+          .Arg<F32>(/* mean */).Arg<F32>(/* variance */).Arg<F32>(/* scale */)            \
+          .Arg<F32>(/* offset */).Arg<F32>(/* bounds */).Arg<F32>(/* slope columns */)    \
+          .Attr<float>("epsilon").Ret<F32>(/* input gradient */).Ret<F32>(/* sums */));
 
-#define KERAS_BERNSTEIN_GRADIENT(name, mode)                                          \
-  XLA_FFI_DEFINE_HANDLER_SYMBOL(name, Gradient<mode>,                                 \
-                                ffi::Ffi::Bind()                                      \
-                                    .Ctx<ffi::ThreadPool>()                           \
-                                    .Arg<F32>() /* x */                               \
-                                    .Arg<F32>() /* upstream */                        \
-                                    .Arg<F32>() /* bounds */                          \
-                                    .Arg<F32>() /* slope table */                     \
-                                    .Ret<F32>() /* input gradient */                  \
-                                    .Ret<F32>() /* sums */);
-
-#define KERAS_BERNSTEIN_VALUES(name, mode)                                            \
-  XLA_FFI_DEFINE_HANDLER_SYMBOL(name, Values<mode>,                                   \
-                                ffi::Ffi::Bind()                                      \
-                                    .Ctx<ffi::ThreadPool>()                           \
-                                    .Arg<F32>() /* x */                               \
-                                    .Arg<F32>() /* bounds */                          \
-                                    .Arg<F32>() /* scaled coefficient columns */      \
-                                    .Arg<F32>() /* slope at the lower bound */        \
-                                    .Arg<F32>() /* change of slope at the upper one */ \
-                                    .Ret<F32>() /* values */);
-
-KERAS_BERNSTEIN_GRADIENT(PolynomialGradient, kPolynomial)
-KERAS_BERNSTEIN_GRADIENT(ClipGradient, kClip)
-KERAS_BERNSTEIN_GRADIENT(LinearGradient, kLinear)
-KERAS_BERNSTEIN_VALUES(PolynomialValues, kPolynomial)
-KERAS_BERNSTEIN_VALUES(ClipValues, kClip)
-KERAS_BERNSTEIN_VALUES(LinearValues, kLinear)
+KERAS_BERNSTEIN_HANDLERS(kPolynomial, Polynomial)
+KERAS_BERNSTEIN_HANDLERS(kClip, Clip)
+KERAS_BERNSTEIN_HANDLERS(kLinear, Linear)

@@ -1,5 +1,6 @@
-"""The JAX polynomial of `ops.bernstein_polynomial` and its backward on
-CPU, as C++ kernels.
+"""The JAX polynomial of `ops.bernstein_polynomial`, its batch-normalized
+form `ops.batch_normalized_bernstein_polynomial` and their backward passes
+on CPU, as C++ kernels.
 
 XLA-CPU runs the backward's `n + 3` per-neuron sums as one scalar loop, and
 on a machine whose matrix products are fast that loop is most of what a
@@ -7,10 +8,12 @@ Bernstein layer costs beyond a ReLU layer (docs/performance.md).
 `bernstein_cpu.cc` computes the same values, input gradient and sums, with
 the same formulas in the same order, holding a block of 16 neurons in
 vector registers while it walks down the rows, and is called from XLA as FFI
-custom calls (`values`, `gradient_and_sums`). Measured on the benchmark MLP
-(degree 8, one CPU thread, kernels on and off in one process): the training
-step went from 1.61x to 1.34x of ReLU's with batch normalization and from
-1.38x to 1.15x without; predict from 1.15x to 0.83x.
+custom calls (`values`, `gradient_and_sums`, `batch_normalized_values`,
+`batch_normalized_gradient`). Measured on the benchmark MLP (degree 8, one
+CPU thread, kernels on and off in one process): the training step went from
+1.63x to 1.17x of ReLU's with batch normalization (`BernsteinDense` then
+runs the batch-normalized kernels in training) and from 1.38x to 1.11-1.15x
+without; predict from 1.15x to 0.83x.
 
 The file is compiled by the system's C++ compiler (`$CXX`, else `c++`,
 `g++` or `clang++`) with `-O3 -march=native`, once per degree, into a cache
@@ -38,12 +41,14 @@ import warnings
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 _DISABLE_VARIABLE = "KERAS_BERNSTEIN_CPU_KERNEL"
 _SOURCE = pathlib.Path(__file__).with_name("bernstein_cpu.cc")
 _FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w")
 # The handlers' names in `bernstein_cpu.cc`: mode, then "Values" or "Gradient".
 _MODES = {"polynomial": "Polynomial", "clip": "Clip", "linear": "Linear"}
+_KINDS = ("Values", "Gradient", "BatchNormalizedValues", "BatchNormalizedGradient")
 
 # The kernel keeps `3 n + 5` vectors live per block of neurons; past this
 # degree they spill from the registers, and the build time grows.
@@ -140,10 +145,6 @@ def gradient_and_sums(upstream, x, coefficients, bounds, extrapolation, referenc
     sum_count = degree + 1 if extrapolation == "polynomial" else degree + 3
 
     def kernel(upstream, x, coefficients, bounds):
-        from keras_bernstein import ops as bernstein_ops
-
-        differences = bernstein_ops.derivative_coefficients(coefficients)
-        slope_table = jnp.stack(bernstein_ops._scaled_columns(differences), axis=0)
         grad_x, sums = jax.ffi.ffi_call(
             target,
             (
@@ -151,10 +152,105 @@ def gradient_and_sums(upstream, x, coefficients, bounds, extrapolation, referenc
                 jax.ShapeDtypeStruct((sum_count, math.prod(neuron_shape)), jnp.float32),
             ),
             vmap_method="sequential",
-        )(x, upstream, bounds, _per_neuron(slope_table))
+        )(x, upstream, bounds, _slope_table(coefficients))
         return grad_x, [jnp.reshape(total, neuron_shape) for total in sums]
 
     return _differentiable(kernel, reference)(upstream, x, coefficients, bounds)
+
+
+def batch_normalized_applies(x, degree):
+    """Whether `batch_normalized_values` and `batch_normalized_gradient` run
+    the kernels for a float32 `x` normalized over all but its last axis and
+    a polynomial of `degree` (building the kernels on first use)."""
+    return (
+        enabled()
+        and 1 <= degree <= MAX_DEGREE
+        and len(x.shape) >= 2
+        and x.dtype == jnp.float32
+        and _target(degree, "linear", "Values") is not None
+    )
+
+
+def _batch_normalized_applies(x, per_neuron_tables, coefficients):
+    units = x.shape[-1]
+    return (
+        batch_normalized_applies(x, coefficients.shape[-1] - 1)
+        and tuple(coefficients.shape[:-1]) == (units,)
+        and all(
+            tuple(table.shape[:1]) == (units,) and table.dtype == jnp.float32
+            for table in (*per_neuron_tables, coefficients)
+        )
+    )
+
+
+def batch_normalized_values(x, scale, offset, coefficients, bounds, epsilon, extrapolation, reference):
+    """`reference(x, scale, offset, coefficients, bounds)`: the values of
+    `ops._evaluate_batch_normalized` with the batch mean and variance,
+    computed by the kernel where it applies."""
+    if not _batch_normalized_applies(x, (scale, offset, bounds), coefficients):
+        return reference(x, scale, offset, coefficients, bounds)
+    target = _target(coefficients.shape[-1] - 1, extrapolation, "BatchNormalizedValues")
+
+    def kernel(x, scale, offset, coefficients, bounds):
+        from keras_bernstein import ops as bernstein_ops
+
+        _, _, _, columns, slope_lower, bend = bernstein_ops._polynomial_tables(
+            coefficients, bounds
+        )
+        statistic = jax.ShapeDtypeStruct(scale.shape, jnp.float32)
+        values, mean, variance = jax.ffi.ffi_call(
+            target,
+            (jax.ShapeDtypeStruct(x.shape, jnp.float32), statistic, statistic),
+            vmap_method="sequential",
+        )(x, scale, offset, bounds, columns, slope_lower, bend, epsilon=np.float32(epsilon))
+        return values, mean, variance
+
+    return _differentiable(kernel, reference)(x, scale, offset, coefficients, bounds)
+
+
+def batch_normalized_gradient(
+    upstream, x, scale, offset, coefficients, bounds, mean, variance, epsilon, extrapolation,
+    reference, from_sums,
+):
+    """`reference(upstream, x, scale, offset, coefficients, bounds, mean,
+    variance)`, the gradients of `ops._with_lean_batch_normalized_gradient`;
+    where the kernel applies, `from_sums(grad_x, sums, coefficients, bounds)`
+    of its input gradient and per-neuron sums."""
+    tensors = (upstream, x, scale, offset, coefficients, bounds, mean, variance)
+    if not (
+        tuple(upstream.shape) == tuple(x.shape)
+        and upstream.dtype == jnp.float32
+        and _batch_normalized_applies(x, (scale, offset, bounds, mean, variance), coefficients)
+    ):
+        return reference(*tensors)
+    degree = coefficients.shape[-1] - 1
+    target = _target(degree, extrapolation, "BatchNormalizedGradient")
+    sum_count = degree + (3 if extrapolation == "polynomial" else 5)
+
+    def kernel(upstream, x, scale, offset, coefficients, bounds, mean, variance):
+        grad_x, sums = jax.ffi.ffi_call(
+            target,
+            (
+                jax.ShapeDtypeStruct(x.shape, jnp.float32),
+                jax.ShapeDtypeStruct((sum_count, x.shape[-1]), jnp.float32),
+            ),
+            vmap_method="sequential",
+        )(
+            x, upstream, mean, variance, scale, offset, bounds, _slope_table(coefficients),
+            epsilon=np.float32(epsilon),
+        )
+        return from_sums(grad_x, list(sums), coefficients, bounds)
+
+    return _differentiable(kernel, reference)(*tensors)
+
+
+def _slope_table(coefficients):
+    """`ops._slope_in_t`'s Horner columns, `n (c_{k+1} - c_k) C(n - 1, k)`,
+    degree axis first, neuron axes flattened."""
+    from keras_bernstein import ops as bernstein_ops
+
+    differences = bernstein_ops.derivative_coefficients(coefficients)
+    return _per_neuron(jnp.stack(bernstein_ops._scaled_columns(differences), axis=0))
 
 
 def _target(degree, extrapolation, kind):
@@ -174,7 +270,7 @@ def _register(degree):
         library = ctypes.cdll.LoadLibrary(str(_build(degree)))
         names = {}
         for mode in _MODES.values():
-            for kind in ("Values", "Gradient"):
+            for kind in _KINDS:
                 symbol = mode + kind
                 name = f"keras_bernstein_{symbol}_{degree}"
                 jax.ffi.register_ffi_target(

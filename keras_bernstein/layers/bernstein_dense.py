@@ -14,7 +14,9 @@ NORMALIZATIONS = (None, "batch")
 # function (`ops.normalized_bernstein_polynomial`), measured on one CPU thread
 # against BatchNormalization -> Bernstein: TensorFlow's step 2% and predict 4%
 # faster, peak memory at batch 4096 418 -> 339 MiB; JAX's memory 1.36x ->
-# 1.05x of ReLU's but its step 2-5% slower, so JAX keeps the two layers.
+# 1.05x of ReLU's but its step 2-5% slower, so JAX keeps the two layers,
+# except in training where its C++ kernels run (JAX-CPU, float32:
+# `ops._normalization_kernel_applies`; step 1.23x -> 1.17x of ReLU's).
 # On PyTorch the function is compiled by TorchInductor where that works (CPU,
 # `_fast/torch_compilation`); elsewhere PyTorch runs its own fused
 # normalization kernel (`_fast/torch_normalization`).
@@ -224,7 +226,13 @@ class BernsteinDense(keras.layers.Layer):
         stock_activation = type(self.bernstein).call is Bernstein.call
         if stock_activation and self._plain_normalization(hidden):
             backend = keras.backend.backend()
-            fused = backend in _FUSED_NORMALIZATION_BACKENDS
+            fused = backend in _FUSED_NORMALIZATION_BACKENDS or (
+                # JAX-CPU's kernels, in training; in inference Keras' layer
+                # and the polynomial's kernel.
+                training
+                and self.batch_normalization.trainable
+                and bernstein_ops._normalization_kernel_applies(hidden, self.degree)
+            )
             if fused or bernstein_ops._torch_compiles(hidden, self.degree):
                 return self._normalized_activation(hidden, training)
             if backend == "torch" and training and self.batch_normalization.trainable:

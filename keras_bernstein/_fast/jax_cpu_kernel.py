@@ -55,8 +55,9 @@ _KINDS = ("Values", "Gradient", "BatchNormalizedValues", "BatchNormalizedGradien
 MAX_DEGREE = 32
 
 _lock = threading.Lock()
-# degree -> the registered FFI target names by extrapolation, or None where
-# the build failed.
+# degree -> the registered FFI target of each handler in `bernstein_cpu.cc`
+# (by its name there), or None where the build failed. The handlers read every
+# array as row-major memory: neuron axes flat, tables degree axis first.
 _targets = {}
 _warned = False
 
@@ -102,12 +103,6 @@ def _differentiable(kernel, reference):
     return kernel
 
 
-def _per_neuron(table):
-    """A per-neuron table with its neuron axes flattened (degree axis first
-    where it has one)."""
-    return jnp.reshape(table, (-1,) if table.ndim <= 1 else (table.shape[0], -1))
-
-
 def values(x, coefficients, bounds, extrapolation, reference):
     """`reference(x, coefficients, bounds)`, `ops._evaluate`, computed by
     the kernel where it applies (`_applies`)."""
@@ -125,7 +120,7 @@ def values(x, coefficients, bounds, extrapolation, reference):
         )
         return jax.ffi.ffi_call(
             target, jax.ShapeDtypeStruct(x.shape, jnp.float32), vmap_method="sequential"
-        )(x, bounds, *(_per_neuron(table) for table in (columns, slope_lower, bend)))
+        )(x, bounds, columns, slope_lower, bend)
 
     return _differentiable(kernel, reference)(x, coefficients, bounds)
 
@@ -171,23 +166,29 @@ def batch_normalized_applies(x, degree):
     )
 
 
-def _batch_normalized_applies(x, per_neuron_tables, coefficients):
+def _batch_normalized_applies(x, coefficients, bounds, vectors):
+    """`batch_normalized_applies`, and the tables fit the kernels: float32,
+    `(units, n + 1)` coefficients, `(units, 2)` bounds and `(units,)`
+    `vectors` (scale, offset and, for the gradient, the statistics)."""
     units = x.shape[-1]
     return (
         batch_normalized_applies(x, coefficients.shape[-1] - 1)
         and tuple(coefficients.shape[:-1]) == (units,)
+        and tuple(bounds.shape) == (units, 2)
+        and all(tuple(vector.shape) == (units,) for vector in vectors)
         and all(
-            tuple(table.shape[:1]) == (units,) and table.dtype == jnp.float32
-            for table in (*per_neuron_tables, coefficients)
+            tensor.dtype == jnp.float32 for tensor in (coefficients, bounds, *vectors)
         )
     )
 
 
-def batch_normalized_values(x, scale, offset, coefficients, bounds, epsilon, extrapolation, reference):
+def batch_normalized_values(
+    x, scale, offset, coefficients, bounds, epsilon, extrapolation, reference
+):
     """`reference(x, scale, offset, coefficients, bounds)`: the values of
     `ops._evaluate_batch_normalized` with the batch mean and variance,
     computed by the kernel where it applies."""
-    if not _batch_normalized_applies(x, (scale, offset, bounds), coefficients):
+    if not _batch_normalized_applies(x, coefficients, bounds, (scale, offset)):
         return reference(x, scale, offset, coefficients, bounds)
     target = _target(coefficients.shape[-1] - 1, extrapolation, "BatchNormalizedValues")
 
@@ -220,7 +221,9 @@ def batch_normalized_gradient(
     if not (
         tuple(upstream.shape) == tuple(x.shape)
         and upstream.dtype == jnp.float32
-        and _batch_normalized_applies(x, (scale, offset, bounds, mean, variance), coefficients)
+        and _batch_normalized_applies(
+            x, coefficients, bounds, (scale, offset, mean, variance)
+        )
     ):
         return reference(*tensors)
     degree = coefficients.shape[-1] - 1
@@ -246,11 +249,11 @@ def batch_normalized_gradient(
 
 def _slope_table(coefficients):
     """`ops._slope_in_t`'s Horner columns, `n (c_{k+1} - c_k) C(n - 1, k)`,
-    degree axis first, neuron axes flattened."""
+    degree axis first."""
     from keras_bernstein import ops as bernstein_ops
 
     differences = bernstein_ops.derivative_coefficients(coefficients)
-    return _per_neuron(jnp.stack(bernstein_ops._scaled_columns(differences), axis=0))
+    return jnp.stack(bernstein_ops._scaled_columns(differences), axis=0)
 
 
 def _target(degree, extrapolation, kind):

@@ -405,8 +405,6 @@ def _recomputed_gradients(unit_parts, x, coefficients, bounds, upstream, extrapo
     gradient and the input gradient times `normalized`, and returns them as
     a fourth item: the gradients of the normalization's offset and scale.
     """
-    degree = coefficients.shape[-1] - 1
-
     reference = functools.partial(
         _gradient_and_sums, unit_parts or _plain_unit_parts, extrapolation=extrapolation
     )
@@ -907,6 +905,7 @@ def _batch_statistics(x, epsilon):
 
 
 def _inverse_deviation(variance, epsilon):
+    """`1 / sqrt(variance + epsilon)`, the batch normalization's factor."""
     return ops.rsqrt(variance + epsilon)
 
 

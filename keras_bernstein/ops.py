@@ -493,11 +493,13 @@ def _gradient_and_sums(unit_parts, upstream, x, coefficients, bounds, extrapolat
     return grad_x, sums
 
 
-def _normalization_kernel_applies(x, degree):
-    """Whether `batch_normalized_bernstein_polynomial` of `x` runs as C++
-    kernels (JAX-CPU, float32; `_fast/jax_cpu_kernel`)."""
+def _normalization_kernel_applies(x, coefficients, bounds):
+    """Whether `batch_normalized_bernstein_polynomial` of `x` with these
+    tables runs as C++ kernels (JAX-CPU, float32; `_fast/jax_cpu_kernel`)."""
     kernel = _jax_cpu_kernel()
-    return kernel is not None and kernel.batch_normalized_applies(x, degree)
+    return kernel is not None and kernel.batch_normalized_applies(
+        x, ops.convert_to_tensor(coefficients), ops.convert_to_tensor(bounds)
+    )
 
 
 def _jax_cpu_kernel():

@@ -714,6 +714,48 @@ def test_jax_cpu_batch_normalized_kernel_matches_xla(extrapolation, degree, monk
         np.testing.assert_allclose(a, exact, rtol=0, atol=5e-5 * size, err_msg=label)
 
 
+@pytest.mark.parametrize("function", ["plain", "batch_normalized"])
+def test_jax_cpu_kernels_with_shared_axes(function, monkeypatch):
+    """Tables whose leading neuron axes are shared (size 1), as `Bernstein`
+    with `shared_axes` and `BernsteinDense` on N-D inputs build them: the
+    kernels run and agree with the XLA code, gradients in the tables' shape."""
+    kernel_module = jax_cpu_kernel_or_skip(6)
+    calls = []
+    target = kernel_module._target
+    monkeypatch.setattr(
+        kernel_module, "_target", lambda *args: calls.append(args[2]) or target(*args)
+    )
+    rng = np.random.default_rng(4)
+    units = 37
+    if function == "plain":
+        shape, table_shape = (3, 5, 7, units), (1, 1, units)
+        implementation_under_test = implementation("dispatched", "linear")
+        arrays = [rng.normal(size=shape) * 1.5]
+    else:
+        shape, table_shape = (20, 15, units), (1, units)
+        implementation_under_test = batch_normalized("linear", "statistics")
+        arrays = [
+            rng.normal(0.5, 2.0, size=shape),
+            rng.uniform(0.5, 1.5, units),
+            rng.normal(size=units) * 0.3,
+        ]
+    arrays += [
+        rng.normal(size=table_shape + (7,)),
+        np.broadcast_to([-1.5, 2.0], table_shape + (2,)).copy(),
+    ]
+    arrays = [a.astype("float32") for a in arrays]
+    weights = rng.normal(size=shape).astype("float32")
+    xla, kernel = xla_and_kernel_gradients(
+        implementation_under_test, arrays, weights, monkeypatch
+    )
+    expected_kind = "Gradient" if function == "plain" else "BatchNormalizedGradient"
+    assert expected_kind in calls
+    for index, (a, b) in enumerate(zip(kernel, xla)):
+        assert a.shape == b.shape == arrays[index].shape, index
+        scale = np.abs(b).max() + 1.0
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * scale, err_msg=str(index))
+
+
 def test_jax_cpu_kernel_on_many_threads_and_batch_axes(monkeypatch):
     """A batch large enough to be split over XLA's threads (when there are
     several), with two batch axes and a NaN, against the XLA backward."""

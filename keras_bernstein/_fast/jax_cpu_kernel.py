@@ -20,8 +20,8 @@ The file is compiled by the system's C++ compiler (`$CXX`, else `c++`,
 directory (`$KERAS_BERNSTEIN_CACHE`, else `~/.cache/keras_bernstein`), keyed
 by the source, the compiler, the flags, jax's version and the processor;
 a build takes about two seconds. Where there is no compiler, the build
-fails, the input is not float32, the tables are broadcast, or the degree is
-above `MAX_DEGREE`, the XLA code runs instead, with the same values.
+fails, the input is not float32, the tables are broadcast along other than
+their leading (shared) axes, or the degree is above `MAX_DEGREE`, the XLA code runs instead, with the same values.
 `KERAS_BERNSTEIN_CPU_KERNEL=0` turns the kernels off. They have no
 derivatives of their own: differentiating through them (a gradient penalty)
 differentiates the XLA code they stand for (`_differentiable`).
@@ -57,7 +57,8 @@ MAX_DEGREE = 32
 _lock = threading.Lock()
 # degree -> the registered FFI target of each handler in `bernstein_cpu.cc`
 # (by its name there), or None where the build failed. The handlers read every
-# array as row-major memory: neuron axes flat, tables degree axis first.
+# array as row-major memory: neuron axes flat (a table's leading axes of size 1
+# change nothing), tables degree axis first.
 _targets = {}
 _warned = False
 
@@ -70,19 +71,31 @@ def enabled():
     return jax.default_backend() == "cpu" and hasattr(jax, "ffi")
 
 
+def _neuron_shape(x, coefficients, bounds):
+    """The neuron shape the kernels see: that of the `coefficients` and
+    `bounds` tables without its leading 1s (axes the neurons share, which the
+    kernels treat as batch axes), where it is `x`'s trailing shape; else
+    None."""
+    shape = tuple(bounds.shape[:-1])
+    if tuple(coefficients.shape[:-1]) != shape:
+        return None
+    while shape and shape[0] == 1:
+        shape = shape[1:]
+    if len(shape) > len(x.shape) or tuple(x.shape[len(x.shape) - len(shape) :]) != shape:
+        return None
+    return shape
+
+
 def _applies(x, coefficients, bounds, *others):
     """Whether the kernel takes these tensors: float32, the `coefficients`
-    and `bounds` tables of exactly `x`'s trailing (neuron) shape, `others`
-    of `x`'s shape, a degree from 1 to `MAX_DEGREE`, and the kernel on."""
+    and `bounds` tables of `x`'s trailing (neuron) shape (`_neuron_shape`),
+    `others` of `x`'s shape, a degree from 1 to `MAX_DEGREE`, and the kernel
+    on."""
     degree = coefficients.shape[-1] - 1
-    neuron_shape = tuple(bounds.shape[:-1])
-    batch_rank = len(x.shape) - len(neuron_shape)
     return (
         enabled()
         and 1 <= degree <= MAX_DEGREE
-        and batch_rank >= 0
-        and tuple(x.shape[batch_rank:]) == neuron_shape
-        and tuple(coefficients.shape[:-1]) == neuron_shape
+        and _neuron_shape(x, coefficients, bounds) is not None
         and all(tuple(other.shape) == tuple(x.shape) for other in others)
         and all(
             tensor.dtype == jnp.float32 for tensor in (x, coefficients, bounds, *others)
@@ -153,32 +166,22 @@ def gradient_and_sums(upstream, x, coefficients, bounds, extrapolation, referenc
     return _differentiable(kernel, reference)(upstream, x, coefficients, bounds)
 
 
-def batch_normalized_applies(x, degree):
+def batch_normalized_applies(x, coefficients, bounds, vectors=()):
     """Whether `batch_normalized_values` and `batch_normalized_gradient` run
-    the kernels for a float32 `x` normalized over all but its last axis and
-    a polynomial of `degree` (building the kernels on first use)."""
+    the kernels (building them on first use): `x` float32 and normalized
+    over all but its last axis, tables of its last axis's neurons (after
+    `_neuron_shape`), float32 `vectors` of shape `(units,)` (scale, offset
+    and, for the gradient, the statistics)."""
+    units = x.shape[-1] if len(x.shape) >= 2 else None
     return (
-        enabled()
-        and 1 <= degree <= MAX_DEGREE
-        and len(x.shape) >= 2
-        and x.dtype == jnp.float32
-        and _target(degree, "linear", "Values") is not None
-    )
-
-
-def _batch_normalized_applies(x, coefficients, bounds, vectors):
-    """`batch_normalized_applies`, and the tables fit the kernels: float32,
-    `(units, n + 1)` coefficients, `(units, 2)` bounds and `(units,)`
-    `vectors` (scale, offset and, for the gradient, the statistics)."""
-    units = x.shape[-1]
-    return (
-        batch_normalized_applies(x, coefficients.shape[-1] - 1)
-        and tuple(coefficients.shape[:-1]) == (units,)
-        and tuple(bounds.shape) == (units, 2)
-        and all(tuple(vector.shape) == (units,) for vector in vectors)
+        units is not None
+        and _applies(x, coefficients, bounds)
+        and _neuron_shape(x, coefficients, bounds) == (units,)
         and all(
-            tensor.dtype == jnp.float32 for tensor in (coefficients, bounds, *vectors)
+            tuple(vector.shape) == (units,) and vector.dtype == jnp.float32
+            for vector in vectors
         )
+        and _target(coefficients.shape[-1] - 1, "linear", "Values") is not None
     )
 
 
@@ -188,7 +191,7 @@ def batch_normalized_values(
     """`reference(x, scale, offset, coefficients, bounds)`: the values of
     `ops._evaluate_batch_normalized` with the batch mean and variance,
     computed by the kernel where it applies."""
-    if not _batch_normalized_applies(x, coefficients, bounds, (scale, offset)):
+    if not batch_normalized_applies(x, coefficients, bounds, (scale, offset)):
         return reference(x, scale, offset, coefficients, bounds)
     target = _target(coefficients.shape[-1] - 1, extrapolation, "BatchNormalizedValues")
 
@@ -221,9 +224,7 @@ def batch_normalized_gradient(
     if not (
         tuple(upstream.shape) == tuple(x.shape)
         and upstream.dtype == jnp.float32
-        and _batch_normalized_applies(
-            x, coefficients, bounds, (scale, offset, mean, variance)
-        )
+        and batch_normalized_applies(x, coefficients, bounds, (scale, offset, mean, variance))
     ):
         return reference(*tensors)
     degree = coefficients.shape[-1] - 1
@@ -242,7 +243,10 @@ def batch_normalized_gradient(
             x, upstream, mean, variance, scale, offset, bounds, _slope_table(coefficients),
             epsilon=np.float32(epsilon),
         )
-        return from_sums(grad_x, list(sums), coefficients, bounds)
+        # The polynomial's sums in the tables' neuron shape, the normalization's
+        # two in the scale's.
+        sums = [jnp.reshape(total, bounds.shape[:-1]) for total in sums[:-2]] + list(sums[-2:])
+        return from_sums(grad_x, sums, coefficients, bounds)
 
     return _differentiable(kernel, reference)(*tensors)
 

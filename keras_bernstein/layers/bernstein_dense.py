@@ -231,7 +231,9 @@ class BernsteinDense(keras.layers.Layer):
                 # and the polynomial's kernel.
                 training
                 and self.batch_normalization.trainable
-                and bernstein_ops._normalization_kernel_applies(hidden, self.degree)
+                and bernstein_ops._normalization_kernel_applies(
+                    hidden, self.coefficients, self.bounds
+                )
             )
             if fused or bernstein_ops._torch_compiles(hidden, self.degree):
                 return self._normalized_activation(hidden, training)

@@ -21,8 +21,9 @@ directory (`$KERAS_BERNSTEIN_CACHE`, else `~/.cache/keras_bernstein`), keyed
 by the source, the compiler, the flags, jax's version and the processor;
 a build takes about two seconds. Where there is no compiler, the build
 fails, the input is not float32, the tables are broadcast along other than
-their leading (shared) axes, or the degree is above `MAX_DEGREE`, the XLA code runs instead, with the same values.
-`KERAS_BERNSTEIN_CPU_KERNEL=0` turns the kernels off. They have no
+their leading (shared) axes, or the degree is above `MAX_DEGREE`, the XLA
+code runs instead, with the same values. `KERAS_BERNSTEIN_CPU_KERNEL=0`
+turns the kernels off. They have no
 derivatives of their own: differentiating through them (a gradient penalty)
 differentiates the XLA code they stand for (`_differentiable`).
 """

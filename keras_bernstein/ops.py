@@ -563,6 +563,7 @@ def _with_gradient(forward, backward):
         from keras_bernstein._fast import tensorflow_compilation
 
         return tensorflow_compilation.with_gradient(forward, backward)
+    from keras_bernstein._fast import statistics_of
 
     @ops.custom_gradient
     def function(*inputs):
@@ -574,7 +575,7 @@ def _with_gradient(forward, backward):
             return backward(upstream, *inputs, *statistics)
 
         outputs = forward(*inputs)
-        statistics = tuple(outputs[1:]) if isinstance(outputs, (tuple, list)) else ()
+        statistics = statistics_of(outputs)
         return outputs, gradient
 
     return function

@@ -582,6 +582,17 @@ def jax_cpu_kernel_or_skip(degree):
     return jax_cpu_kernel
 
 
+def record_kernel_targets(kernel_module, monkeypatch):
+    """A list that records the `(degree, extrapolation, kind)` of every
+    kernel target looked up from now on."""
+    calls = []
+    target = kernel_module._target
+    monkeypatch.setattr(
+        kernel_module, "_target", lambda *args: calls.append(args) or target(*args)
+    )
+    return calls
+
+
 def kernel_case(rows, units, degree, seed, on_bounds=True):
     """float32 arrays for the kernel: points far outside, inside and (with
     `on_bounds`) on the bounds, per-neuron coefficients and bounds."""
@@ -617,11 +628,7 @@ def test_jax_cpu_kernel_matches_xla_backward(extrapolation, degree, monkeypatch)
     float64 autodiff (off the bounds, where autodiff of `clip` takes a side
     of its own). 37 neurons: two vector blocks of 16 and five left over."""
     kernel_module = jax_cpu_kernel_or_skip(degree)
-    calls = []
-    target = kernel_module._target
-    monkeypatch.setattr(
-        kernel_module, "_target", lambda *args: calls.append(args) or target(*args)
-    )
+    calls = record_kernel_targets(kernel_module, monkeypatch)
     function = implementation("dispatched", extrapolation)
     for on_bounds in (True, False):
         x, coefficients, bounds, weights = kernel_case(
@@ -662,11 +669,7 @@ def test_jax_cpu_batch_normalized_kernel_matches_xla(extrapolation, degree, monk
     rounding) and against float64 autodiff of the plain formula. 37 neurons:
     two vector blocks and five single ones."""
     kernel_module = jax_cpu_kernel_or_skip(degree)
-    calls = []
-    target = kernel_module._target
-    monkeypatch.setattr(
-        kernel_module, "_target", lambda *args: calls.append(args[2]) or target(*args)
-    )
+    targets = record_kernel_targets(kernel_module, monkeypatch)
     rng = np.random.default_rng(degree)
     units = 37
     x = rng.normal(0.5, 2.0, size=(300, units))
@@ -696,7 +699,7 @@ def test_jax_cpu_batch_normalized_kernel_matches_xla(extrapolation, degree, monk
             (forward(*arrays), backend_gradients(function, arrays, weights.astype("float32")))
         )
     (xla_outputs, xla), (kernel_outputs, kernel) = results
-    assert {"BatchNormalizedGradient", "BatchNormalizedValues"} <= set(calls)
+    assert {"BatchNormalizedGradient", "BatchNormalizedValues"} <= {kind for *_, kind in targets}
     for label, a, b in zip(("values", "mean", "variance"), kernel_outputs, xla_outputs):
         np.testing.assert_allclose(
             a, b, rtol=0, atol=1e-5 * (np.abs(b).max() + 1.0), err_msg=label
@@ -720,11 +723,7 @@ def test_jax_cpu_kernels_with_shared_axes(function, monkeypatch):
     with `shared_axes` and `BernsteinDense` on N-D inputs build them: the
     kernels run and agree with the XLA code, gradients in the tables' shape."""
     kernel_module = jax_cpu_kernel_or_skip(6)
-    calls = []
-    target = kernel_module._target
-    monkeypatch.setattr(
-        kernel_module, "_target", lambda *args: calls.append(args[2]) or target(*args)
-    )
+    targets = record_kernel_targets(kernel_module, monkeypatch)
     rng = np.random.default_rng(4)
     units = 37
     if function == "plain":
@@ -749,7 +748,7 @@ def test_jax_cpu_kernels_with_shared_axes(function, monkeypatch):
         implementation_under_test, arrays, weights, monkeypatch
     )
     expected_kind = "Gradient" if function == "plain" else "BatchNormalizedGradient"
-    assert expected_kind in calls
+    assert expected_kind in {kind for *_, kind in targets}
     for index, (a, b) in enumerate(zip(kernel, xla)):
         assert a.shape == b.shape == arrays[index].shape, index
         scale = np.abs(b).max() + 1.0

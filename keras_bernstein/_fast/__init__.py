@@ -52,3 +52,9 @@ def reduced_axes(full_shape, shape):
         for i, size in enumerate(shape)
         if size == 1 and full_shape[leading + i] != 1
     )
+
+
+def statistics_of(outputs):
+    """The outputs of a function after its first, which carry no gradient
+    and which its backward receives after its inputs (`ops._with_gradient`)."""
+    return tuple(outputs[1:]) if isinstance(outputs, (tuple, list)) else ()

@@ -29,6 +29,7 @@ differentiates the XLA code they stand for (`_differentiable`).
 """
 
 import ctypes
+import functools
 import hashlib
 import math
 import os
@@ -47,7 +48,7 @@ import numpy as np
 _DISABLE_VARIABLE = "KERAS_BERNSTEIN_CPU_KERNEL"
 _SOURCE = pathlib.Path(__file__).with_name("bernstein_cpu.cc")
 _FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w")
-# The handlers' names in `bernstein_cpu.cc`: mode, then "Values" or "Gradient".
+# The handlers' names in `bernstein_cpu.cc`: a mode, then a kind.
 _MODES = {"polynomial": "Polynomial", "clip": "Clip", "linear": "Linear"}
 _KINDS = ("Values", "Gradient", "BatchNormalizedValues", "BatchNormalizedGradient")
 
@@ -117,12 +118,18 @@ def _differentiable(kernel, reference):
     return kernel
 
 
+def _target_where(applies, coefficients, extrapolation, kind):
+    """`_target` for the degree of `coefficients` where `applies`, else None."""
+    if not applies:
+        return None
+    return _target(coefficients.shape[-1] - 1, extrapolation, kind)
+
+
 def values(x, coefficients, bounds, extrapolation, reference):
     """`reference(x, coefficients, bounds)`, `ops._evaluate`, computed by
     the kernel where it applies (`_applies`)."""
-    if not _applies(x, coefficients, bounds):
-        return reference(x, coefficients, bounds)
-    target = _target(coefficients.shape[-1] - 1, extrapolation, "Values")
+    applies = _applies(x, coefficients, bounds)
+    target = _target_where(applies, coefficients, extrapolation, "Values")
     if target is None:
         return reference(x, coefficients, bounds)
 
@@ -144,12 +151,11 @@ def gradient_and_sums(upstream, x, coefficients, bounds, extrapolation, referenc
     the list of per-neuron sums of `ops._gradient_and_sums` for the
     unnormalized polynomial, computed by the kernel where it applies
     (`_applies`)."""
-    if not _applies(x, coefficients, bounds, upstream):
-        return reference(upstream, x, coefficients, bounds)
-    degree = coefficients.shape[-1] - 1
-    target = _target(degree, extrapolation, "Gradient")
+    applies = _applies(x, coefficients, bounds, upstream)
+    target = _target_where(applies, coefficients, extrapolation, "Gradient")
     if target is None:
         return reference(upstream, x, coefficients, bounds)
+    degree = coefficients.shape[-1] - 1
     neuron_shape = tuple(bounds.shape[:-1])
     sum_count = degree + 1 if extrapolation == "polynomial" else degree + 3
 
@@ -192,9 +198,10 @@ def batch_normalized_values(
     """`reference(x, scale, offset, coefficients, bounds)`: the values of
     `ops._evaluate_batch_normalized` with the batch mean and variance,
     computed by the kernel where it applies."""
-    if not batch_normalized_applies(x, coefficients, bounds, (scale, offset)):
+    applies = batch_normalized_applies(x, coefficients, bounds, (scale, offset))
+    target = _target_where(applies, coefficients, extrapolation, "BatchNormalizedValues")
+    if target is None:
         return reference(x, scale, offset, coefficients, bounds)
-    target = _target(coefficients.shape[-1] - 1, extrapolation, "BatchNormalizedValues")
 
     def kernel(x, scale, offset, coefficients, bounds):
         from keras_bernstein import ops as bernstein_ops
@@ -222,14 +229,15 @@ def batch_normalized_gradient(
     where the kernel applies, `from_sums(grad_x, sums, coefficients, bounds)`
     of its input gradient and per-neuron sums."""
     tensors = (upstream, x, scale, offset, coefficients, bounds, mean, variance)
-    if not (
+    applies = (
         tuple(upstream.shape) == tuple(x.shape)
         and upstream.dtype == jnp.float32
         and batch_normalized_applies(x, coefficients, bounds, (scale, offset, mean, variance))
-    ):
+    )
+    target = _target_where(applies, coefficients, extrapolation, "BatchNormalizedGradient")
+    if target is None:
         return reference(*tensors)
     degree = coefficients.shape[-1] - 1
-    target = _target(degree, extrapolation, "BatchNormalizedGradient")
     sum_count = degree + (3 if extrapolation == "polynomial" else 5)
 
     def kernel(upstream, x, scale, offset, coefficients, bounds, mean, variance):
@@ -262,9 +270,9 @@ def _slope_table(coefficients):
 
 
 def _target(degree, extrapolation, kind):
-    """The registered FFI target of `kind` ("Values" or "Gradient") for
-    `degree` and `extrapolation`, building and loading the kernel library
-    for `degree` on first use; None where that failed."""
+    """The registered FFI target of `kind` (one of `_KINDS`) for `degree`
+    and `extrapolation`, building and loading the kernel library for
+    `degree` on first use; None where that failed."""
     with _lock:
         if degree not in _targets:
             _targets[degree] = _register(degree)
@@ -316,28 +324,34 @@ def _processor():
         return platform.processor() or platform.machine()
 
 
-def _build(degree):
-    """The kernel library for `degree`, compiled into the cache unless there."""
+@functools.lru_cache(maxsize=None)
+def _toolchain():
+    """`(compiler, include directory, key)`: what every degree's build uses,
+    and a key of all that its library depends on but the degree (the source,
+    the compiler and its version, the flags, jax, the processor); found once
+    per process."""
     compiler = _compiler()
     version = subprocess.run(
         [compiler, "--version"], capture_output=True, text=True, check=True
     ).stdout
     include = jax.ffi.include_dir()
-    key = hashlib.sha256(
-        "\0".join(
-            (
-                _SOURCE.read_text(),
-                str(degree),
-                compiler,
-                version,
-                " ".join(_FLAGS),
-                jax.__version__,
-                include,
-                platform.machine(),
-                _processor(),
-            )
-        ).encode()
-    ).hexdigest()[:24]
+    parts = (
+        _SOURCE.read_text(),
+        compiler,
+        version,
+        " ".join(_FLAGS),
+        jax.__version__,
+        include,
+        platform.machine(),
+        _processor(),
+    )
+    return compiler, include, "\0".join(parts)
+
+
+def _build(degree):
+    """The kernel library for `degree`, compiled into the cache unless there."""
+    compiler, include, toolchain_key = _toolchain()
+    key = hashlib.sha256(f"{toolchain_key}\0{degree}".encode()).hexdigest()[:24]
     cache = pathlib.Path(
         os.environ.get("KERAS_BERNSTEIN_CACHE")
         or pathlib.Path(os.environ.get("XDG_CACHE_HOME", pathlib.Path.home() / ".cache"))
@@ -352,7 +366,8 @@ def _build(degree):
     with tempfile.TemporaryDirectory(dir=cache) as building:
         partial = pathlib.Path(building) / library.name
         result = subprocess.run(
-            [compiler, *_FLAGS, f"-DDEGREE={degree}", f"-I{include}", str(_SOURCE), "-o", str(partial)],
+            [compiler, *_FLAGS, f"-DDEGREE={degree}", f"-I{include}", str(_SOURCE)]
+            + ["-o", str(partial)],
             capture_output=True,
             text=True,
         )

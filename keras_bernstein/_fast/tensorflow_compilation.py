@@ -23,6 +23,7 @@ import tensorflow as tf
 
 from keras_bernstein._fast import MAX_SUM_OPERANDS
 from keras_bernstein._fast import reduced_axes
+from keras_bernstein._fast import statistics_of
 
 # How many compiled functions are being traced on this thread (nested when
 # Keras compiles the whole step): the backward may then use XLA's own ops.
@@ -98,7 +99,7 @@ def with_gradient(forward, backward):
             outputs = forward(*inputs)
         else:
             outputs = _call_for_any_batch(forward, inputs, 1, neuron_rank)
-        statistics = tuple(outputs[1:]) if isinstance(outputs, (tuple, list)) else ()
+        statistics = statistics_of(outputs)
         return outputs, gradient
 
     def read_variables_first(*inputs):

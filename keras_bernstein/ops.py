@@ -399,7 +399,7 @@ def _recomputed_gradients(unit_parts, x, coefficients, bounds, upstream, extrapo
 
     `unit_parts=None` stands for the polynomial of `x` itself
     (`_plain_unit_parts`), whose input gradient and sums a kernel of our own
-    computes on JAX-CPU (`_jax_cpu_kernel`). With `normalized` not
+    computes on JAX- and TensorFlow-CPU (`_cpu_kernels`). With `normalized` not
     None (the batch-normalized input before its scale and offset,
     `normalized_bernstein_polynomial`) the same pass also sums the input
     gradient and the input gradient times `normalized`, and returns them as
@@ -408,7 +408,7 @@ def _recomputed_gradients(unit_parts, x, coefficients, bounds, upstream, extrapo
     reference = functools.partial(
         _gradient_and_sums, unit_parts or _plain_unit_parts, extrapolation=extrapolation
     )
-    kernel = _jax_cpu_kernel() if unit_parts is None else None
+    kernel = _cpu_kernels() if unit_parts is None else None
     if kernel is None:
         grad_x, sums = reference(upstream, x, coefficients, bounds)
     else:
@@ -495,22 +495,23 @@ def _gradient_and_sums(unit_parts, upstream, x, coefficients, bounds, extrapolat
 
 def _normalization_kernel_applies(x, coefficients, bounds):
     """Whether `batch_normalized_bernstein_polynomial` of `x` with these
-    tables runs as C++ kernels (JAX-CPU, float32; `_fast/jax_cpu_kernel`)."""
-    kernel = _jax_cpu_kernel()
+    tables runs as C++ kernels (JAX- or TensorFlow-CPU, float32;
+    `_fast/cpu_kernels`)."""
+    kernel = _cpu_kernels()
     return kernel is not None and kernel.batch_normalized_applies(
         x, ops.convert_to_tensor(coefficients), ops.convert_to_tensor(bounds)
     )
 
 
-def _jax_cpu_kernel():
-    """`_fast/jax_cpu_kernel` on JAX, else None: the polynomial and its
-    backward as C++ kernels on CPU, where they apply (each of its functions
-    otherwise calls the XLA `reference` it is given)."""
-    if keras.backend.backend() != "jax":
+def _cpu_kernels():
+    """`_fast/cpu_kernels` on JAX and TensorFlow, else None: the polynomial
+    and its backward as C++ kernels on CPU, where they apply (each of its
+    functions otherwise calls the portable `reference` it is given)."""
+    if keras.backend.backend() not in ("jax", "tensorflow"):
         return None
-    from keras_bernstein._fast import jax_cpu_kernel
+    from keras_bernstein._fast import cpu_kernels
 
-    return jax_cpu_kernel
+    return cpu_kernels
 
 
 def _batch_sums(function, tensors, neuron_rank, whole_batch):
@@ -545,7 +546,7 @@ def _recomputation_barrier(tensors):
     return tensors
 
 
-def _with_gradient(forward, backward):
+def _with_gradient(forward, backward, runs_kernels=None):
     """`forward` as a function whose gradient is `backward(upstream, *inputs,
     *statistics)`.
 
@@ -557,12 +558,13 @@ def _with_gradient(forward, backward):
     `backward` receives after the inputs (small, and so kept rather than
     recomputed). The inputs are `(x, ..., bounds)`, `x` the batch-shaped one.
     On TensorFlow forward and backward are each compiled by XLA
-    (`_fast/tensorflow_compilation`).
+    (`_fast/tensorflow_compilation`), unless `runs_kernels(*inputs)`: they
+    then call C++ kernels, which XLA cannot compile.
     """
     if keras.backend.backend() == "tensorflow":
         from keras_bernstein._fast import tensorflow_compilation
 
-        return tensorflow_compilation.with_gradient(forward, backward)
+        return tensorflow_compilation.with_gradient(forward, backward, runs_kernels)
     from keras_bernstein._fast import statistics_of
 
     @ops.custom_gradient
@@ -590,7 +592,7 @@ def _with_lean_gradient(extrapolation):
         return _evaluate(x, coefficients, bounds, extrapolation)
 
     def forward(x, coefficients, bounds):
-        kernel = _jax_cpu_kernel()
+        kernel = _cpu_kernels()
         if kernel is None:
             return evaluate(x, coefficients, bounds)
         return kernel.values(x, coefficients, bounds, extrapolation, evaluate)
@@ -599,7 +601,10 @@ def _with_lean_gradient(extrapolation):
         (x,) = _recomputation_barrier((x,))
         return _recomputed_gradients(None, x, coefficients, bounds, upstream, extrapolation)
 
-    return _with_gradient(forward, backward)
+    def runs_kernels(x, coefficients, bounds):
+        return _cpu_kernels().polynomial_applies(x, coefficients, bounds)
+
+    return _with_gradient(forward, backward, runs_kernels)
 
 
 def bernstein_polynomial(x, coefficients, bounds, extrapolation="linear"):
@@ -621,9 +626,10 @@ def bernstein_polynomial(x, coefficients, bounds, extrapolation="linear"):
         give NaN outputs; finite inputs of any size give finite outputs with
         `"linear"` and `"clip"` (the overshoot is taken in the units of `x`).
         The gradient (with respect to all three inputs) recomputes instead of
-        storing the basis: a custom gradient on JAX and TensorFlow (there
-        compiled by XLA), the formula compiled by TorchInductor on
-        PyTorch-CPU, one in-place autograd node on PyTorch otherwise
+        storing the basis: a custom gradient on JAX and TensorFlow (on
+        their CPUs C++ kernels of our own, on TensorFlow otherwise compiled
+        by XLA), the formula compiled by TorchInductor on PyTorch-CPU, one
+        in-place autograd node on PyTorch otherwise
         (`keras_bernstein/_fast`). All are tested against autodiff of the
         same formula.
     """
@@ -792,8 +798,8 @@ def _with_lean_batch_normalized_gradient(extrapolation, epsilon):
     sums that `_recomputed_gradients` takes in its one pass. It keeps `x`
     and the forward pass's per-neuron mean and variance: recomputing them
     cost the backward two more passes over `x` and, on TensorFlow, a stored
-    tensor of squared deviations. On JAX-CPU both passes run as C++ kernels
-    where they apply (`_jax_cpu_kernel`).
+    tensor of squared deviations. On JAX- and TensorFlow-CPU both passes run
+    as C++ kernels where they apply (`_cpu_kernels`).
     """
 
     def evaluate(x, scale, offset, coefficients, bounds):
@@ -802,7 +808,7 @@ def _with_lean_batch_normalized_gradient(extrapolation, epsilon):
         )
 
     def forward(x, scale, offset, coefficients, bounds):
-        kernel = _jax_cpu_kernel()
+        kernel = _cpu_kernels()
         if kernel is None:
             return evaluate(x, scale, offset, coefficients, bounds)
         return kernel.batch_normalized_values(
@@ -836,14 +842,17 @@ def _with_lean_batch_normalized_gradient(extrapolation, epsilon):
 
     def backward(upstream, x, scale, offset, coefficients, bounds, mean, variance):
         tensors = (upstream, x, scale, offset, coefficients, bounds, mean, variance)
-        kernel = _jax_cpu_kernel()
+        kernel = _cpu_kernels()
         if kernel is None:
             return gradients(*tensors)
         return kernel.batch_normalized_gradient(
             *tensors, epsilon, extrapolation, gradients, from_kernel_sums
         )
 
-    return _with_gradient(forward, backward)
+    def runs_kernels(x, scale, offset, coefficients, bounds):
+        return _cpu_kernels().batch_normalized_applies(x, coefficients, bounds, (scale, offset))
+
+    return _with_gradient(forward, backward, runs_kernels)
 
 
 def batch_normalized_bernstein_polynomial(

@@ -109,3 +109,27 @@ def load_autompg():
 @pytest.fixture(scope="session")
 def autompg():
     return load_autompg()
+
+
+@pytest.fixture
+def kernel_targets(monkeypatch):
+    """The `(degree, extrapolation, kind)` of every C++ kernel looked up
+    during the test (`keras_bernstein/_fast/cpu_kernels`); skips where the
+    backend has no kernels (PyTorch, a GPU) or no C++ compiler is installed
+    (the portable code then runs)."""
+    if keras.backend.backend() not in ("jax", "tensorflow"):
+        pytest.skip("the C++ kernels are JAX's and TensorFlow's")
+    from keras_bernstein._fast import cpu_kernels
+
+    if not cpu_kernels.enabled():
+        pytest.skip("the C++ kernels run on CPU")
+    try:
+        cpu_kernels._compiler()
+    except RuntimeError as error:
+        pytest.skip(str(error))
+    looked_up = []
+    target = cpu_kernels._target
+    monkeypatch.setattr(
+        cpu_kernels, "_target", lambda *args: looked_up.append(args) or target(*args)
+    )
+    return looked_up

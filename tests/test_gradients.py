@@ -563,34 +563,12 @@ def test_torch_falls_back_to_eager_kernels_when_compilation_fails(monkeypatch):
     assert not torch_compilation.supports(x, 2)
 
 
-def jax_cpu_kernel_or_skip(degree):
-    """The JAX-CPU kernel module, its library for `degree` built; skips where
-    no C++ compiler is installed (the XLA backward then runs)."""
-    if BACKEND != "jax":
-        pytest.skip("the C++ kernel is JAX-CPU's")
-    import jax
+def kernels_built(degree):
+    """Builds the C++ kernels of `degree` (`_fast/cpu_kernels`) and checks
+    that the build worked."""
+    from keras_bernstein._fast import cpu_kernels
 
-    from keras_bernstein._fast import jax_cpu_kernel
-
-    if jax.default_backend() != "cpu":
-        pytest.skip("the C++ kernel runs on CPU")
-    try:
-        jax_cpu_kernel._compiler()
-    except RuntimeError as error:
-        pytest.skip(str(error))
-    assert jax_cpu_kernel._target(degree, "linear", "Values") is not None, "no kernel built"
-    return jax_cpu_kernel
-
-
-def record_kernel_targets(kernel_module, monkeypatch):
-    """A list that records the `(degree, extrapolation, kind)` of every
-    kernel target looked up from now on."""
-    calls = []
-    target = kernel_module._target
-    monkeypatch.setattr(
-        kernel_module, "_target", lambda *args: calls.append(args) or target(*args)
-    )
-    return calls
+    assert cpu_kernels._library(degree) is not None, "no kernel built"
 
 
 def kernel_case(rows, units, degree, seed, on_bounds=True):
@@ -610,8 +588,8 @@ def kernel_case(rows, units, degree, seed, on_bounds=True):
 
 
 def xla_and_kernel_gradients(function, arrays, weights, monkeypatch):
-    """`backend_gradients` of `function` with the kernel off, then on (each
-    traced afresh)."""
+    """`backend_gradients` of `function` with the kernels off (XLA's code),
+    then on (each traced afresh)."""
     results = []
     for setting in ("0", "1"):
         monkeypatch.setenv("KERAS_BERNSTEIN_CPU_KERNEL", setting)
@@ -621,14 +599,12 @@ def xla_and_kernel_gradients(function, arrays, weights, monkeypatch):
 
 @pytest.mark.parametrize("extrapolation", ["linear", "clip", "polynomial"])
 @pytest.mark.parametrize("degree", [1, 2, 3, 5, 8, 13, 16, 24])
-def test_jax_cpu_kernel_matches_xla_backward(extrapolation, degree, monkeypatch):
+def test_cpu_kernels_match_the_portable_backward(extrapolation, degree, kernel_targets, monkeypatch):
     """The C++ kernels' values and gradients against the XLA code they
-    replace (same
-    formulas: to float32 rounding, points on the bounds included) and against
+    replace (same formulas: to float32 rounding, points on the bounds included) and against
     float64 autodiff (off the bounds, where autodiff of `clip` takes a side
     of its own). 37 neurons: two vector blocks of 16 and five left over."""
-    kernel_module = jax_cpu_kernel_or_skip(degree)
-    calls = record_kernel_targets(kernel_module, monkeypatch)
+    kernels_built(degree)
     function = implementation("dispatched", extrapolation)
     for on_bounds in (True, False):
         x, coefficients, bounds, weights = kernel_case(
@@ -643,7 +619,7 @@ def test_jax_cpu_kernel_matches_xla_backward(extrapolation, degree, monkeypatch)
             assert a.dtype == np.float32 and a.shape == b.shape, label
             scale = np.abs(b).max() + 1.0
             np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * scale, err_msg=label)
-    assert sorted(set(calls)) == [(degree, extrapolation, kind) for kind in ("Gradient", "Values")]
+    assert sorted(set(kernel_targets)) == [(degree, extrapolation, kind) for kind in ("Gradient", "Values")]
     monkeypatch.setenv("KERAS_BERNSTEIN_CPU_KERNEL", "1")
     values = function(x, coefficients, bounds)
     expected = plain(extrapolation, degree)(x, coefficients, bounds)
@@ -662,14 +638,13 @@ def test_jax_cpu_kernel_matches_xla_backward(extrapolation, degree, monkeypatch)
 
 @pytest.mark.parametrize("extrapolation", ["linear", "clip", "polynomial"])
 @pytest.mark.parametrize("degree", [1, 2, 8, 24])
-def test_jax_cpu_batch_normalized_kernel_matches_xla(extrapolation, degree, monkeypatch):
+def test_cpu_batch_normalized_kernels_match_the_portable_code(extrapolation, degree, kernel_targets, monkeypatch):
     """`batch_normalized_bernstein_polynomial` as C++ kernels (statistics,
     normalization and polynomial; the batch normalization's whole backward):
     values, statistics and the five gradients against the XLA code (float32
     rounding) and against float64 autodiff of the plain formula. 37 neurons:
     two vector blocks and five single ones."""
-    kernel_module = jax_cpu_kernel_or_skip(degree)
-    targets = record_kernel_targets(kernel_module, monkeypatch)
+    kernels_built(degree)
     rng = np.random.default_rng(degree)
     units = 37
     x = rng.normal(0.5, 2.0, size=(300, units))
@@ -699,7 +674,7 @@ def test_jax_cpu_batch_normalized_kernel_matches_xla(extrapolation, degree, monk
             (forward(*arrays), backend_gradients(function, arrays, weights.astype("float32")))
         )
     (xla_outputs, xla), (kernel_outputs, kernel) = results
-    assert {"BatchNormalizedGradient", "BatchNormalizedValues"} <= {kind for *_, kind in targets}
+    assert {"BatchNormalizedGradient", "BatchNormalizedValues"} <= {kind for *_, kind in kernel_targets}
     for label, a, b in zip(("values", "mean", "variance"), kernel_outputs, xla_outputs):
         np.testing.assert_allclose(
             a, b, rtol=0, atol=1e-5 * (np.abs(b).max() + 1.0), err_msg=label
@@ -718,12 +693,11 @@ def test_jax_cpu_batch_normalized_kernel_matches_xla(extrapolation, degree, monk
 
 
 @pytest.mark.parametrize("function", ["plain", "batch_normalized"])
-def test_jax_cpu_kernels_with_shared_axes(function, monkeypatch):
+def test_cpu_kernels_with_shared_axes(function, kernel_targets, monkeypatch):
     """Tables whose leading neuron axes are shared (size 1), as `Bernstein`
     with `shared_axes` and `BernsteinDense` on N-D inputs build them: the
     kernels run and agree with the XLA code, gradients in the tables' shape."""
-    kernel_module = jax_cpu_kernel_or_skip(6)
-    targets = record_kernel_targets(kernel_module, monkeypatch)
+    kernels_built(6)
     rng = np.random.default_rng(4)
     units = 37
     if function == "plain":
@@ -748,17 +722,17 @@ def test_jax_cpu_kernels_with_shared_axes(function, monkeypatch):
         implementation_under_test, arrays, weights, monkeypatch
     )
     expected_kind = "Gradient" if function == "plain" else "BatchNormalizedGradient"
-    assert expected_kind in {kind for *_, kind in targets}
+    assert expected_kind in {kind for *_, kind in kernel_targets}
     for index, (a, b) in enumerate(zip(kernel, xla)):
         assert a.shape == b.shape == arrays[index].shape, index
         scale = np.abs(b).max() + 1.0
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * scale, err_msg=str(index))
 
 
-def test_jax_cpu_kernel_on_many_threads_and_batch_axes(monkeypatch):
-    """A batch large enough to be split over XLA's threads (when there are
-    several), with two batch axes and a NaN, against the XLA backward."""
-    jax_cpu_kernel_or_skip(8)
+def test_cpu_kernels_on_many_threads_and_batch_axes(kernel_targets, monkeypatch):
+    """A batch large enough to be split over the intra-op threads (when
+    there are several), with two batch axes and a NaN, against the XLA backward."""
+    kernels_built(8)
     x, coefficients, bounds, weights = kernel_case(1000, 150, 8, seed=5)
     x[5, 7] = np.nan
     x, weights = x.reshape(10, 100, 150), weights.reshape(10, 100, 150)
@@ -772,51 +746,79 @@ def test_jax_cpu_kernel_on_many_threads_and_batch_axes(monkeypatch):
         np.testing.assert_allclose(a, b, rtol=0, atol=2e-6 * scale, err_msg=label)
 
 
-def test_jax_cpu_kernel_gradient_is_differentiable(monkeypatch):
+def penalty_gradients(function, arrays, weights):
+    """Gradients of the gradient penalty `sum(g**2)` over the gradients `g`
+    of `sum(function(*arrays) * weights)`, by the backend's autodiff."""
+    if BACKEND == "jax":
+        import jax
+        import jax.numpy as jnp
+
+        def penalty(*arrays):
+            def loss(*arrays):
+                return jnp.sum(function(*arrays) * weights)
+
+            gradients = jax.grad(loss, argnums=(0, 1, 2))(*arrays)
+            return sum(jnp.sum(g**2) for g in gradients)
+
+        gradients = jax.jit(jax.grad(penalty, argnums=(0, 1, 2)))(*arrays)
+        return [np.asarray(g) for g in gradients]
+    import tensorflow as tf
+
+    variables = [tf.Variable(a) for a in arrays]
+
+    @tf.function
+    def gradients():
+        with tf.GradientTape() as outer:
+            with tf.GradientTape() as inner:
+                loss = tf.reduce_sum(function(*variables) * weights)
+            penalty = sum(tf.reduce_sum(g**2) for g in inner.gradient(loss, variables))
+        return outer.gradient(penalty, variables)
+
+    return [g.numpy() for g in gradients()]
+
+
+@pytest.mark.parametrize("extrapolation", ["linear", "clip"])
+def test_cpu_kernel_gradient_is_differentiable(extrapolation, kernel_targets, monkeypatch):
     """A gradient penalty differentiates the gradient again: through the
-    kernel, by the XLA backward's derivative."""
-    import jax
-    import jax.numpy as jnp
-
-    jax_cpu_kernel_or_skip(5)
-    x, coefficients, bounds, weights = kernel_case(40, 20, 5, seed=2)
-
-    def penalty(x, coefficients, bounds):
-        def loss(x, coefficients, bounds):
-            values = bernstein_ops.bernstein_polynomial(x, coefficients, bounds)
-            return jnp.sum(values * weights)
-
-        gradients = jax.grad(loss, argnums=(0, 1, 2))(x, coefficients, bounds)
-        return sum(jnp.sum(g**2) for g in gradients)
-
-    results = []
-    for setting in ("0", "1"):
-        monkeypatch.setenv("KERAS_BERNSTEIN_CPU_KERNEL", setting)
-        results.append(jax.jit(jax.grad(penalty, argnums=(0, 1, 2)))(x, coefficients, bounds))
-    for label, a, b in zip(("x", "coefficients", "bounds"), *results):
-        scale = np.abs(np.asarray(b)).max() + 1.0
-        np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * scale, err_msg=label)
+    kernels, by the portable backward's derivative; against autodiff of the
+    plain formula in float64."""
+    kernels_built(5)
+    x, coefficients, bounds, weights = kernel_case(40, 20, 5, seed=2, on_bounds=False)
+    monkeypatch.setenv("KERAS_BERNSTEIN_CPU_KERNEL", "1")
+    kernel = penalty_gradients(
+        implementation("dispatched", extrapolation), (x, coefficients, bounds), weights
+    )
+    assert "Gradient" in {kind for *_, kind in kernel_targets}
+    exact = penalty_gradients(
+        plain(extrapolation, 5),
+        tuple(a.astype("float64") for a in (x, coefficients, bounds)),
+        weights.astype("float64"),
+    )
+    for label, a, b in zip(("x", "coefficients", "bounds"), kernel, exact):
+        scale = np.abs(b).max() + 1.0
+        np.testing.assert_allclose(a, b, rtol=0, atol=5e-5 * scale, err_msg=label)
 
 
-def test_jax_cpu_kernel_falls_back_to_xla_when_the_build_fails(monkeypatch):
-    """Without a working compiler the XLA backward runs, after one warning."""
-    if BACKEND != "jax":
-        pytest.skip("the C++ kernel is JAX-CPU's")
-    from keras_bernstein._fast import jax_cpu_kernel
+def test_cpu_kernels_fall_back_when_the_build_fails(monkeypatch):
+    """Without a working compiler the portable backward runs, after one
+    warning."""
+    if BACKEND not in ("jax", "tensorflow"):
+        pytest.skip("the C++ kernels are JAX's and TensorFlow's")
+    from keras_bernstein._fast import cpu_kernels
 
     def broken_build(degree):
         raise RuntimeError("no C++ compiler found")
 
-    monkeypatch.setattr(jax_cpu_kernel, "_build", broken_build)
-    monkeypatch.setattr(jax_cpu_kernel, "_targets", {})
-    monkeypatch.setattr(jax_cpu_kernel, "_warned", False)
+    monkeypatch.setattr(cpu_kernels, "_build", broken_build)
+    monkeypatch.setattr(cpu_kernels, "_libraries", {})
+    monkeypatch.setattr(cpu_kernels, "_warned", False)
     monkeypatch.setenv("KERAS_BERNSTEIN_CPU_KERNEL", "1")
     x, coefficients, bounds, weights = kernel_case(30, 4, 3, seed=1)
     function = implementation("dispatched", "linear")
     with pytest.warns(UserWarning, match="no C.. compiler found"):
         fallback = backend_gradients(function, (x, coefficients, bounds), weights)
-    assert jax_cpu_kernel._targets == {3: None}
+    assert cpu_kernels._libraries == {3: None}
     monkeypatch.setenv("KERAS_BERNSTEIN_CPU_KERNEL", "0")
-    xla = backend_gradients(function, (x, coefficients, bounds), weights)
-    for label, a, b in zip(("x", "coefficients", "bounds"), fallback, xla):
+    portable = backend_gradients(function, (x, coefficients, bounds), weights)
+    for label, a, b in zip(("x", "coefficients", "bounds"), fallback, portable):
         np.testing.assert_array_equal(a, b, err_msg=label)

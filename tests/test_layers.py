@@ -614,10 +614,12 @@ def test_bernstein_dense_trains_the_same_with_the_fused_normalization(
 def test_bernstein_dense_trains_the_same_with_the_compiled_polynomial(
     model_jit_compile, monkeypatch
 ):
-    """On TensorFlow the polynomial runs as its own XLA function (also inside a
-    model that XLA compiles whole); training matches the uncompiled function."""
+    """On TensorFlow, without its C++ kernels, the polynomial runs as its own
+    XLA function (also inside a model that XLA compiles whole); training
+    matches the uncompiled function."""
     from keras_bernstein._fast import tensorflow_compilation
 
+    monkeypatch.setenv("KERAS_BERNSTEIN_CPU_KERNEL", "0")
     rng = np.random.default_rng(2)
     x = rng.normal(size=(32, 5)).astype("float32") * 2.0
     y = rng.normal(size=(32, 1)).astype("float32")
@@ -646,9 +648,11 @@ def test_bernstein_dense_trains_the_same_with_the_compiled_polynomial(
 )
 def test_compiled_polynomial_is_traced_once_for_every_batch_size(monkeypatch):
     """A new batch size makes XLA compile the polynomial's two functions for
-    it, but does not trace them again (each trace stays resident: 11 MiB for
-    the benchmark's model)."""
+    it (where the C++ kernels do not run), but does not trace them again
+    (each trace stays resident: 11 MiB for the benchmark's model)."""
     from keras_bernstein._fast import tensorflow_compilation
+
+    monkeypatch.setenv("KERAS_BERNSTEIN_CPU_KERNEL", "0")
 
     traced = []
     compile_function = tensorflow_compilation._compiled.__wrapped__
@@ -671,6 +675,41 @@ def test_compiled_polynomial_is_traced_once_for_every_batch_size(monkeypatch):
         model.train_on_batch(x[:batch_size], y[:batch_size])
         traces.append(sum(f.experimental_get_tracing_count() for f in traced))
     assert traces == [2, 2, 2]
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+@pytest.mark.parametrize("normalization", [None, "batch"])
+def test_bernstein_dense_trains_the_same_with_the_cpu_kernels(
+    jit_compile, normalization, kernel_targets, monkeypatch
+):
+    """Training steps and inference with the C++ kernels (which TensorFlow
+    leaves out of a model that XLA compiles whole) match those without."""
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(64, 20)).astype("float32") * 2.0
+    y = rng.normal(size=(64, 1)).astype("float32")
+    results = []
+    for setting in ("1", "0"):
+        monkeypatch.setenv("KERAS_BERNSTEIN_CPU_KERNEL", setting)
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential(
+            [
+                keras.Input((20,)),
+                BernsteinDense(40, degree=6, normalization=normalization),
+                BernsteinDense(40, degree=6, normalization=normalization),
+                keras.layers.Dense(1),
+            ]
+        )
+        model.compile(optimizer="adam", loss="mse", jit_compile=jit_compile)
+        for _ in range(3):
+            model.train_on_batch(x, y)
+        results.append(model.get_weights() + [model.predict(x, verbose=0)])
+    kinds = {kind for *_, kind in kernel_targets}
+    if jit_compile and keras.backend.backend() == "tensorflow":
+        assert not kinds  # XLA compiles the whole step
+    else:
+        assert "Gradient" in kinds or "BatchNormalizedGradient" in kinds
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
 def test_bernstein_dense_normalizes_without_the_masked_steps():

@@ -9,16 +9,19 @@ formulas, same semantics) with fewer kernels:
   JAX backward as fused reductions on CPU and in row chunks for large
   batches on GPU, and the barrier that keeps XLA-CPU from storing the
   forward pass's powers of `t`;
-- `jax_cpu_kernel` (via `ops.bernstein_polynomial` and
+- `cpu_kernels` (via `ops.bernstein_polynomial` and
   `ops.batch_normalized_bernstein_polynomial`, which `BernsteinDense` on
-  JAX-CPU calls in training): the polynomial, with or without the batch
-  normalization, and its backward as C++ kernels called through XLA's FFI,
-  compiled on first use from `bernstein_cpu.cc`;
+  JAX- and TensorFlow-CPU calls in training): the polynomial, with or
+  without the batch normalization, and its backward as C++ kernels
+  (`bernstein_cpu.h`), compiled on first use; called through XLA's FFI on
+  JAX (`jax_cpu_kernel`, `bernstein_cpu.cc`) and as TensorFlow ops
+  (`tensorflow_cpu_kernel`, `bernstein_tensorflow.cc`);
 - `tensorflow_compilation` (via `ops.bernstein_polynomial`,
   `ops.normalized_bernstein_polynomial` and
-  `ops.batch_normalized_bernstein_polynomial`): the polynomial and its
-  recomputing gradient each compiled by XLA, which Keras does not use for
-  TensorFlow on CPU, with the gradient's sums as one variadic reduction;
+  `ops.batch_normalized_bernstein_polynomial`, where the C++ kernels do not
+  run): the polynomial and its recomputing gradient each compiled by XLA,
+  which Keras does not use for TensorFlow on CPU, with the gradient's sums
+  as one variadic reduction;
 - `torch_compilation` (via `ops.bernstein_polynomial`,
   `ops.normalized_bernstein_polynomial` and
   `ops.batch_normalized_bernstein_polynomial`): on PyTorch-CPU, the portable

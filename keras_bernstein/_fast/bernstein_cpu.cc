@@ -1,297 +1,26 @@
-// The polynomial of `ops.bernstein_polynomial` and its backward pass on CPU,
-// as XLA FFI handlers for JAX (`jax_cpu_kernel.py` compiles this file, once
-// per degree).
-//
-// For a (rows, units) input, `Values` computes `ops._evaluate` and `Gradient`
-// computes, in one pass over the rows, the input gradient and every
-// per-neuron sum of `ops._gradient_and_sums` (same formulas, same order of
-// operations): the `n + 1` basis sums `sum g t^k (1 - t)^(n - k)` and, for
-// "linear" and "clip", the two sums for the ends. `BatchNormalizedValues`
-// and `BatchNormalizedGradient` do the same for
-// `ops.batch_normalized_bernstein_polynomial`: the batch statistics and the
-// normalization in the forward pass, the normalization's two sums and its
-// whole input gradient (a second pass over the rows) in the backward. XLA-CPU runs those sums as
-// one scalar loop (docs/performance.md); here a thread holds a block of 16
-// neurons' sums in vector registers while it walks down the rows.
-#include <algorithm>
-#include <cmath>
-#include <condition_variable>
-#include <cstdint>
-#include <cstring>
-#include <mutex>
+// The Bernstein kernels of `bernstein_cpu.h` as XLA FFI handlers, for JAX
+// (`jax_cpu_kernel.py` compiles this file, once per degree): for each
+// extrapolation mode, `Values`, `Gradient`, `BatchNormalizedValues` and
+// `BatchNormalizedGradient`.
+#include "bernstein_cpu.h"
 
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
 using F32 = ffi::Buffer<ffi::F32>;
 
-#ifndef DEGREE
-#error "compile with -DDEGREE=n"
-#endif
-
 namespace {
 
-constexpr int kDegree = DEGREE;
-enum Mode { kPolynomial = 0, kClip = 1, kLinear = 2 };
-// |t| beyond which linear extrapolation saturates (`ops._T_LIMIT`).
-constexpr float kLimit = 1e30f;
+using namespace keras_bernstein;
 
-typedef float Vector __attribute__((vector_size(64)));  // 16 floats
-
-template <typename V>
-V Load(const float* p) {
-  V v;
-  std::memcpy(&v, p, sizeof(V));
-  return v;
-}
-
-template <typename V>
-void Store(float* p, V v) {
-  std::memcpy(p, &v, sizeof(V));
-}
-
-// clip(v, low, high) as XLA computes it: NaN stays NaN.
-template <typename V>
-V Clip(V v, V low, V high) {
-  v = v < low ? low : v;
-  return v > high ? high : v;
-}
-
-// Per-neuron constants for a block of neurons starting at `first`: the
-// lower bound and the width.
-template <typename V>
-void LoadBounds(const float* bounds, int64_t first, V* lower, V* width) {
-  constexpr int kWidth = sizeof(V) / sizeof(float);
-  float lowers[kWidth], widths[kWidth];
-  for (int i = 0; i < kWidth; ++i) {
-    lowers[i] = bounds[2 * (first + i)];
-    widths[i] = bounds[2 * (first + i) + 1] - lowers[i];
-  }
-  *lower = Load<V>(lowers);
-  *width = Load<V>(widths);
-}
-
-// `sum_k columns[k] t^k (1 - t)^(n - k)` by `ops._sum_of_scaled_columns`'
-// Horner loop in 1 - t, for a table of `degree + 1` columns.
-template <int degree, typename V>
-V HornerInOneMinusT(const V* columns, V t, V s) {
-  V sum = columns[0];
-  V power = t;
-  for (int k = 1; k <= degree; ++k) {
-    if (k > 1) power = power * t;
-    sum = sum * s + columns[k] * power;
-  }
-  return sum;
-}
-
-// What a handler passes to the loops over its neurons. Arrays are row-major,
-// (rows, units) or per neuron (units,); tables are degree axis first.
-struct Arguments {
-  int64_t rows = 0, units = 0;
-  const float* x = nullptr;
-  const float* upstream = nullptr;     // gradients
-  const float* bounds = nullptr;       // (units, 2)
-  const float* table = nullptr;        // coefficient columns, or the slope's
-  const float* slope_lower = nullptr;  // values, "linear"
-  const float* bend = nullptr;         // values, "linear"
-  const float* scale = nullptr;        // batch-normalized only
-  const float* offset = nullptr;       // batch-normalized only
-  const float* mean_in = nullptr;      // batch-normalized gradients
-  const float* variance_in = nullptr;  // batch-normalized gradients
-  float* mean_out = nullptr;           // batch-normalized values
-  float* variance_out = nullptr;       // batch-normalized values
-  float* out = nullptr;                // values or input gradient
-  float* sums = nullptr;               // gradients
-  float epsilon = 0.0f;
-};
-
-// `1 / sqrt(variance + epsilon)`, lane by lane (`ops._inverse_deviation`).
-template <typename V>
-V InverseDeviation(V variance, float epsilon) {
-  constexpr int kWidth = sizeof(V) / sizeof(float);
-  float lanes[kWidth];
-  std::memcpy(lanes, &variance, sizeof(V));
-  for (int i = 0; i < kWidth; ++i) lanes[i] = 1.0f / std::sqrt(lanes[i] + epsilon);
-  return Load<V>(lanes);
-}
-
-// The mean and (biased) variance over the rows, as `ops.moments` computes
-// them on JAX: the mean, then the mean of the squared deviations from it.
-template <typename V>
-void Moments(const Arguments& a, int64_t first, V* mean, V* variance) {
-  const V count = V{} + static_cast<float>(a.rows);
-  V total = V{} + 0.0f;
-  for (int64_t row = 0; row < a.rows; ++row) total += Load<V>(a.x + row * a.units + first);
-  *mean = total / count;
-  V squares = V{} + 0.0f;
-  for (int64_t row = 0; row < a.rows; ++row) {
-    const V deviation = Load<V>(a.x + row * a.units + first) - *mean;
-    squares += deviation * deviation;
-  }
-  *variance = squares / count;
-}
-
-// `ops._evaluate` of neurons [first, first + width of V), of the
-// batch-normalized input where `kNormalized` (`ops._evaluate_batch_normalized`,
-// whose batch statistics it also stores).
-template <int kMode, bool kNormalized, typename V>
-void ValuesOfNeurons(const Arguments& a, int64_t first) {
-  constexpr int n = kDegree;
-  const V zero = V{} + 0.0f, one = zero + 1.0f;
-  V lower, width;
-  LoadBounds(a.bounds, first, &lower, &width);
-  V columns[n + 1];
-  for (int k = 0; k <= n; ++k) columns[k] = Load<V>(a.table + k * a.units + first);
-  V slope_lower = zero, bend = zero;
-  if (kMode == kLinear) {
-    slope_lower = Load<V>(a.slope_lower + first);
-    bend = Load<V>(a.bend + first);
-  }
-  V mean = zero, factor = one, offset = zero;
-  if (kNormalized) {
-    V variance;
-    Moments(a, first, &mean, &variance);
-    Store(a.mean_out + first, mean);
-    Store(a.variance_out + first, variance);
-    factor = InverseDeviation(variance, a.epsilon) * Load<V>(a.scale + first);
-    offset = Load<V>(a.offset + first);
-  }
-  for (int64_t row = 0; row < a.rows; ++row) {
-    const int64_t at = row * a.units + first;
-    V input = Load<V>(a.x + at);
-    if (kNormalized) input = (input - mean) * factor + offset;
-    const V t = (input - lower) / width;
-    const V basis_at = kMode == kPolynomial ? t : Clip(t, zero, one);
-    V value = HornerInOneMinusT<n>(columns, basis_at, one - basis_at);
-    if (kMode == kLinear) {
-      const V overshoot = Clip(t, zero - kLimit, zero + kLimit) - basis_at;
-      const V above = overshoot < zero ? zero : overshoot;  // relu: NaN stays
-      value = value + (slope_lower * overshoot + bend * above);
-    }
-    Store(a.out + at, value);
-  }
-}
-
-// The input gradient and the per-neuron sums of neurons [first, first +
-// width of V) (`ops._gradient_and_sums`). Where `kNormalized`, of the
-// batch-normalized polynomial with the forward pass's statistics: the sums
-// end with those of the normalization's offset and scale, and a second pass
-// over the rows turns the polynomial's input gradient into the batch
-// normalization's (`ops._with_lean_batch_normalized_gradient`).
-template <int kMode, bool kNormalized, typename V>
-void GradientOfNeurons(const Arguments& a, int64_t first) {
-  constexpr int n = kDegree;
-  constexpr int kPolynomialSums = kMode == kPolynomial ? n + 1 : n + 3;
-  constexpr int kSums = kNormalized ? kPolynomialSums + 2 : kPolynomialSums;
-  const V zero = V{} + 0.0f, one = zero + 1.0f;
-  V lower, width;
-  LoadBounds(a.bounds, first, &lower, &width);
-  V slope_columns[n];
-  for (int k = 0; k < n; ++k) slope_columns[k] = Load<V>(a.table + k * a.units + first);
-  V mean = zero, inverse_deviation = one, scale = one, offset = zero;
-  if (kNormalized) {
-    mean = Load<V>(a.mean_in + first);
-    inverse_deviation = InverseDeviation(Load<V>(a.variance_in + first), a.epsilon);
-    scale = Load<V>(a.scale + first);
-    offset = Load<V>(a.offset + first);
-  }
-  V sums[kSums];
-  for (int k = 0; k < kSums; ++k) sums[k] = zero;
-
-  for (int64_t row = 0; row < a.rows; ++row) {
-    const int64_t at = row * a.units + first;
-    const V upstream = Load<V>(a.upstream + at);
-    V input = Load<V>(a.x + at), normalized = zero;
-    if (kNormalized) {
-      normalized = (input - mean) * inverse_deviation;
-      input = normalized * scale + offset;
-    }
-    const V t = (input - lower) / width;
-    const V basis_at = kMode == kPolynomial ? t : Clip(t, zero, one);
-    const V s = one - basis_at;
-    // The basis terms, `_basis_terms(basis_at, n, weight=upstream)`.
-    V s_powers[n + 1];
-    s_powers[0] = one;
-    s_powers[1] = s;
-    for (int k = 2; k <= n; ++k) s_powers[k] = s_powers[k - 1] * s;
-    V weighted_power = upstream;
-    for (int k = 0; k <= n; ++k) {
-      if (k) weighted_power = weighted_power * basis_at;
-      sums[k] += n - k ? weighted_power * s_powers[n - k] : weighted_power;
-    }
-    // dσ/dt (`_slope_in_t`).
-    V slope = HornerInOneMinusT<n - 1>(slope_columns, basis_at, s);
-    if (kMode == kLinear) {
-      const V overshoot = Clip(t, zero - kLimit, zero + kLimit) - basis_at;
-      const V above = overshoot < zero ? zero : overshoot;
-      sums[n + 1] += upstream * (overshoot - above);
-      sums[n + 2] += upstream * above;
-    } else if (kMode == kClip) {
-      const auto below = t < zero, beyond = t > one;
-      sums[n + 1] += below ? upstream : zero;
-      sums[n + 2] += beyond ? upstream : zero;
-      slope = (below | beyond) ? zero : slope;
-    }
-    const V gradient = upstream * slope / width;
-    if (kNormalized) {
-      sums[kPolynomialSums] += gradient;
-      sums[kPolynomialSums + 1] += gradient * normalized;
-    }
-    Store(a.out + at, gradient);
-  }
-  for (int k = 0; k < kSums; ++k) Store(a.sums + k * a.units + first, sums[k]);
-  if (!kNormalized) return;
-  const V count = zero + static_cast<float>(a.rows);
-  const V factor = scale * inverse_deviation;
-  for (int64_t row = 0; row < a.rows; ++row) {
-    const int64_t at = row * a.units + first;
-    const V normalized = (Load<V>(a.x + at) - mean) * inverse_deviation;
-    const V centered =
-        Load<V>(a.out + at) -
-        (sums[kPolynomialSums] + normalized * sums[kPolynomialSums + 1]) / count;
-    Store(a.out + at, factor * centered);
-  }
-}
-
-// `for_neurons(Vector{}, first)` for every block of 16 neurons, then
-// `for_neurons(0.0f, first)` for each neuron left, the blocks split over
-// XLA's intra-op threads where the input is large enough to pay for the
-// hand-off. `a` holds the rows and units of a (rows, units) input whose
-// (units, 2) bound table is `bounds`.
-template <typename Arguments, typename ForNeurons>
-void OverNeurons(ffi::ThreadPool& pool, const ffi::Buffer<ffi::F32>& x,
-                 const ffi::Buffer<ffi::F32>& bounds, Arguments& a, ForNeurons for_neurons) {
+// `OverNeurons` for a (rows, units) input `x` whose (units, 2) bound table
+// is `bounds`; sets `a`'s rows and units.
+template <typename ForNeurons>
+void OverNeuronsOf(ffi::ThreadPool& pool, const F32& x, const F32& bounds, Arguments& a,
+                   ForNeurons for_neurons) {
   a.units = bounds.element_count() / 2;
   a.rows = a.units ? x.element_count() / a.units : 0;
-  const int64_t rows = a.rows, units = a.units;
-  constexpr int64_t kBlock = sizeof(Vector) / sizeof(float);
-  constexpr int64_t kElementsPerTask = 1 << 16;
-  auto range = [&](int64_t begin, int64_t end) {
-    int64_t first = begin;
-    for (; first + kBlock <= end; first += kBlock) for_neurons(Vector{}, first);
-    for (; first < end; ++first) for_neurons(0.0f, first);
-  };
-  const int64_t blocks = (units + kBlock - 1) / kBlock;
-  int64_t tasks = std::min<int64_t>(pool.num_threads(), blocks);
-  tasks = std::min<int64_t>(tasks, rows * units / kElementsPerTask);
-  if (tasks <= 1) return range(0, units);
-  std::mutex mutex;
-  std::condition_variable done;
-  int64_t pending = tasks - 1;
-  auto task_range = [&](int64_t task) {
-    range(std::min(units, blocks * task / tasks * kBlock),
-          std::min(units, blocks * (task + 1) / tasks * kBlock));
-  };
-  for (int64_t task = 1; task < tasks; ++task) {
-    pool.Schedule([&, task] {
-      task_range(task);
-      std::lock_guard<std::mutex> lock(mutex);
-      if (--pending == 0) done.notify_one();
-    });
-  }
-  task_range(0);
-  std::unique_lock<std::mutex> lock(mutex);
-  done.wait(lock, [&] { return pending == 0; });
+  OverNeurons(pool, a.rows, a.units, for_neurons);
 }
 
 template <int kMode>
@@ -304,7 +33,7 @@ ffi::Error Gradient(ffi::ThreadPool pool, F32 x, F32 upstream, F32 bounds, F32 s
   a.table = slope_table.typed_data();
   a.out = grad_x->typed_data();
   a.sums = sums->typed_data();
-  OverNeurons(pool, x, bounds, a, [&](auto width, int64_t first) {
+  OverNeuronsOf(pool, x, bounds, a, [&](auto width, int64_t first) {
     GradientOfNeurons<kMode, false, decltype(width)>(a, first);
   });
   return ffi::Error::Success();
@@ -320,7 +49,7 @@ ffi::Error Values(ffi::ThreadPool pool, F32 x, F32 bounds, F32 columns, F32 slop
   a.slope_lower = slope_lower.typed_data();
   a.bend = bend.typed_data();
   a.out = values->typed_data();
-  OverNeurons(pool, x, bounds, a, [&](auto width, int64_t first) {
+  OverNeuronsOf(pool, x, bounds, a, [&](auto width, int64_t first) {
     ValuesOfNeurons<kMode, false, decltype(width)>(a, first);
   });
   return ffi::Error::Success();
@@ -344,7 +73,7 @@ ffi::Error BatchNormalizedGradient(ffi::ThreadPool pool, F32 x, F32 upstream, F3
   a.epsilon = epsilon;
   a.out = grad_x->typed_data();
   a.sums = sums->typed_data();
-  OverNeurons(pool, x, bounds, a, [&](auto width, int64_t first) {
+  OverNeuronsOf(pool, x, bounds, a, [&](auto width, int64_t first) {
     GradientOfNeurons<kMode, true, decltype(width)>(a, first);
   });
   return ffi::Error::Success();
@@ -368,7 +97,7 @@ ffi::Error BatchNormalizedValues(ffi::ThreadPool pool, F32 x, F32 scale, F32 off
   a.out = values->typed_data();
   a.mean_out = mean->typed_data();
   a.variance_out = variance->typed_data();
-  OverNeurons(pool, x, bounds, a, [&](auto width, int64_t first) {
+  OverNeuronsOf(pool, x, bounds, a, [&](auto width, int64_t first) {
     ValuesOfNeurons<kMode, true, decltype(width)>(a, first);
   });
   return ffi::Error::Success();

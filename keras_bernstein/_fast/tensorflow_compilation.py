@@ -65,10 +65,10 @@ def _call_for_any_batch(function, tensors, batch_tensors, neuron_rank):
     return _compiled(function).get_concrete_function(*specs)(*tensors)
 
 
-def with_gradient(forward, backward):
+def with_gradient(forward, backward, runs_kernels=None):
     """`forward` with the gradient `backward(upstream, *inputs, *statistics)`
     (`statistics`: `forward`'s outputs after the first), each compiled by XLA
-    inside a traced graph.
+    inside a traced graph, unless `runs_kernels(*inputs)`.
 
     The custom gradient sits outside the two XLA functions, so the step keeps
     only the inputs for the backward pass. (With `tf.custom_gradient` inside
@@ -78,8 +78,11 @@ def with_gradient(forward, backward):
     test and predict functions) each runs as one XLA function, compiled
     once per concrete input shape. Eager calls (a layer called on a batch,
     plots, callbacks) run op by op instead: compiled, each new input shape
-    would cost a trace and a compilation (0.1-0.2 s). Variables are read
-    first: `tf.custom_gradient` refuses functions that read variables.
+    would cost a trace and a compilation (0.1-0.2 s). Where
+    `runs_kernels(*inputs)` (`_fast/cpu_kernels`: TensorFlow-CPU, float32,
+    outside XLA) both run as they are: their C++ kernels are single ops,
+    which XLA cannot compile. Variables are read first:
+    `tf.custom_gradient` refuses functions that read variables.
     The inputs are `(x, ..., bounds)`: `x`'s axes before `bounds`' neuron
     axes are batch axes (`_call_for_any_batch`).
     """
@@ -87,18 +90,21 @@ def with_gradient(forward, backward):
     @tf.custom_gradient
     def function(*inputs):
         neuron_rank = inputs[-1].shape.rank - 1
+        compiled = not tf.executing_eagerly() and not (
+            runs_kernels is not None and runs_kernels(*inputs)
+        )
 
         def gradient(upstream, *statistics_upstream):
             # Outputs after the first are gradient-free statistics.
             tensors = (upstream, *inputs, *statistics)
-            if tf.executing_eagerly():
-                return backward(*tensors)
-            return _call_for_any_batch(backward, tensors, 2, neuron_rank)
+            if compiled:
+                return _call_for_any_batch(backward, tensors, 2, neuron_rank)
+            return backward(*tensors)
 
-        if tf.executing_eagerly():
-            outputs = forward(*inputs)
-        else:
+        if compiled:
             outputs = _call_for_any_batch(forward, inputs, 1, neuron_rank)
+        else:
+            outputs = forward(*inputs)
         statistics = statistics_of(outputs)
         return outputs, gradient
 

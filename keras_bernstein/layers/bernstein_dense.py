@@ -14,9 +14,11 @@ NORMALIZATIONS = (None, "batch")
 # function (`ops.normalized_bernstein_polynomial`), measured on one CPU thread
 # against BatchNormalization -> Bernstein: TensorFlow's step 2% and predict 4%
 # faster, peak memory at batch 4096 418 -> 339 MiB; JAX's memory 1.36x ->
-# 1.05x of ReLU's but its step 2-5% slower, so JAX keeps the two layers,
-# except in training where its C++ kernels run (JAX-CPU, float32:
-# `ops._normalization_kernel_applies`; step 1.23x -> 1.17x of ReLU's).
+# 1.05x of ReLU's but its step 2-5% slower, so JAX keeps the two layers.
+# Where the C++ kernels run (JAX- and TensorFlow-CPU, float32:
+# `ops._normalization_kernel_applies`) both backends run the one function in
+# training (JAX's step 1.23x -> 1.17x of ReLU's) and the two layers in
+# inference.
 # On PyTorch the function is compiled by TorchInductor where that works (CPU,
 # `_fast/torch_compilation`); elsewhere PyTorch runs its own fused
 # normalization kernel (`_fast/torch_normalization`).
@@ -226,15 +228,14 @@ class BernsteinDense(keras.layers.Layer):
         stock_activation = type(self.bernstein).call is Bernstein.call
         if stock_activation and self._plain_normalization(hidden):
             backend = keras.backend.backend()
-            fused = backend in _FUSED_NORMALIZATION_BACKENDS or (
-                # JAX-CPU's kernels, in training; in inference Keras' layer
-                # and the polynomial's kernel.
-                training
-                and self.batch_normalization.trainable
-                and bernstein_ops._normalization_kernel_applies(
-                    hidden, self.coefficients, self.bounds
-                )
-            )
+            if bernstein_ops._normalization_kernel_applies(
+                hidden, self.coefficients, self.bounds
+            ):
+                # The C++ kernels (JAX- and TensorFlow-CPU), in training; in
+                # inference Keras' layer and the polynomial's kernel.
+                fused = training and self.batch_normalization.trainable
+            else:
+                fused = backend in _FUSED_NORMALIZATION_BACKENDS
             if fused or bernstein_ops._torch_compiles(hidden, self.degree):
                 return self._normalized_activation(hidden, training)
             if backend == "torch" and training and self.batch_normalization.trainable:

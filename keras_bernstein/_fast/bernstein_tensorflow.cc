@@ -1,0 +1,289 @@
+// The Bernstein kernels of `bernstein_cpu.h` as TensorFlow CPU ops
+// (`tensorflow_cpu_kernel.py` compiles this file, once per degree n, and
+// loads it with `tf.load_op_library`). Op names end in the degree, so that
+// the libraries of several degrees live in one process:
+//
+//   KerasBernsteinValues<n>(x, bounds, columns, slope_lower, bend) -> values
+//   KerasBernsteinGradient<n>(x, upstream, bounds, slope_table)
+//       -> (input gradient, sums)
+//   KerasBernsteinBatchNormalizedValues<n>(x, scale, offset, bounds, columns,
+//       slope_lower, bend) -> (values, mean, variance)
+//   KerasBernsteinBatchNormalizedGradient<n>(x, upstream, mean, variance,
+//       scale, offset, bounds, slope_table) -> (input gradient, sums)
+//
+// `x` and `upstream` are (..., units) with the neurons flat in the last
+// axes, per-neuron vectors (units,), `bounds` (units, 2), tables degree axis
+// first, (n + 1, units) or (n, units); `sums` is (count, units). Each op has
+// the attribute `extrapolation` and the batch-normalized ones `epsilon`.
+#include "bernstein_cpu.h"
+
+#include <functional>
+
+#include "tensorflow/core/framework/op.h"
+#include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/framework/shape_inference.h"
+#include "tensorflow/core/platform/threadpool.h"
+
+#define KERAS_BERNSTEIN_STRING(x) #x
+#define KERAS_BERNSTEIN_NAME(kind, degree) "KerasBernstein" kind KERAS_BERNSTEIN_STRING(degree)
+
+namespace {
+
+using namespace keras_bernstein;
+using tensorflow::OpKernel;
+using tensorflow::OpKernelConstruction;
+using tensorflow::OpKernelContext;
+using tensorflow::Tensor;
+using tensorflow::shape_inference::InferenceContext;
+using tensorflow::shape_inference::ShapeHandle;
+
+// TensorFlow's intra-op thread pool as `OverNeurons` wants it.
+struct IntraOpThreads {
+  tensorflow::thread::ThreadPool* pool;
+  int64_t num_threads() const { return pool->NumThreads(); }
+  void Schedule(std::function<void()> task) { pool->Schedule(std::move(task)); }
+};
+
+// The shape functions: the first output has the shape of `x` (input 0); the
+// statistics are (units,), the sums (count, units), units from `bounds`.
+tensorflow::Status SameAsX(InferenceContext* c) {
+  c->set_output(0, c->input(0));
+  return tensorflow::Status();
+}
+
+tensorflow::Status WithStatistics(InferenceContext* c) {
+  c->set_output(0, c->input(0));
+  ShapeHandle units = c->Vector(c->Dim(c->input(3), 0));
+  c->set_output(1, units);
+  c->set_output(2, units);
+  return tensorflow::Status();
+}
+
+template <bool kNormalized>
+tensorflow::Status WithSums(InferenceContext* c) {
+  std::string extrapolation;
+  TF_RETURN_IF_ERROR(c->GetAttr("extrapolation", &extrapolation));
+  const int count = SumCount(extrapolation == "polynomial" ? kPolynomial : kLinear, kNormalized);
+  c->set_output(0, c->input(0));
+  c->set_output(1, c->Matrix(count, c->Dim(c->input(kNormalized ? 6 : 2), 0)));
+  return tensorflow::Status();
+}
+
+// An op's extrapolation mode and, where it has one, its epsilon.
+class BernsteinOp : public OpKernel {
+ public:
+  explicit BernsteinOp(OpKernelConstruction* context) : OpKernel(context) {
+    std::string extrapolation;
+    OP_REQUIRES_OK(context, context->GetAttr("extrapolation", &extrapolation));
+    mode_ = extrapolation == "polynomial" ? kPolynomial
+            : extrapolation == "clip"     ? kClip
+                                          : kLinear;
+    if (context->HasAttr("epsilon")) {
+      OP_REQUIRES_OK(context, context->GetAttr("epsilon", &epsilon_));
+    }
+  }
+
+ protected:
+  // `for_neurons<mode>(width, first)` over every neuron of a (rows, units)
+  // input, on the intra-op threads; sets `a`'s rows and units.
+  template <typename ForNeurons>
+  void Run(OpKernelContext* context, const Tensor& x, const Tensor& bounds, Arguments& a,
+           ForNeurons for_neurons) {
+    a.units = bounds.dim_size(0);
+    a.rows = a.units ? x.NumElements() / a.units : 0;
+    a.epsilon = epsilon_;
+    IntraOpThreads threads{context->device()->tensorflow_cpu_worker_threads()->workers};
+    switch (mode_) {
+      case kPolynomial:
+        return OverNeurons(threads, a.rows, a.units, [&](auto width, int64_t first) {
+          for_neurons(std::integral_constant<int, kPolynomial>(), width, first);
+        });
+      case kClip:
+        return OverNeurons(threads, a.rows, a.units, [&](auto width, int64_t first) {
+          for_neurons(std::integral_constant<int, kClip>(), width, first);
+        });
+      default:
+        return OverNeurons(threads, a.rows, a.units, [&](auto width, int64_t first) {
+          for_neurons(std::integral_constant<int, kLinear>(), width, first);
+        });
+    }
+  }
+
+  // Output `index` of `shape`, its memory.
+  float* Output(OpKernelContext* context, int index, const tensorflow::TensorShape& shape) {
+    Tensor* output = nullptr;
+    const tensorflow::Status status = context->allocate_output(index, shape, &output);
+    if (!status.ok()) {
+      context->CtxFailureWithWarning(__FILE__, __LINE__, status);
+      return nullptr;
+    }
+    return output->flat<float>().data();
+  }
+
+  int mode_ = kLinear;
+  float epsilon_ = 0.0f;
+};
+
+const float* In(OpKernelContext* context, int index) {
+  return context->input(index).flat<float>().data();
+}
+
+int SumsOf(int mode, bool normalized) {
+  return mode == kPolynomial ? SumCount(kPolynomial, normalized) : SumCount(kLinear, normalized);
+}
+
+class ValuesOp : public BernsteinOp {
+ public:
+  using BernsteinOp::BernsteinOp;
+  void Compute(OpKernelContext* context) override {
+    const Tensor& x = context->input(0);
+    Arguments a;
+    a.x = In(context, 0);
+    a.bounds = In(context, 1);
+    a.table = In(context, 2);
+    a.slope_lower = In(context, 3);
+    a.bend = In(context, 4);
+    a.out = Output(context, 0, x.shape());
+    if (!context->status().ok()) return;
+    Run(context, x, context->input(1), a, [&](auto mode, auto width, int64_t first) {
+      ValuesOfNeurons<decltype(mode)::value, false, decltype(width)>(a, first);
+    });
+  }
+};
+
+class GradientOp : public BernsteinOp {
+ public:
+  using BernsteinOp::BernsteinOp;
+  void Compute(OpKernelContext* context) override {
+    const Tensor& x = context->input(0);
+    const Tensor& bounds = context->input(2);
+    Arguments a;
+    a.x = In(context, 0);
+    a.upstream = In(context, 1);
+    a.bounds = In(context, 2);
+    a.table = In(context, 3);
+    a.out = Output(context, 0, x.shape());
+    if (!context->status().ok()) return;
+    a.sums = Output(context, 1, {SumsOf(mode_, false), bounds.dim_size(0)});
+    if (!context->status().ok()) return;
+    Run(context, x, bounds, a, [&](auto mode, auto width, int64_t first) {
+      GradientOfNeurons<decltype(mode)::value, false, decltype(width)>(a, first);
+    });
+  }
+};
+
+class BatchNormalizedValuesOp : public BernsteinOp {
+ public:
+  using BernsteinOp::BernsteinOp;
+  void Compute(OpKernelContext* context) override {
+    const Tensor& x = context->input(0);
+    const Tensor& bounds = context->input(3);
+    Arguments a;
+    a.x = In(context, 0);
+    a.scale = In(context, 1);
+    a.offset = In(context, 2);
+    a.bounds = In(context, 3);
+    a.table = In(context, 4);
+    a.slope_lower = In(context, 5);
+    a.bend = In(context, 6);
+    a.out = Output(context, 0, x.shape());
+    if (!context->status().ok()) return;
+    a.mean_out = Output(context, 1, {bounds.dim_size(0)});
+    if (!context->status().ok()) return;
+    a.variance_out = Output(context, 2, {bounds.dim_size(0)});
+    if (!context->status().ok()) return;
+    Run(context, x, bounds, a, [&](auto mode, auto width, int64_t first) {
+      ValuesOfNeurons<decltype(mode)::value, true, decltype(width)>(a, first);
+    });
+  }
+};
+
+class BatchNormalizedGradientOp : public BernsteinOp {
+ public:
+  using BernsteinOp::BernsteinOp;
+  void Compute(OpKernelContext* context) override {
+    const Tensor& x = context->input(0);
+    const Tensor& bounds = context->input(6);
+    Arguments a;
+    a.x = In(context, 0);
+    a.upstream = In(context, 1);
+    a.mean_in = In(context, 2);
+    a.variance_in = In(context, 3);
+    a.scale = In(context, 4);
+    a.offset = In(context, 5);
+    a.bounds = In(context, 6);
+    a.table = In(context, 7);
+    a.out = Output(context, 0, x.shape());
+    if (!context->status().ok()) return;
+    a.sums = Output(context, 1, {SumsOf(mode_, true), bounds.dim_size(0)});
+    if (!context->status().ok()) return;
+    Run(context, x, bounds, a, [&](auto mode, auto width, int64_t first) {
+      GradientOfNeurons<decltype(mode)::value, true, decltype(width)>(a, first);
+    });
+  }
+};
+
+}  // namespace
+
+#define KERAS_BERNSTEIN_EXTRAPOLATION "extrapolation: {'polynomial', 'clip', 'linear'}"
+
+REGISTER_OP(KERAS_BERNSTEIN_NAME("Values", DEGREE))
+    .Input("x: float")
+    .Input("bounds: float")
+    .Input("columns: float")
+    .Input("slope_lower: float")
+    .Input("bend: float")
+    .Attr(KERAS_BERNSTEIN_EXTRAPOLATION)
+    .Output("values: float")
+    .SetShapeFn(SameAsX);
+
+REGISTER_OP(KERAS_BERNSTEIN_NAME("Gradient", DEGREE))
+    .Input("x: float")
+    .Input("upstream: float")
+    .Input("bounds: float")
+    .Input("slope_table: float")
+    .Attr(KERAS_BERNSTEIN_EXTRAPOLATION)
+    .Output("input_gradient: float")
+    .Output("sums: float")
+    .SetShapeFn(WithSums<false>);
+
+REGISTER_OP(KERAS_BERNSTEIN_NAME("BatchNormalizedValues", DEGREE))
+    .Input("x: float")
+    .Input("scale: float")
+    .Input("offset: float")
+    .Input("bounds: float")
+    .Input("columns: float")
+    .Input("slope_lower: float")
+    .Input("bend: float")
+    .Attr(KERAS_BERNSTEIN_EXTRAPOLATION)
+    .Attr("epsilon: float")
+    .Output("values: float")
+    .Output("mean: float")
+    .Output("variance: float")
+    .SetShapeFn(WithStatistics);
+
+REGISTER_OP(KERAS_BERNSTEIN_NAME("BatchNormalizedGradient", DEGREE))
+    .Input("x: float")
+    .Input("upstream: float")
+    .Input("mean: float")
+    .Input("variance: float")
+    .Input("scale: float")
+    .Input("offset: float")
+    .Input("bounds: float")
+    .Input("slope_table: float")
+    .Attr(KERAS_BERNSTEIN_EXTRAPOLATION)
+    .Attr("epsilon: float")
+    .Output("input_gradient: float")
+    .Output("sums: float")
+    .SetShapeFn(WithSums<true>);
+
+REGISTER_KERNEL_BUILDER(
+    Name(KERAS_BERNSTEIN_NAME("Values", DEGREE)).Device(tensorflow::DEVICE_CPU), ValuesOp);
+REGISTER_KERNEL_BUILDER(
+    Name(KERAS_BERNSTEIN_NAME("Gradient", DEGREE)).Device(tensorflow::DEVICE_CPU), GradientOp);
+REGISTER_KERNEL_BUILDER(
+    Name(KERAS_BERNSTEIN_NAME("BatchNormalizedValues", DEGREE)).Device(tensorflow::DEVICE_CPU),
+    BatchNormalizedValuesOp);
+REGISTER_KERNEL_BUILDER(
+    Name(KERAS_BERNSTEIN_NAME("BatchNormalizedGradient", DEGREE)).Device(tensorflow::DEVICE_CPU),
+    BatchNormalizedGradientOp);

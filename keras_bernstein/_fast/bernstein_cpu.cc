@@ -1,5 +1,5 @@
 // The Bernstein kernels of `bernstein_cpu.h` as XLA FFI handlers, for JAX
-// (`jax_cpu_kernel.py` compiles this file, once per degree): for each
+// (`cpu_kernels.py` compiles this file for JAX, once per degree): for each
 // extrapolation mode, `Values`, `Gradient`, `BatchNormalizedValues` and
 // `BatchNormalizedGradient`.
 #include "bernstein_cpu.h"

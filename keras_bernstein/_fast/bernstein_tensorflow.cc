@@ -1,5 +1,5 @@
 // The Bernstein kernels of `bernstein_cpu.h` as TensorFlow CPU ops
-// (`tensorflow_cpu_kernel.py` compiles this file, once per degree n, and
+// (`cpu_kernels.py` compiles this file for TensorFlow, once per degree n, and
 // loads it with `tf.load_op_library`). Op names end in the degree, so that
 // the libraries of several degrees live in one process:
 //

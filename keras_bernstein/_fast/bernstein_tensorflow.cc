@@ -18,6 +18,7 @@
 #include "bernstein_cpu.h"
 
 #include <functional>
+#include <initializer_list>
 
 #include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/op_kernel.h"
@@ -109,7 +110,8 @@ class BernsteinOp : public OpKernel {
     }
   }
 
-  // Output `index` of `shape`, its memory.
+  // Output `index` of `shape`, its memory; null (and the op failed) where it
+  // could not be allocated.
   float* Output(OpKernelContext* context, int index, const tensorflow::TensorShape& shape) {
     Tensor* output = nullptr;
     const tensorflow::Status status = context->allocate_output(index, shape, &output);
@@ -124,8 +126,11 @@ class BernsteinOp : public OpKernel {
   float epsilon_ = 0.0f;
 };
 
-const float* In(OpKernelContext* context, int index) {
-  return context->input(index).flat<float>().data();
+// The op's inputs, in order, into the fields of `a` that hold them.
+void ReadInputs(OpKernelContext* context, std::initializer_list<const float* Arguments::*> fields,
+                Arguments& a) {
+  int index = 0;
+  for (auto field : fields) a.*field = context->input(index++).flat<float>().data();
 }
 
 int SumsOf(int mode, bool normalized) {
@@ -138,13 +143,9 @@ class ValuesOp : public BernsteinOp {
   void Compute(OpKernelContext* context) override {
     const Tensor& x = context->input(0);
     Arguments a;
-    a.x = In(context, 0);
-    a.bounds = In(context, 1);
-    a.table = In(context, 2);
-    a.slope_lower = In(context, 3);
-    a.bend = In(context, 4);
-    a.out = Output(context, 0, x.shape());
-    if (!context->status().ok()) return;
+    ReadInputs(context, {&Arguments::x, &Arguments::bounds, &Arguments::table,
+                         &Arguments::slope_lower, &Arguments::bend}, a);
+    if (!(a.out = Output(context, 0, x.shape()))) return;
     Run(context, x, context->input(1), a, [&](auto mode, auto width, int64_t first) {
       ValuesOfNeurons<decltype(mode)::value, false, decltype(width)>(a, first);
     });
@@ -158,14 +159,10 @@ class GradientOp : public BernsteinOp {
     const Tensor& x = context->input(0);
     const Tensor& bounds = context->input(2);
     Arguments a;
-    a.x = In(context, 0);
-    a.upstream = In(context, 1);
-    a.bounds = In(context, 2);
-    a.table = In(context, 3);
-    a.out = Output(context, 0, x.shape());
-    if (!context->status().ok()) return;
-    a.sums = Output(context, 1, {SumsOf(mode_, false), bounds.dim_size(0)});
-    if (!context->status().ok()) return;
+    ReadInputs(context, {&Arguments::x, &Arguments::upstream, &Arguments::bounds,
+                         &Arguments::table}, a);
+    if (!(a.out = Output(context, 0, x.shape()))) return;
+    if (!(a.sums = Output(context, 1, {SumsOf(mode_, false), bounds.dim_size(0)}))) return;
     Run(context, x, bounds, a, [&](auto mode, auto width, int64_t first) {
       GradientOfNeurons<decltype(mode)::value, false, decltype(width)>(a, first);
     });
@@ -179,19 +176,12 @@ class BatchNormalizedValuesOp : public BernsteinOp {
     const Tensor& x = context->input(0);
     const Tensor& bounds = context->input(3);
     Arguments a;
-    a.x = In(context, 0);
-    a.scale = In(context, 1);
-    a.offset = In(context, 2);
-    a.bounds = In(context, 3);
-    a.table = In(context, 4);
-    a.slope_lower = In(context, 5);
-    a.bend = In(context, 6);
-    a.out = Output(context, 0, x.shape());
-    if (!context->status().ok()) return;
-    a.mean_out = Output(context, 1, {bounds.dim_size(0)});
-    if (!context->status().ok()) return;
-    a.variance_out = Output(context, 2, {bounds.dim_size(0)});
-    if (!context->status().ok()) return;
+    ReadInputs(context, {&Arguments::x, &Arguments::scale, &Arguments::offset,
+                         &Arguments::bounds, &Arguments::table, &Arguments::slope_lower,
+                         &Arguments::bend}, a);
+    if (!(a.out = Output(context, 0, x.shape()))) return;
+    if (!(a.mean_out = Output(context, 1, {bounds.dim_size(0)}))) return;
+    if (!(a.variance_out = Output(context, 2, {bounds.dim_size(0)}))) return;
     Run(context, x, bounds, a, [&](auto mode, auto width, int64_t first) {
       ValuesOfNeurons<decltype(mode)::value, true, decltype(width)>(a, first);
     });
@@ -205,18 +195,11 @@ class BatchNormalizedGradientOp : public BernsteinOp {
     const Tensor& x = context->input(0);
     const Tensor& bounds = context->input(6);
     Arguments a;
-    a.x = In(context, 0);
-    a.upstream = In(context, 1);
-    a.mean_in = In(context, 2);
-    a.variance_in = In(context, 3);
-    a.scale = In(context, 4);
-    a.offset = In(context, 5);
-    a.bounds = In(context, 6);
-    a.table = In(context, 7);
-    a.out = Output(context, 0, x.shape());
-    if (!context->status().ok()) return;
-    a.sums = Output(context, 1, {SumsOf(mode_, true), bounds.dim_size(0)});
-    if (!context->status().ok()) return;
+    ReadInputs(context, {&Arguments::x, &Arguments::upstream, &Arguments::mean_in,
+                         &Arguments::variance_in, &Arguments::scale, &Arguments::offset,
+                         &Arguments::bounds, &Arguments::table}, a);
+    if (!(a.out = Output(context, 0, x.shape()))) return;
+    if (!(a.sums = Output(context, 1, {SumsOf(mode_, true), bounds.dim_size(0)}))) return;
     Run(context, x, bounds, a, [&](auto mode, auto width, int64_t first) {
       GradientOfNeurons<decltype(mode)::value, true, decltype(width)>(a, first);
     });

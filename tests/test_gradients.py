@@ -799,6 +799,44 @@ def test_cpu_kernel_gradient_is_differentiable(extrapolation, kernel_targets, mo
         np.testing.assert_allclose(a, b, rtol=0, atol=5e-5 * scale, err_msg=label)
 
 
+def test_tensorflow_kernels_refuse_inputs_of_other_sizes(kernel_targets):
+    """The TensorFlow ops check the sizes they read (they are reachable from
+    Python and from saved graphs), and fail with InvalidArgumentError."""
+    if BACKEND != "tensorflow":
+        pytest.skip("TensorFlow's ops")
+    import tensorflow as tf
+
+    from keras_bernstein._fast import cpu_kernels
+
+    library = cpu_kernels._library(3)
+    assert library is not None, "no kernel built"
+    values = library.keras_bernstein_values3
+    normalized = library.keras_bernstein_batch_normalized_values3
+    units = np.zeros(5, "float32")
+    good = dict(
+        x=np.ones((4, 5), "float32"),
+        bounds=np.tile(np.array([-1.0, 1.0], "float32"), (5, 1)),
+        columns=np.ones((4, 5), "float32"),
+        slope_lower=units,
+        bend=units,
+    )
+    assert values(**good, extrapolation="linear").shape == (4, 5)
+    wrong_inputs = [
+        dict(x=np.ones((4, 6), "float32")),
+        dict(bounds=np.ones((5, 3), "float32")),
+        dict(columns=np.ones((3, 5), "float32")),
+        dict(slope_lower=np.zeros(4, "float32")),
+    ]
+    for wrong in wrong_inputs:
+        with pytest.raises(tf.errors.InvalidArgumentError):
+            values(**{**good, **wrong}, extrapolation="linear")
+    with pytest.raises(tf.errors.InvalidArgumentError, match="must end in 5"):
+        normalized(
+            np.ones((5, 4), "float32"), units, units, good["bounds"], good["columns"],
+            units, units, extrapolation="linear", epsilon=1e-3,
+        )
+
+
 def test_cpu_kernels_fall_back_when_the_build_fails(monkeypatch):
     """Without a working compiler the portable backward runs, after one
     warning."""

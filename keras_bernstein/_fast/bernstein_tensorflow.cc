@@ -19,6 +19,7 @@
 
 #include <functional>
 #include <initializer_list>
+#include <string>
 
 #include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/op_kernel.h"
@@ -110,6 +111,47 @@ class BernsteinOp : public OpKernel {
     }
   }
 
+  // Whether the inputs have the sizes the kernels read (and fails the op
+  // otherwise): `bounds_index` a (units, 2) table; `x` (input 0) a whole
+  // number of rows of units, with `last_axis_is_units` its last axis units;
+  // `same_as_x` inputs of `x`'s shape; `per_neuron` inputs of units values;
+  // input `table_index` `table_rows` rows of units.
+  bool ShapesAgree(OpKernelContext* context, int bounds_index, bool last_axis_is_units,
+                   std::initializer_list<int> same_as_x, std::initializer_list<int> per_neuron,
+                   int table_index, int64_t table_rows) {
+    const Tensor& x = context->input(0);
+    const Tensor& bounds = context->input(bounds_index);
+    auto fail = [&](const std::string& what) {
+      context->CtxFailure(__FILE__, __LINE__, absl::InvalidArgumentError(what));
+      return false;
+    };
+    if (bounds.dims() != 2 || bounds.dim_size(1) != 2) {
+      return fail("bounds must be (units, 2), got " + bounds.shape().DebugString());
+    }
+    const int64_t units = bounds.dim_size(0);
+    if (units == 0 ? x.NumElements() != 0 : x.NumElements() % units != 0) {
+      return fail("x " + x.shape().DebugString() + " is not rows of " + std::to_string(units));
+    }
+    if (last_axis_is_units && (x.dims() < 1 || x.dim_size(x.dims() - 1) != units)) {
+      return fail("x " + x.shape().DebugString() + " must end in " + std::to_string(units));
+    }
+    for (int index : same_as_x) {
+      if (context->input(index).shape() != x.shape()) {
+        return fail("input " + std::to_string(index) + " must have the shape of x");
+      }
+    }
+    for (int index : per_neuron) {
+      if (context->input(index).NumElements() != units) {
+        return fail("input " + std::to_string(index) + " must hold one value per unit");
+      }
+    }
+    if (context->input(table_index).NumElements() != table_rows * units) {
+      return fail("input " + std::to_string(table_index) + " must be " +
+                  std::to_string(table_rows) + " rows of units");
+    }
+    return true;
+  }
+
   // Output `index` of `shape`, its memory; null (and the op failed) where it
   // could not be allocated.
   float* Output(OpKernelContext* context, int index, const tensorflow::TensorShape& shape) {
@@ -142,6 +184,7 @@ class ValuesOp : public BernsteinOp {
   using BernsteinOp::BernsteinOp;
   void Compute(OpKernelContext* context) override {
     const Tensor& x = context->input(0);
+    if (!ShapesAgree(context, 1, false, {}, {3, 4}, 2, kDegree + 1)) return;
     Arguments a;
     ReadInputs(context, {&Arguments::x, &Arguments::bounds, &Arguments::table,
                          &Arguments::slope_lower, &Arguments::bend}, a);
@@ -158,6 +201,7 @@ class GradientOp : public BernsteinOp {
   void Compute(OpKernelContext* context) override {
     const Tensor& x = context->input(0);
     const Tensor& bounds = context->input(2);
+    if (!ShapesAgree(context, 2, false, {1}, {}, 3, kDegree)) return;
     Arguments a;
     ReadInputs(context, {&Arguments::x, &Arguments::upstream, &Arguments::bounds,
                          &Arguments::table}, a);
@@ -175,6 +219,7 @@ class BatchNormalizedValuesOp : public BernsteinOp {
   void Compute(OpKernelContext* context) override {
     const Tensor& x = context->input(0);
     const Tensor& bounds = context->input(3);
+    if (!ShapesAgree(context, 3, true, {}, {1, 2, 5, 6}, 4, kDegree + 1)) return;
     Arguments a;
     ReadInputs(context, {&Arguments::x, &Arguments::scale, &Arguments::offset,
                          &Arguments::bounds, &Arguments::table, &Arguments::slope_lower,
@@ -194,6 +239,7 @@ class BatchNormalizedGradientOp : public BernsteinOp {
   void Compute(OpKernelContext* context) override {
     const Tensor& x = context->input(0);
     const Tensor& bounds = context->input(6);
+    if (!ShapesAgree(context, 6, true, {1}, {2, 3, 4, 5}, 7, kDegree)) return;
     Arguments a;
     ReadInputs(context, {&Arguments::x, &Arguments::upstream, &Arguments::mean_in,
                          &Arguments::variance_in, &Arguments::scale, &Arguments::offset,

@@ -138,3 +138,34 @@ def test_mixed_precision_layer_saves_its_policy(tmp_path):
     assert layer.coefficients.dtype == "float32"
     y = layer(np.ones((2, 4), "float32"))
     assert keras.backend.standardize_dtype(y.dtype) == "bfloat16"
+
+
+@pytest.mark.parametrize("normalization", [None, "batch"])
+def test_tensorflow_export_holds_no_kernel_ops(normalization, kernel_targets, tmp_path):
+    """`model.export` traces while `tf.saved_model.save` runs, where the C++
+    kernels stand aside: the SavedModel holds only TensorFlow's own ops, so
+    it loads (TF Serving, a process without keras_bernstein) and predicts
+    what the model predicts with its kernels."""
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("TensorFlow's SavedModel")
+    import tensorflow as tf
+
+    model = keras.Sequential(
+        [
+            keras.Input((8,)),
+            BernsteinDense(16, degree=5, normalization=normalization),
+            keras.layers.Dense(1),
+        ]
+    )
+    x = np.random.default_rng(0).normal(size=(4, 8)).astype("float32") * 2.0
+    model.compile(optimizer="sgd", loss="mse")
+    model.fit(x, np.ones((4, 1), "float32"), epochs=1, verbose=0)
+    expected = model.predict(x, verbose=0)
+    assert "Values" in {kind for *_, kind in kernel_targets}  # predict ran them
+    path = str(tmp_path / "exported")
+    model.export(path, verbose=False)
+    with open(os.path.join(path, "saved_model.pb"), "rb") as graph:
+        assert b"KerasBernstein" not in graph.read()
+    loaded = tf.saved_model.load(path)  # kept: its variables die with it
+    served = loaded.serve(tf.constant(x))
+    np.testing.assert_allclose(served.numpy(), expected, rtol=1e-5, atol=1e-5)

@@ -10,10 +10,8 @@ Keras runs TensorFlow models without XLA on CPU, where an op costs what a
 built-in op costs; the XLA functions of `tensorflow_compilation`, which run
 otherwise, cost about 0.2 ms a call. Inside an XLA computation
 (`jit_compile=True`, or on a GPU) the ops cannot run, and the portable code
-does; so it does while `tf.saved_model.save` traces. A graph that holds the
-ops (`model.export`, which traces before it saves) loads only in a process
-that has loaded them: export with `KERAS_BERNSTEIN_CPU_KERNEL=0` for
-serving elsewhere.
+does; so it does while `tf.saved_model.save` traces (`model.export` too), so
+that a SavedModel loads where the ops are not (TF Serving).
 """
 
 import functools
@@ -41,7 +39,7 @@ def _has_gpu():
 def _in_xla_or_saving():
     """Whether the graph being built is compiled by XLA as a whole, or traced
     by `tf.saved_model.save` (a SavedModel with the ops would load only
-    where their library is loaded)."""
+    where their library is loaded; `tests/test_saving.py`)."""
     try:
         from tensorflow.python.ops import control_flow_util
         from tensorflow.python.saved_model import save_context

@@ -837,6 +837,54 @@ def test_tensorflow_kernels_refuse_inputs_of_other_sizes(kernel_targets):
         )
 
 
+@pytest.mark.parametrize("extrapolation", ["linear", "clip", "polynomial"])
+def test_tensorflow_kernels_write_over_their_inputs_correctly(extrapolation, kernel_targets):
+    """Inside a graph the ops may write their output over the input `x`
+    (values) or the upstream gradient (gradients) when nothing else holds
+    it; the results equal those of eager calls on tensors held elsewhere."""
+    if BACKEND != "tensorflow":
+        pytest.skip("TensorFlow's ops")
+    import tensorflow as tf
+
+    from keras_bernstein._fast import cpu_kernels
+
+    library = cpu_kernels._library(3)
+    assert library is not None, "no kernel built"
+    x, coefficients, bounds, weights = kernel_case(300, 37, 3, seed=7)
+    bounds, columns, slope_lower, bend = (
+        t.numpy() for t in cpu_kernels._flat_tables(tf.constant(coefficients), tf.constant(bounds))
+    )
+    slopes = cpu_kernels._slope_table(tf.constant(coefficients)).numpy()
+    units = np.linspace(0.5, 1.5, 37).astype("float32")
+    calls = {
+        "values": lambda x, g: library.keras_bernstein_values3(
+            x, bounds, columns, slope_lower, bend, extrapolation=extrapolation
+        ),
+        "gradient": lambda x, g: library.keras_bernstein_gradient3(
+            x, g, bounds, slopes, extrapolation=extrapolation
+        ),
+        "batch_normalized_values": lambda x, g: library.keras_bernstein_batch_normalized_values3(
+            x, units, units - 1.0, bounds, columns, slope_lower, bend,
+            extrapolation=extrapolation, epsilon=1e-3,
+        ),
+        "batch_normalized_gradient": lambda x, g: (
+            library.keras_bernstein_batch_normalized_gradient3(
+                x, g, units - 1.0, units, units, units - 1.0, bounds, slopes,
+                extrapolation=extrapolation, epsilon=1e-3,
+            )
+        ),
+    }
+    for name, call in calls.items():
+        held = [a.numpy() for a in tf.nest.flatten(call(tf.constant(x + 0.5), weights * 2.0))]
+
+        @tf.function
+        def fresh(x, weights):
+            return tf.nest.flatten(call(x + 0.5, weights * 2.0))  # only the op holds them
+
+        for a, b in zip(fresh(tf.constant(x), tf.constant(weights)), held):
+            np.testing.assert_array_equal(a.numpy(), b, err_msg=name)
+
+
 def test_cpu_kernels_fall_back_when_the_build_fails(monkeypatch):
     """Without a working compiler the portable backward runs, after one
     warning."""

@@ -153,10 +153,17 @@ class BernsteinOp : public OpKernel {
   }
 
   // Output `index` of `shape`, its memory; null (and the op failed) where it
-  // could not be allocated.
-  float* Output(OpKernelContext* context, int index, const tensorflow::TensorShape& shape) {
+  // could not be allocated. With `reused` >= 0 it takes the memory of that
+  // input where nothing else holds it (the kernels read each element before
+  // they write it): a training step's input gradient then overwrites the
+  // upstream gradient instead of adding a batch-sized tensor at the
+  // backward pass's peak, as TensorFlow's own elementwise gradients do.
+  float* Output(OpKernelContext* context, int index, const tensorflow::TensorShape& shape,
+                int reused = -1) {
     Tensor* output = nullptr;
-    const tensorflow::Status status = context->allocate_output(index, shape, &output);
+    const tensorflow::Status status =
+        reused < 0 ? context->allocate_output(index, shape, &output)
+                   : context->forward_input_or_allocate_output({reused}, index, shape, &output);
     if (!status.ok()) {
       context->CtxFailureWithWarning(__FILE__, __LINE__, status);
       return nullptr;
@@ -188,7 +195,7 @@ class ValuesOp : public BernsteinOp {
     Arguments a;
     ReadInputs(context, {&Arguments::x, &Arguments::bounds, &Arguments::table,
                          &Arguments::slope_lower, &Arguments::bend}, a);
-    if (!(a.out = Output(context, 0, x.shape()))) return;
+    if (!(a.out = Output(context, 0, x.shape(), 0))) return;
     Run(context, x, context->input(1), a, [&](auto mode, auto width, int64_t first) {
       ValuesOfNeurons<decltype(mode)::value, false, decltype(width)>(a, first);
     });
@@ -205,7 +212,7 @@ class GradientOp : public BernsteinOp {
     Arguments a;
     ReadInputs(context, {&Arguments::x, &Arguments::upstream, &Arguments::bounds,
                          &Arguments::table}, a);
-    if (!(a.out = Output(context, 0, x.shape()))) return;
+    if (!(a.out = Output(context, 0, x.shape(), 1))) return;
     if (!(a.sums = Output(context, 1, {SumsOf(mode_, false), bounds.dim_size(0)}))) return;
     Run(context, x, bounds, a, [&](auto mode, auto width, int64_t first) {
       GradientOfNeurons<decltype(mode)::value, false, decltype(width)>(a, first);
@@ -224,7 +231,7 @@ class BatchNormalizedValuesOp : public BernsteinOp {
     ReadInputs(context, {&Arguments::x, &Arguments::scale, &Arguments::offset,
                          &Arguments::bounds, &Arguments::table, &Arguments::slope_lower,
                          &Arguments::bend}, a);
-    if (!(a.out = Output(context, 0, x.shape()))) return;
+    if (!(a.out = Output(context, 0, x.shape(), 0))) return;
     if (!(a.mean_out = Output(context, 1, {bounds.dim_size(0)}))) return;
     if (!(a.variance_out = Output(context, 2, {bounds.dim_size(0)}))) return;
     Run(context, x, bounds, a, [&](auto mode, auto width, int64_t first) {
@@ -244,7 +251,7 @@ class BatchNormalizedGradientOp : public BernsteinOp {
     ReadInputs(context, {&Arguments::x, &Arguments::upstream, &Arguments::mean_in,
                          &Arguments::variance_in, &Arguments::scale, &Arguments::offset,
                          &Arguments::bounds, &Arguments::table}, a);
-    if (!(a.out = Output(context, 0, x.shape()))) return;
+    if (!(a.out = Output(context, 0, x.shape(), 1))) return;
     if (!(a.sums = Output(context, 1, {SumsOf(mode_, true), bounds.dim_size(0)}))) return;
     Run(context, x, bounds, a, [&](auto mode, auto width, int64_t first) {
       GradientOfNeurons<decltype(mode)::value, true, decltype(width)>(a, first);

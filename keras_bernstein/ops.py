@@ -429,7 +429,7 @@ def _gradients_from_sums(sums, coefficients, bounds, extrapolation):
     `_gradient_and_sums`; `rest` the sums after the polynomial's (the
     normalization's, where it has them)."""
     degree = coefficients.shape[-1] - 1
-    polynomial_terms = degree + 1 + (0 if extrapolation == "polynomial" else 2)
+    polynomial_terms = _polynomial_sum_count(degree, extrapolation)
     basis_sums = ops.stack(sums[: degree + 1], axis=-1)
     grad_c, grad_bounds = _parameter_gradients(
         basis_sums * ops.cast(binomial_coefficients(degree), basis_sums.dtype),
@@ -439,6 +439,13 @@ def _gradients_from_sums(sums, coefficients, bounds, extrapolation):
         *sums[degree + 1 : polynomial_terms],
     )
     return grad_c, grad_bounds, sums[polynomial_terms:]
+
+
+def _polynomial_sum_count(degree, extrapolation):
+    """How many per-neuron sums the polynomial's backward takes
+    (`_gradient_and_sums`): the `degree + 1` basis sums, then the two for
+    the ends of `"linear"` and `"clip"`."""
+    return degree + 1 + (0 if extrapolation == "polynomial" else 2)
 
 
 def _plain_unit_parts(x, bounds):

@@ -182,10 +182,6 @@ void ReadInputs(OpKernelContext* context, std::initializer_list<const float* Arg
   for (auto field : fields) a.*field = context->input(index++).flat<float>().data();
 }
 
-int SumsOf(int mode, bool normalized) {
-  return mode == kPolynomial ? SumCount(kPolynomial, normalized) : SumCount(kLinear, normalized);
-}
-
 class ValuesOp : public BernsteinOp {
  public:
   using BernsteinOp::BernsteinOp;
@@ -213,7 +209,7 @@ class GradientOp : public BernsteinOp {
     ReadInputs(context, {&Arguments::x, &Arguments::upstream, &Arguments::bounds,
                          &Arguments::table}, a);
     if (!(a.out = Output(context, 0, x.shape(), 1))) return;
-    if (!(a.sums = Output(context, 1, {SumsOf(mode_, false), bounds.dim_size(0)}))) return;
+    if (!(a.sums = Output(context, 1, {SumCount(mode_, false), bounds.dim_size(0)}))) return;
     Run(context, x, bounds, a, [&](auto mode, auto width, int64_t first) {
       GradientOfNeurons<decltype(mode)::value, false, decltype(width)>(a, first);
     });
@@ -252,7 +248,7 @@ class BatchNormalizedGradientOp : public BernsteinOp {
                          &Arguments::variance_in, &Arguments::scale, &Arguments::offset,
                          &Arguments::bounds, &Arguments::table}, a);
     if (!(a.out = Output(context, 0, x.shape(), 1))) return;
-    if (!(a.sums = Output(context, 1, {SumsOf(mode_, true), bounds.dim_size(0)}))) return;
+    if (!(a.sums = Output(context, 1, {SumCount(mode_, true), bounds.dim_size(0)}))) return;
     Run(context, x, bounds, a, [&](auto mode, auto width, int64_t first) {
       GradientOfNeurons<decltype(mode)::value, true, decltype(width)>(a, first);
     });

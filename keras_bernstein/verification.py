@@ -26,6 +26,8 @@ import keras
 import numpy as np
 
 from keras_bernstein import ops as bernstein_ops
+from keras_bernstein._arguments import check_interval
+from keras_bernstein._arguments import check_nonnegative_number
 from keras_bernstein.layers import Bernstein
 from keras_bernstein.layers import BernsteinDense
 
@@ -529,6 +531,69 @@ def _output_layer(model):
     return model.outputs[0]._keras_history[0]
 
 
+def _num_classes(model):
+    """The size of the model's single output, `(batch, classes)`."""
+    try:
+        shapes = [tuple(t.shape) for t in keras.tree.flatten(model.outputs)]
+    except (AttributeError, TypeError, ValueError):
+        shapes = []
+    if len(shapes) != 1 or len(shapes[0]) != 2 or shapes[0][1] is None:
+        raise ValueError(
+            "`model` must have one output of shape (batch, classes). "
+            f"Received: model with output shapes {shapes}"
+        )
+    return shapes[0][1]
+
+
+def _check_inputs(x, input_range):
+    """`x` as float64, finite and inside `input_range` (a certificate for a
+    ball clipped to a range that does not hold its centre is meaningless)."""
+    x = np.asarray(keras.ops.convert_to_numpy(x), dtype="float64")
+    if x.ndim < 1 or x.shape[0] == 0:
+        raise ValueError(
+            f"`x` must hold a batch of inputs. Received: x.shape={x.shape}"
+        )
+    if not np.all(np.isfinite(x)):
+        raise ValueError("`x` must be finite. Received: x with NaN or inf entries")
+    if input_range is not None:
+        low, high = check_interval(input_range, "input_range")
+        if x.min() < low or x.max() > high:
+            raise ValueError(
+                "`x` must lie inside `input_range` (pass the range of valid "
+                "inputs, e.g. (0, 255) for raw pixels, or None). Received: x "
+                f"in [{x.min():g}, {x.max():g}], input_range={input_range!r}"
+            )
+    return x
+
+
+def _check_labels(y, count, classes):
+    """Integer labels `(count,)` in `[0, classes)`, from labels or one-hot rows."""
+    y = np.asarray(keras.ops.convert_to_numpy(y))
+    if y.ndim == 2 and y.shape[1] == classes and classes > 1:
+        y = y.argmax(axis=-1)
+    elif y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.shape != (count,):
+        raise ValueError(
+            f"`y` must hold one label per input: shape ({count},) or one-hot "
+            f"({count}, {classes}). Received: y.shape={y.shape}"
+        )
+    if y.dtype == bool or not np.issubdtype(y.dtype, np.number):
+        raise ValueError(f"`y` must hold integer labels. Received: y.dtype={y.dtype}")
+    if np.issubdtype(y.dtype, np.floating) and not np.all(
+        np.isfinite(y) & (y == np.round(y))
+    ):
+        raise ValueError(
+            "`y` must hold integer labels. Received: y with non-integer values"
+        )
+    if y.min() < 0 or y.max() >= classes:
+        raise ValueError(
+            f"`y` must hold labels in [0, {classes - 1}] (the model has "
+            f"{classes} classes). Received: y in [{y.min():g}, {y.max():g}]"
+        )
+    return y.astype(int)
+
+
 def certified_margins(model, x, y, epsilon, input_range=(0.0, 1.0), method="subdivision"):
     """Lower bounds of `z_y - max_{j != y} z_j` over L∞ balls of radius `epsilon`.
 
@@ -543,10 +608,12 @@ def certified_margins(model, x, y, epsilon, input_range=(0.0, 1.0), method="subd
         model: A model accepted by `output_bounds` with one input and one
             output of shape `(batch, classes)`.
         x: Inputs, batch first.
-        y: Integer labels `(batch,)`, or one-hot `(batch, classes)`.
+        y: Integer labels in `[0, classes)`, `(batch,)` or `(batch, 1)`, or
+            one-hot `(batch, classes)`.
         epsilon: Nonnegative radius of the L∞ ball around each input.
-        input_range: `(min, max)` the box is clipped to (e.g. valid pixel
-            values), or `None`.
+        input_range: `(min, max)` with `min < max`, the range of valid
+            inputs (e.g. pixel values) the box is clipped to, or `None`.
+            Every entry of `x` must lie inside it.
         method: See `output_bounds`.
 
     Returns:
@@ -555,20 +622,9 @@ def certified_margins(model, x, y, epsilon, input_range=(0.0, 1.0), method="subd
     """
     _check_model(model)
     _check_method(method)
-    if not np.isfinite(epsilon) or epsilon < 0:
-        raise ValueError(
-            f"`epsilon` must be a finite number >= 0. Received: epsilon={epsilon}"
-        )
-    x = np.asarray(keras.ops.convert_to_numpy(x), dtype="float64")
-    y = np.asarray(y)
-    if y.ndim == 2:
-        y = y.argmax(axis=-1)
-    y = y.astype(int)
-    if y.shape != x.shape[:1]:
-        raise ValueError(
-            "`y` must hold one label per input. "
-            f"Received: y.shape={y.shape}, x.shape={x.shape}"
-        )
+    epsilon = check_nonnegative_number(epsilon, "epsilon")
+    x = _check_inputs(x, input_range)
+    y = _check_labels(y, len(x), _num_classes(model))
     lower, upper = x - epsilon, x + epsilon
     if input_range is not None:
         lower = np.clip(lower, *input_range)
@@ -612,11 +668,18 @@ def certified_accuracy(model, x, y, epsilon, input_range=(0.0, 1.0), method="sub
         x: Inputs, batch first.
         y: Integer labels or one-hot.
         epsilon: Radius of the L∞ ball.
-        input_range: `(min, max)` the box is clipped to, or `None`.
+        input_range: `(min, max)` the box is clipped to, or `None`; see
+            `certified_margins`.
         method: `"subdivision"` or `"coefficient_range"`; see `output_bounds`.
 
     Returns:
-        A float in `[0, 1]`.
+        A float in `[0, 1]`, at most the clean accuracy (up to float32
+        rounding of margins within about `1e-6` of zero).
+
+    Raises:
+        ValueError: for an invalid `epsilon` or `input_range`, inputs outside
+            `input_range`, or labels that are not integers in
+            `[0, classes)`.
 
     Example:
         >>> fraction = certified_accuracy(model, x_test, y_test, epsilon=0.01)

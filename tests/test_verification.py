@@ -265,3 +265,84 @@ def test_derivative_certificate():
     slopes = ops.convert_to_numpy(layer.derivative(x))
     assert np.all(slopes >= certificate.lower_bounds - 1e-5)
     assert certificate.monotone_fraction == pytest.approx(np.mean(certificate.lower_bounds > 0))
+
+
+def _small_classifier(classes=3):
+    """An untrained Bernstein classifier: certificates are checked against
+    its own predictions, so it need not be accurate."""
+    model = keras.Sequential(
+        [
+            keras.Input((4,)),
+            BernsteinDense(6, degree=4, normalization=None, bounds=(-2.0, 2.0)),
+            keras.layers.Dense(classes, activation="softmax"),
+        ]
+    )
+    _randomize(model, np.random.default_rng(11))
+    return model
+
+
+@pytest.mark.parametrize(
+    "input_range", [(1.0, 0.0), (0.5, 0.5), (float("nan"), 1.0), (0.0, float("inf")),
+                    (0.0,), "ab", (0.0, 1.0, 2.0), (False, True)]
+)
+def test_certified_accuracy_rejects_bad_input_ranges(input_range):
+    model = _small_classifier()
+    x = np.full((2, 4), 0.5, "float32")
+    with pytest.raises(ValueError, match="input_range"):
+        verification.certified_accuracy(model, x, [0, 1], 0.01, input_range=input_range)
+
+
+def test_certified_accuracy_rejects_inputs_outside_input_range():
+    model = _small_classifier()
+    x = np.random.default_rng(12).uniform(0.0, 255.0, (8, 4)).astype("float32")
+    y = np.zeros(8, "int64")
+    for function in (verification.certified_accuracy, verification.certified_margins):
+        with pytest.raises(ValueError, match=r"`x` must lie inside `input_range`"):
+            function(model, x, y, 0.01)
+    assert 0.0 <= verification.certified_accuracy(model, x, y, 1.0, input_range=(0, 255)) <= 1.0
+    assert 0.0 <= verification.certified_accuracy(model, x, y, 1.0, input_range=None) <= 1.0
+    with pytest.raises(ValueError, match="`x` must be finite"):
+        verification.certified_accuracy(model, np.full((1, 4), np.nan), [0], 0.01)
+
+
+@pytest.mark.parametrize(
+    "labels", [[0, 3], [-1, 0], [0.5, 1.0], [0, 1, 2], [[0, 1], [1, 0]], ["a", "b"],
+               [True, False]]
+)
+def test_certified_accuracy_rejects_bad_labels(labels):
+    model = _small_classifier(classes=3)
+    x = np.full((2, 4), 0.5, "float32")
+    with pytest.raises(ValueError, match="`y` must"):
+        verification.certified_accuracy(model, x, labels, 0.01)
+
+
+def test_certified_accuracy_accepts_label_layouts():
+    model = _small_classifier(classes=3)
+    x = np.random.default_rng(13).uniform(size=(16, 4)).astype("float32")
+    y = np.random.default_rng(14).integers(0, 3, 16)
+    expected = verification.certified_accuracy(model, x, y, 0.01)
+    one_hot = np.eye(3)[y]
+    for layout in (y[:, None], one_hot, y.astype("float32"), keras.ops.convert_to_tensor(y)):
+        assert verification.certified_accuracy(model, x, layout, 0.01) == expected
+    with pytest.raises(ValueError, match="epsilon"):
+        verification.certified_accuracy(model, x, y, "0.1")
+    with pytest.raises(ValueError, match="epsilon"):
+        verification.certified_accuracy(model, x, y, float("nan"))
+
+
+@pytest.mark.parametrize("input_range", [(0.0, 1.0), (-1.0, 2.0), None])
+def test_certified_accuracy_never_exceeds_clean_accuracy(input_range):
+    model = _small_classifier(classes=3)
+    rng = np.random.default_rng(15)
+    x = rng.uniform(size=(128, 4)).astype("float32")
+    predictions = ops.convert_to_numpy(model(x)).argmax(-1)
+    # Labels the model mostly gets wrong: a certificate may never count them.
+    y = np.where(rng.uniform(size=128) < 0.7, (predictions + 1) % 3, predictions)
+    clean = np.mean(predictions == y)
+    previous = 1.0
+    for epsilon in (0.0, 1e-3, 0.05, 0.5):
+        certified = verification.certified_accuracy(model, x, y, epsilon, input_range)
+        assert certified <= clean + 1e-12
+        assert certified <= previous
+        previous = certified
+    assert verification.certified_accuracy(model, x, y, 0.0, input_range) == pytest.approx(clean)

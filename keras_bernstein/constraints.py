@@ -3,17 +3,7 @@
 import keras
 from keras import ops
 
-from keras_bernstein._arguments import is_finite_real
-
-
-def _check_number(value, name, positive=False):
-    """`value` as a float, if it is a finite real number `>= 0` (`> 0` if `positive`)."""
-    if not is_finite_real(value) or value < 0 or (positive and value == 0):
-        kind = "positive" if positive else "nonnegative"
-        raise ValueError(
-            f"`{name}` must be a finite {kind} number. Received: {name}={value!r}"
-        )
-    return float(value)
+from keras_bernstein._arguments import check_nonnegative_number
 
 
 @keras.saving.register_keras_serializable(package="keras_bernstein")
@@ -35,7 +25,7 @@ class OrderedBounds(keras.constraints.Constraint):
     """
 
     def __init__(self, min_width=1e-3):
-        self.min_width = _check_number(min_width, "min_width", positive=True)
+        self.min_width = check_nonnegative_number(min_width, "min_width", positive=True)
 
     def __call__(self, w):
         w = ops.convert_to_tensor(w)
@@ -81,7 +71,7 @@ class MonotonicCoefficients(keras.constraints.Constraint):
     """
 
     def __init__(self, min_gap=0.0):
-        self.min_gap = _check_number(min_gap, "min_gap")
+        self.min_gap = check_nonnegative_number(min_gap, "min_gap")
 
     def __call__(self, w):
         w = ops.convert_to_tensor(w)

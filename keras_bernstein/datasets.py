@@ -5,6 +5,7 @@ replaced by synthetic data. Errors say what is missing and how to get it.
 """
 
 import gzip
+import hashlib
 import itertools
 import math
 import os
@@ -19,8 +20,10 @@ HIGGS_SOURCES = ("auto", "uci", "tfds")
 HIGGS_URL = (
     "https://archive.ics.uci.edu/ml/machine-learning-databases/00280/HIGGS.csv.gz"
 )
-# Published with the file by tensorflow-datasets (url_checksums/higgs.txt).
+# The UCI file's SHA-256 and size, as tensorflow-datasets records them
+# (url_checksums/higgs.txt).
 HIGGS_SHA256 = "ea302c18164d4e3d916a1e2e83a9a8d07069fa6ebc7771e4c0540d54e593b698"
+HIGGS_SIZE = 2_816_407_858  # bytes of that file
 HIGGS_ROWS = 11_000_000
 HIGGS_TEST_ROWS = 500_000
 HIGGS_FEATURES = 28
@@ -386,52 +389,180 @@ def load_mnist(source="auto", path=None, data_dir=None, seed=0):
     return _load_mnist_keras()
 
 
-def _parse_higgs_lines(lines, first_line_number, path):
-    """Parses CSV lines into a float32 `(N, 29)` array; errors name the line."""
+def _higgs_rows_or_none(lines, columns=HIGGS_FEATURES + 1):
+    """The lines as float64 `(len(lines), columns)`, or None if they are not."""
     try:
-        rows = np.loadtxt(lines, delimiter=",", dtype="float32", ndmin=2)
-        if rows.shape[1] == HIGGS_FEATURES + 1:
-            return rows
+        rows = np.loadtxt(
+            lines, delimiter=",", dtype="float64", ndmin=2, comments=None
+        )
     except ValueError:
-        pass
-    # Slow path, only to locate the first bad line for the error message.
-    for offset, line in enumerate(lines):
-        fields = line.strip().split(",")
-        where = f"{path}, line {first_line_number + offset}"
-        if len(fields) != HIGGS_FEATURES + 1:
-            raise ValueError(
-                f"{where}: expected {HIGGS_FEATURES + 1} comma-separated numbers "
-                f"(label, then {HIGGS_FEATURES} features; UCI layout, no "
-                f"header), found {len(fields)}. Received: {line.strip()[:80]!r}"
+        return None
+    return rows if rows.shape == (len(lines), columns) else None
+
+
+def _explain_bad_higgs_line(text, where):
+    """The `ValueError` for a line that does not parse as a HIGGS row."""
+    fields = text.rstrip("\r\n").split(",")
+    if len(fields) != HIGGS_FEATURES + 1:
+        return ValueError(
+            f"{where}: expected {HIGGS_FEATURES + 1} comma-separated numbers "
+            f"(label, then {HIGGS_FEATURES} features; UCI layout, no "
+            f"header), found {len(fields)}. Received: {text.strip()[:80]!r}"
+        )
+    for column, field in enumerate(fields):
+        if _higgs_rows_or_none([field], columns=1) is None:
+            return ValueError(
+                f"{where}, column {column + 1}: not a number. "
+                f"Received: {field[:40]!r}"
             )
-        for column, field in enumerate(fields):
+    return ValueError(  # pragma: no cover
+        f"{where}: not {HIGGS_FEATURES + 1} comma-separated numbers. "
+        f"Received: {text.strip()[:80]!r}"
+    )
+
+
+def _check_higgs_values(rows, path, unit, first, texts=None):
+    """`rows` as float32, refusing non-finite values and labels but 0 and 1.
+
+    Entry `[i, j]` is `unit` (line or row) `first + i` of `path`; `texts`, the
+    lines read, lets the error show the value as written. Labels are checked
+    before rounding to float32, so that 1.00000001 is no label.
+    """
+    with np.errstate(over="ignore"):  # an overflow is refused below
+        rows32 = rows.astype("float32")
+    finite = np.isfinite(rows32)
+    if not finite.all():
+        row, column = np.unravel_index(int(np.argmin(finite)), rows.shape)
+        received = (
+            repr(texts[row].rstrip("\r\n").split(",")[column].strip())
+            if texts is not None
+            else rows[row, column]
+        )
+        raise ValueError(
+            f"{path}, {unit} {first + row}, column {column + 1}: not a finite "
+            f"float32 number (NaN, infinity, or beyond +-3.4e38). "
+            f"Received: {received}"
+        )
+    labels = rows[:, 0]
+    bad = (labels != 0.0) & (labels != 1.0)
+    if bad.any():
+        row = int(np.argmax(bad))
+        received = (
+            repr(texts[row].split(",")[0].strip()) if texts is not None else labels[row]
+        )
+        raise ValueError(
+            f"{path}, {unit} {first + row}: the label (column 1) must be 0 or 1. "
+            f"Received: {received}"
+        )
+    return rows32
+
+
+def _parse_higgs_lines(raw_lines, first_line_number, path):
+    """Parses ASCII CSV lines (bytes) into a checked float32 `(N, 29)` array.
+
+    Errors name the file and the line number `first_line_number + index`.
+    """
+    try:
+        texts = [raw.decode("ascii") for raw in raw_lines]
+    except UnicodeDecodeError:
+        for offset, raw in enumerate(raw_lines):
             try:
-                float(field)
-            except ValueError:
+                raw.decode("ascii")
+            except UnicodeDecodeError as error:
                 raise ValueError(
-                    f"{where}, column {column + 1}: not a number. "
-                    f"Received: {field[:40]!r}"
-                ) from None
-    raise ValueError(f"{path}: could not be parsed as CSV.")  # pragma: no cover
+                    f"{path}, line {first_line_number + offset}: not ASCII text "
+                    f"(a binary or compressed file other than gzip?). "
+                    f"Received: {raw[:40]!r}"
+                ) from error
+    rows = _higgs_rows_or_none(texts)
+    if rows is None:
+        # Bisection for the first bad line: a prefix parses iff its lines do.
+        good, bad = 0, len(texts)
+        while bad - good > 1:
+            middle = (good + bad) // 2
+            if _higgs_rows_or_none(texts[:middle]) is not None:
+                good = middle
+            else:
+                bad = middle
+        where = f"{path}, line {first_line_number + bad - 1}"
+        raise _explain_bad_higgs_line(texts[bad - 1], where)
+    return _check_higgs_values(rows, path, "line", first_line_number, texts)
 
 
 def _read_higgs_csv(path, max_rows, chunk_rows=200_000):
+    """Reads the rows of a HIGGS CSV (or its gzip), checking every line read.
+
+    Blank lines may only end the file: one followed by a data row is an error.
+    """
     chunks = []
-    line_number = 1
-    with _open_maybe_gzip(path, "rt") as f:
-        lines = (line for line in f if line.strip())
-        while max_rows is None or line_number <= max_rows:
+    rows_read = 0
+    next_line = 1  # the physical, 1-based number of the next line
+    blank_line = None  # the first of the blank lines seen last, if any
+    with _open_maybe_gzip(path, "rb") as f:
+        lines = iter(f)
+        while max_rows is None or rows_read < max_rows:
             size = chunk_rows if max_rows is None else min(
-                chunk_rows, max_rows - line_number + 1
+                chunk_rows, max_rows - rows_read
             )
-            chunk = list(itertools.islice(lines, size))
+            chunk = []
+            try:
+                for raw in itertools.islice(lines, size):
+                    chunk.append(raw)
+            except _GZIP_ERRORS as error:
+                raise ValueError(
+                    f"{path}, line {next_line + len(chunk)}: the gzip stream is "
+                    "truncated or corrupt (an interrupted download?); the lines "
+                    f"before it were read. Cause: {error}"
+                ) from error
             if not chunk:
                 break
-            chunks.append(_parse_higgs_lines(chunk, line_number, path))
-            line_number += len(chunk)
+            first = next_line
+            next_line += len(chunk)
+            blanks = [i for i, raw in enumerate(chunk) if not raw.strip()]
+            if blank_line is not None:
+                data_end = 0  # after a blank line, only blank lines may follow
+            else:
+                data_end = blanks[0] if blanks else len(chunk)
+                if blanks:
+                    blank_line = first + data_end
+            if blank_line is not None and len(chunk) - data_end > len(blanks):
+                raise ValueError(
+                    f"{path}, line {blank_line}: blank line; blank lines may "
+                    "only end the file, after the last row."
+                )
+            if data_end:
+                chunks.append(_parse_higgs_lines(chunk[:data_end], first, path))
+                rows_read += data_end
     if not chunks:
         raise ValueError(f"{path}: the file holds no data rows.")
     return np.concatenate(chunks)
+
+
+def _check_uci_higgs_file(path):
+    """Checks a file that stands for the UCI `HIGGS.csv.gz`: size and SHA-256.
+
+    That is a file of the UCI file's size, or one named `HIGGS.csv.gz`.
+    """
+    size = os.path.getsize(path)
+    named = os.path.basename(path).lower() == "higgs.csv.gz"
+    if size != HIGGS_SIZE:
+        if not named:
+            return
+        raise ValueError(
+            f"{path}: a file named HIGGS.csv.gz is read as the UCI file, which "
+            f"has {HIGGS_SIZE:,} bytes (an interrupted download? Download it "
+            f"again, or name a sample otherwise). Received: {size:,} bytes"
+        )
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    if digest.hexdigest() != HIGGS_SHA256:
+        raise ValueError(
+            f"{path}: a file of the UCI HIGGS.csv.gz's size but not its "
+            f"published SHA-256 {HIGGS_SHA256} (a damaged download? Download "
+            f"it again). Received: SHA-256 {digest.hexdigest()}"
+        )
 
 
 def _download_higgs_uci():
@@ -463,9 +594,18 @@ def load_higgs(path=None, max_rows=None, source="auto", data_dir=None):
     Args:
         path: A local `.csv` or `.csv.gz` in the UCI layout of `HIGGS.csv.gz`:
             no header, column 0 the label (1 signal, 0 background), columns
-            1-28 the features. Used whenever given.
+            1-28 the features. Used whenever given. The accepted format:
+            ASCII text, one row per line (LF or CRLF line ends), 29
+            comma-separated numbers per row, each finite in float32 and the
+            label exactly 0 or 1; no header, comments or quotes; blank lines
+            only at the end of the file. Every line read is checked: any
+            other line, a truncated or corrupt gzip, or a binary file raises
+            a `ValueError` naming the file and the line (1-based, as counted
+            in the file). A file named `HIGGS.csv.gz`, or of the UCI file's
+            size, must be that file: its size and published SHA-256 are
+            checked first, which reads all 2.8 GB.
         max_rows: Read only the first `max_rows` rows (the full file has 11
-            million), or `None` for all.
+            million), or `None` for all. Lines after them are not read.
         source: When `path` is `None`: `"uci"` downloads `HIGGS.csv.gz`
             (2.8 GB, once, to `~/.keras/datasets`) and checks its published
             SHA-256; `"tfds"` loads `higgs` through `tensorflow-datasets` into
@@ -504,24 +644,23 @@ def load_higgs(path=None, max_rows=None, source="auto", data_dir=None):
         splits = _load_tfds("higgs", data_dir, _HIGGS_HOW_TO_GET)
         train = splits["train"]  # tfds has a single split
         columns = [train[name] for name in HIGGS_TFDS_COLUMNS]
-        rows = np.stack(columns, axis=1).astype("float32")[:max_rows]
         path = "tensorflow-datasets higgs"
+        rows = _check_higgs_values(np.stack(columns, axis=1)[:max_rows], path, "row", 1)
         standard_split = False  # tfds stores the rows in its own order
     else:
         if path is None:
-            path = _download_higgs_uci()
-        path = os.fspath(path)
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"No HIGGS file at {path!r}. " + _HIGGS_HOW_TO_GET)
+            path = _download_higgs_uci()  # keras checks the SHA-256
+        else:
+            path = os.fspath(path)
+            if not os.path.exists(path):
+                raise FileNotFoundError(
+                    f"No HIGGS file at {path!r}. " + _HIGGS_HOW_TO_GET
+                )
+            if os.path.isfile(path):
+                _check_uci_higgs_file(path)
         rows = _read_higgs_csv(path, max_rows)
         standard_split = len(rows) == HIGGS_ROWS
     labels, features = rows[:, 0], rows[:, 1:]
-    if not np.isin(labels, (0.0, 1.0)).all():
-        bad = int(np.flatnonzero(~np.isin(labels, (0.0, 1.0)))[0])
-        raise ValueError(
-            f"{path}, line {bad + 1}: the label (column 1) must be 0 or 1. "
-            f"Received: {labels[bad]}"
-        )
     if standard_split:
         split = HIGGS_ROWS - HIGGS_TEST_ROWS
         return (features[:split], labels[:split]), (features[split:], labels[split:])

@@ -456,3 +456,157 @@ def test_mnist_keras_and_tfds_arrays_are_checked(monkeypatch):
     )
     with pytest.raises(ValueError, match=r"tensorflow-datasets mnist.*'test'.*= 1[0-8]"):
         datasets.load_mnist("tfds")
+
+
+def write_lines(path, lines, compress=False, newline="\n"):
+    data = (newline.join(lines) + newline).encode()
+    path.write_bytes(gzip.compress(data) if compress else data)
+    return str(path)
+
+
+def good_line(label=1):
+    return ",".join([str(label)] + ["0.5"] * 28)
+
+
+@pytest.mark.parametrize(
+    "bad, error",
+    [("# a comment", "expected 29 .* found 1"),
+     ("# " + good_line(), "column 1: not a number"),
+     (good_line() + " # a comment", "column 29: not a number"),
+     (good_line()[:-3] + "#0.5", "column 29: not a number")],
+)
+def test_higgs_comments_are_refused_not_dropped(tmp_path, bad, error):
+    path = write_lines(tmp_path / "h.csv", [good_line(), good_line(0), bad, good_line()])
+    with pytest.raises(ValueError, match=rf"h\.csv, line 3(: |, ){error}"):
+        datasets.load_higgs(path)
+
+
+def test_higgs_blank_line_inside_is_refused_at_its_line(tmp_path):
+    lines = [good_line(), "", "  ", good_line()]
+    with pytest.raises(ValueError, match=r"h\.csv, line 2: blank line"):
+        datasets.load_higgs(write_lines(tmp_path / "h.csv", lines))
+
+
+def test_higgs_blank_lines_at_the_end_are_accepted(tmp_path):
+    path = write_lines(tmp_path / "h.csv", [good_line(), good_line(0), "", ""])
+    (x, y), _ = datasets.load_higgs(path)
+    assert x.shape == (2, 28) and y.tolist() == [1.0, 0.0]
+    # CRLF line ends and no final newline are fine too.
+    path = write_lines(tmp_path / "w.csv", [good_line(), good_line(0)], newline="\r\n")
+    assert datasets.load_higgs(path)[0][0].shape == (2, 28)
+    (tmp_path / "n.csv").write_text(good_line())
+    assert datasets.load_higgs(str(tmp_path / "n.csv"))[0][0].shape == (1, 28)
+
+
+@pytest.mark.parametrize("chunk_rows", [2, 1000])
+def test_higgs_errors_give_the_physical_line_across_chunks(tmp_path, chunk_rows):
+    lines = [good_line()] * 6 + [good_line(3)] + [good_line()] * 2
+    path = write_lines(tmp_path / "h.csv", lines)
+    with pytest.raises(ValueError, match=r"h\.csv, line 7: the label"):
+        datasets._read_higgs_csv(path, max_rows=None, chunk_rows=chunk_rows)
+    lines[6] = good_line() + "x"
+    path = write_lines(tmp_path / "h.csv", lines)
+    with pytest.raises(ValueError, match=r"h\.csv, line 7, column 29: not a number"):
+        datasets._read_higgs_csv(path, max_rows=None, chunk_rows=chunk_rows)
+
+
+@pytest.mark.parametrize(
+    "value", ["nan", "NaN", "inf", "-inf", "Infinity", "1e39", "-3.5e38"],
+)
+def test_higgs_non_finite_and_float32_overflow_are_refused(tmp_path, value):
+    lines = [good_line()] * 3
+    lines[1] = ",".join(["0"] + ["0.5"] * 10 + [value] + ["0.5"] * 17)
+    with pytest.raises(
+        ValueError, match=rf"h\.csv, line 2, column 12: .*finite.*float32.*{value!r}"
+    ):
+        datasets.load_higgs(write_lines(tmp_path / "h.csv", lines))
+
+
+def test_higgs_non_finite_label_is_refused(tmp_path):
+    path = write_lines(tmp_path / "h.csv", [good_line(), good_line("nan")])
+    with pytest.raises(ValueError, match=r"h\.csv, line 2, column 1: .*finite"):
+        datasets.load_higgs(path)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "crc", "garbage", "header"])
+def test_higgs_corrupt_gzip_names_the_file_and_line(tmp_path, damage):
+    rows = higgs_rows(2000)
+    path = tmp_path / "h.csv.gz"
+    write_csv(path, rows, compress=True)
+    content = bytearray(path.read_bytes())
+    if damage == "truncate":
+        content = content[: len(content) // 2]
+    elif damage == "crc":
+        content[-8] ^= 0xFF
+    elif damage == "garbage":
+        content[len(content) // 2 :] = b"\xff" * (len(content) - len(content) // 2)
+    else:
+        content[3] = 0xE0  # reserved flag bits
+    path.write_bytes(bytes(content))
+    with pytest.raises(ValueError, match=r"h\.csv\.gz, line \d+: .*gzip") as info:
+        datasets.load_higgs(str(path))
+    line = int(str(info.value).split("line ")[1].split(":")[0])
+    assert (line == 2001) if damage == "crc" else (line <= 2001)
+
+
+def test_higgs_binary_file_names_the_file_and_line(tmp_path):
+    path = tmp_path / "h.csv"
+    path.write_bytes((good_line() + "\n").encode() * 2 + b"\x80\x81,\xfe\n")
+    with pytest.raises(ValueError, match=r"h\.csv, line 3: not ASCII text"):
+        datasets.load_higgs(str(path))
+    save_mnist_npz(tmp_path / "m.npz")
+    with pytest.raises(ValueError, match=r"m\.npz, line 1"):
+        datasets.load_higgs(str(tmp_path / "m.npz"))
+
+
+def test_higgs_local_uci_file_is_checked_against_its_digest(tmp_path, monkeypatch):
+    import hashlib
+
+    path = tmp_path / "HIGGS.csv.gz"
+    write_csv(path, higgs_rows(5), compress=True)
+    content = path.read_bytes()
+    monkeypatch.setattr(datasets, "HIGGS_SIZE", len(content))
+    monkeypatch.setattr(datasets, "HIGGS_SHA256", hashlib.sha256(content).hexdigest())
+    assert datasets.load_higgs(str(path))[0][0].shape == (5, 28)
+    damaged = bytearray(content)
+    damaged[len(damaged) // 2] ^= 0x01
+    path.write_bytes(bytes(damaged))  # same size, other bytes
+    with pytest.raises(ValueError, match=r"HIGGS\.csv\.gz.*SHA-256"):
+        datasets.load_higgs(str(path), max_rows=1)
+    path.write_bytes(content[:-10])
+    with pytest.raises(ValueError, match=r"HIGGS\.csv\.gz.*bytes"):
+        datasets.load_higgs(str(path), max_rows=1)
+    # A file of the UCI file's size is the UCI file, whatever its name.
+    other = tmp_path / "renamed.gz"
+    other.write_bytes(bytes(damaged))
+    with pytest.raises(ValueError, match=r"renamed\.gz.*SHA-256"):
+        datasets.load_higgs(str(other))
+    # A sample under another name is read without a digest.
+    sample = tmp_path / "higgs_sample.csv.gz"
+    sample.write_bytes(content[:-10] + content[-10:])
+    write_csv(sample, higgs_rows(3), compress=True)
+    assert datasets.load_higgs(str(sample))[0][0].shape == (3, 28)
+
+
+def test_higgs_known_uci_size_and_digest():
+    # The UCI file as published with tensorflow-datasets and observed on download.
+    assert datasets.HIGGS_SIZE == 2_816_407_858
+    assert datasets.HIGGS_SHA256.startswith("ea302c18164d4e3d")
+
+
+def test_higgs_label_is_checked_before_rounding_to_float32(tmp_path):
+    path = write_lines(tmp_path / "h.csv", [good_line(), good_line("1.00000001")])
+    with pytest.raises(ValueError, match=r"h\.csv, line 2: the label .*'1\.00000001'"):
+        datasets.load_higgs(path)
+    path = write_lines(tmp_path / "ok.csv", [good_line("1.0e+00"), good_line("-0")])
+    assert datasets.load_higgs(path)[0][1].tolist() == [1.0, 0.0]
+
+
+def test_higgs_tfds_rows_are_checked(monkeypatch):
+    columns = {name: np.zeros(3, "float32") for name in datasets.HIGGS_TFDS_COLUMNS}
+    columns["lepton_eta"] = np.array([0.0, 0.0, np.inf], "float32")
+    monkeypatch.setattr(datasets, "_load_tfds", lambda *args: {"train": columns})
+    with pytest.raises(ValueError, match=r"tensorflow-datasets higgs, row 3, column 3: .*finite"):
+        datasets.load_higgs(source="tfds")
+    (x, y), test = datasets.load_higgs(source="tfds", max_rows=2)
+    assert x.shape == (2, 28) and x.dtype == np.float32 and test is None

@@ -8,11 +8,14 @@ import gzip
 import hashlib
 import itertools
 import math
+import numbers
 import os
 import zipfile
 import zlib
 
 import numpy as np
+
+from keras_bernstein._arguments import check_positive_integer
 
 MNIST_SOURCES = ("auto", "sample", "keras", "tfds")
 HIGGS_SOURCES = ("auto", "uci", "tfds")
@@ -342,7 +345,7 @@ def load_mnist(source="auto", path=None, data_dir=None, seed=0):
             (`train-images-idx3-ubyte` etc., optionally `.gz`). Used whenever
             given, whatever `source` is `"auto"`.
         data_dir: Folder of the `tensorflow-datasets` copy (`source="tfds"`).
-        seed: Seed of the shuffle of the `"sample"` data.
+        seed: Seed of the shuffle of the `"sample"` data, an integer >= 0.
 
     Returns:
         `((x_train, y_train), (x_test, y_test))`; the test pair is `None` when
@@ -356,6 +359,10 @@ def load_mnist(source="auto", path=None, data_dir=None, seed=0):
     if source not in MNIST_SOURCES:
         raise ValueError(
             f"`source` must be one of {MNIST_SOURCES}. Received: source={source!r}"
+        )
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise ValueError(
+            f"`seed` must be a non-negative integer. Received: seed={seed!r}"
         )
     if path is not None:
         if source != "auto":
@@ -629,12 +636,8 @@ def load_higgs(path=None, max_rows=None, source="auto", data_dir=None):
         raise ValueError(
             f"`source` must be one of {HIGGS_SOURCES}. Received: source={source!r}"
         )
-    if max_rows is not None and (
-        isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 1
-    ):
-        raise ValueError(
-            f"`max_rows` must be a positive integer or None. Received: max_rows={max_rows!r}"
-        )
+    if max_rows is not None:
+        max_rows = check_positive_integer(max_rows, "max_rows")
     if path is not None and source != "auto":
         raise ValueError(
             "Pass either `path` or a `source` other than 'auto', not both. "

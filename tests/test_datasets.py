@@ -276,7 +276,9 @@ def test_mnist_tfds_missing_package_says_how_to_install():
 
 @pytest.mark.parametrize(
     "kwargs, name",
-    [({"source": "mnist"}, "source"), ({"source": "sample", "path": "m.npz"}, "source")],
+    [({"source": "mnist"}, "source"), ({"source": "sample", "path": "m.npz"}, "source"),
+     ({"source": "sample", "seed": -1}, "seed"), ({"source": "sample", "seed": 1.5}, "seed"),
+     ({"source": "sample", "seed": True}, "seed"), ({"seed": "0"}, "seed")],
 )
 def test_mnist_bad_arguments(kwargs, name):
     with pytest.raises(ValueError, match=f"Received: {name}="):
@@ -610,3 +612,8 @@ def test_higgs_tfds_rows_are_checked(monkeypatch):
         datasets.load_higgs(source="tfds")
     (x, y), test = datasets.load_higgs(source="tfds", max_rows=2)
     assert x.shape == (2, 28) and x.dtype == np.float32 and test is None
+
+
+def test_higgs_max_rows_may_be_a_numpy_integer(tmp_path):
+    path = write_csv(tmp_path / "h.csv", higgs_rows(5))
+    assert datasets.load_higgs(path, max_rows=np.int64(3))[0][0].shape == (3, 28)

@@ -221,8 +221,8 @@ def _load_mnist_npz(path):
                     ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error
                 ) as error:
                     raise ValueError(
-                        f"{path}, array {key!r}: could not be read (truncated, "
-                        f"or an object array?). Cause: {error}"
+                        f"{path}, array {key!r}: could not be read (damaged, "
+                        f"truncated, or an object array?). Cause: {error}"
                     ) from error
             pairs.append(
                 _check_mnist_arrays(

@@ -617,3 +617,15 @@ def test_higgs_tfds_rows_are_checked(monkeypatch):
 def test_higgs_max_rows_may_be_a_numpy_integer(tmp_path):
     path = write_csv(tmp_path / "h.csv", higgs_rows(5))
     assert datasets.load_higgs(path, max_rows=np.int64(3))[0][0].shape == (3, 28)
+
+
+@pytest.mark.parametrize("save", [np.savez, np.savez_compressed])
+def test_mnist_npz_damaged_member_names_the_array(tmp_path, save):
+    (x, y) = tiny_mnist(20)
+    path = tmp_path / "m.npz"
+    save(path, x=x, y=y)
+    content = bytearray(path.read_bytes())
+    content[len(content) // 3] ^= 0x5A  # inside the images
+    path.write_bytes(bytes(content))
+    with pytest.raises(ValueError, match=r"m\.npz, array 'x': could not be read.*CRC"):
+        datasets.load_mnist(path=path)

@@ -31,6 +31,9 @@ derivatives of their own: differentiating through them (a gradient penalty)
 differentiates the portable code they stand for.
 """
 
+import atexit
+import contextlib
+import errno
 import functools
 import hashlib
 import math
@@ -38,6 +41,7 @@ import os
 import pathlib
 import platform
 import shutil
+import stat
 import subprocess
 import tempfile
 import threading
@@ -46,7 +50,13 @@ import warnings
 import keras
 from keras import ops
 
+try:
+    import fcntl
+except ImportError:  # no flock: builds still land whole, by renames
+    fcntl = None
+
 DISABLE_VARIABLE = "KERAS_BERNSTEIN_CPU_KERNEL"
+CACHE_VARIABLE = "KERAS_BERNSTEIN_CACHE"
 HEADER = pathlib.Path(__file__).with_name("bernstein_cpu.h")
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w")
 # The kernel keeps `3 n + 5` vectors live per block of neurons; past this
@@ -62,6 +72,20 @@ _lock = threading.Lock()
 # flat, tables degree axis first.
 _libraries = {}
 _warned = False
+# (backend module, degree, SHA-256) -> what its `load` returned.
+_loaded = {}
+# Cache folders refused (warned about once), and the per-process private
+# folder used instead.
+_refused_folders = set()
+_temporary_folder = None
+# Part of every entry's key: entries of an earlier layout are never read.
+_CACHE_LAYOUT = "layout 2: library and sha256sum digest"
+_DIGEST_SUFFIX = ".sha256"
+# The libraries are well under 1 MiB; a larger entry is not read.
+_MAX_LIBRARY_BYTES = 64 << 20
+_BUILD_SECONDS = 600
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
 
 
 def _backend():
@@ -314,8 +338,8 @@ def _load(degree):
     global _warned
     backend = _backend()
     try:
-        return backend.load(_build(degree), degree)
-    except Exception as error:  # No compiler, an old framework, a read-only home, ...
+        return _load_verified(*_build(degree), degree)
+    except Exception as error:  # No compiler, an old framework, a refused cache, ...
         if not _warned:
             _warned = True
             warnings.warn(
@@ -350,7 +374,7 @@ def _toolchain():
     """`(compiler, arguments before the source, after it, key)`: what every
     degree's build uses, and a key of all that its library depends on but
     the degree (the sources, the compiler and its version, the flags, the
-    framework, the processor); found once per process."""
+    framework, the processor, the cache's layout); found once per process."""
     compiler = _compiler()
     version = subprocess.run(
         [compiler, "--version"], capture_output=True, text=True, check=True
@@ -358,6 +382,7 @@ def _toolchain():
     backend = _backend()
     before, after, framework = backend.build_arguments()
     parts = (
+        _CACHE_LAYOUT,
         HEADER.read_text(),
         backend.SOURCE.read_text(),
         compiler,
@@ -371,31 +396,275 @@ def _toolchain():
 
 
 def _build(degree):
-    """The backend's kernel library for `degree`, compiled into the cache
-    unless there."""
+    """`(folder, name, data)`: the backend's kernel library for `degree`, the
+    bytes `data` of the cache entry `name` in the private `folder`
+    (`_cache_folder`), verified against its digest (`_cached`) or compiled
+    and stored there. One process at a time checks and builds an entry
+    (`_locked`): a process that finds another building waits for it and
+    loads its library."""
     compiler, before, after, toolchain_key = _toolchain()
     key = hashlib.sha256(f"{toolchain_key}\0{degree}".encode()).hexdigest()[:24]
-    cache = pathlib.Path(
-        os.environ.get("KERAS_BERNSTEIN_CACHE")
-        or pathlib.Path(os.environ.get("XDG_CACHE_HOME", pathlib.Path.home() / ".cache"))
-        / "keras_bernstein"
-    )
     source = _backend().SOURCE
-    library = cache / f"{source.stem}_{degree}_{key}.so"
-    if library.exists():
-        return library
-    cache.mkdir(parents=True, exist_ok=True)
-    # Built under a temporary name and renamed: processes that build at the
-    # same time never load a half-written library.
-    with tempfile.TemporaryDirectory(dir=cache) as building:
-        partial = pathlib.Path(building) / library.name
+    name = f"{source.stem}_{degree}_{key}.so"
+    folder = _cache_folder()
+    with _locked(folder, name):
+        data = _cached(folder, name)
+        if data is None:
+            data = _compiled(folder, name, [compiler, *FLAGS, f"-DDEGREE={degree}", *before,
+                                            str(source), *after])
+            _store(folder, name, data)
+    return folder, name, data
+
+
+def _compiled(folder, name, command):
+    """The bytes of the library that `command` (less its output) compiles,
+    built in a temporary folder of `folder`'s."""
+    with tempfile.TemporaryDirectory(dir=folder, prefix=".building-") as building:
+        output = os.path.join(building, name)
         result = subprocess.run(
-            [compiler, *FLAGS, f"-DDEGREE={degree}", *before, str(source), *after]
-            + ["-o", str(partial)],
-            capture_output=True,
-            text=True,
+            [*command, "-o", output], capture_output=True, text=True, timeout=_BUILD_SECONDS
         )
         if result.returncode:
-            raise RuntimeError(f"{compiler} failed: {result.stderr.strip()[-2000:]}")
-        os.replace(partial, library)
-    return library
+            raise RuntimeError(f"{command[0]} failed: {result.stderr.strip()[-2000:]}")
+        with open(output, "rb") as built:
+            return built.read()
+
+
+def _load_verified(folder, name, data, degree):
+    """The backend's `load` of the library whose bytes are `data`.
+
+    The bytes are written to a new file in a private temporary folder of
+    `folder`'s and loaded from there, so the library loaded is exactly the
+    one verified, whatever happens to the cache entry meanwhile. One load
+    per process and content: a library's registrations run once.
+    """
+    backend = _backend()
+    digest = hashlib.sha256(data).hexdigest()
+    key = (backend.__name__, degree, digest)
+    if key not in _loaded:
+        with tempfile.TemporaryDirectory(dir=folder, prefix=".loading-") as loading:
+            path = os.path.join(loading, f"{pathlib.Path(name).stem}_{digest[:16]}.so")
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o700)
+            with os.fdopen(descriptor, "wb") as copy:
+                copy.write(data)
+            # Loaded libraries stay mapped once their file is gone.
+            _loaded[key] = backend.load(path, degree)
+    return _loaded[key]
+
+
+class _Refused(Exception):
+    """A cache folder or entry that is not private to this user, or an entry
+    that fails its digest."""
+
+
+def _user():
+    """The user the cache must belong to: this process's effective user."""
+    return os.geteuid()
+
+
+def _configured_folder():
+    """The cache folder the environment names: `$KERAS_BERNSTEIN_CACHE`, else
+    `$XDG_CACHE_HOME/keras_bernstein`, else `~/.cache/keras_bernstein`."""
+    configured = os.environ.get(CACHE_VARIABLE)
+    if configured:
+        return pathlib.Path(os.path.abspath(os.path.expanduser(configured)))
+    base = os.environ.get("XDG_CACHE_HOME", "")
+    if not os.path.isabs(base):  # a relative one is to be ignored (XDG spec)
+        base = os.path.join(os.path.expanduser("~"), ".cache")
+    return pathlib.Path(base, "keras_bernstein")
+
+
+def _cache_folder():
+    """The configured cache folder (`_private_folder`); where it is refused or
+    cannot be made, one warning per folder and a private temporary folder
+    for this process instead."""
+    global _temporary_folder
+    folder = _configured_folder()
+    try:
+        return _private_folder(folder)
+    except (_Refused, OSError) as error:
+        if folder not in _refused_folders:
+            _refused_folders.add(folder)
+            warnings.warn(
+                f"keras_bernstein: the CPU kernel cache {folder} is not used: {error}. "
+                "The kernels are built in a temporary folder for this process instead. "
+                f"Delete that folder (it is made again, private), or set {CACHE_VARIABLE} "
+                "to a folder only you can write to.",
+                stacklevel=7,
+            )
+    if _temporary_folder is None:
+        _temporary_folder = tempfile.mkdtemp(prefix="keras_bernstein-")
+        atexit.register(shutil.rmtree, _temporary_folder, True)
+    return _private_folder(pathlib.Path(_temporary_folder))
+
+
+def _private_folder(folder):
+    """`folder`, resolved, created where missing (with the folders above it)
+    private to this user (mode 0700) whatever the umask; `_Refused` where
+    another user could change what it holds: it is not this user's, its
+    group or others may write to it, or a folder above it (`_check_above`)
+    could be renamed or replaced by another user."""
+    missing, path = [], folder
+    while not os.path.lexists(path) and path != path.parent:
+        missing.append(path)
+        path = path.parent
+    for path in reversed(missing):
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:  # another process made it meanwhile
+            continue
+        descriptor = os.open(path, os.O_RDONLY | _DIRECTORY | _NOFOLLOW)
+        try:
+            os.fchmod(descriptor, 0o700)  # the umask can take the owner's bits too
+        finally:
+            os.close(descriptor)
+    resolved = pathlib.Path(os.path.realpath(folder))
+    _check_above(resolved)
+    status = os.lstat(resolved)
+    if not stat.S_ISDIR(status.st_mode):
+        raise _Refused(f"{resolved} is not a folder")
+    _check_private(status, f"the folder {resolved}")
+    return resolved
+
+
+def _check_private(status, what):
+    """`_Refused` unless `status` is of a file or folder this user owns and
+    that no one else may write to."""
+    if status.st_uid != _user():
+        raise _Refused(f"{what} belongs to user {status.st_uid}, not to user {_user()}")
+    if status.st_mode & 0o022:
+        raise _Refused(
+            f"{what} may be written to by its group or others "
+            f"(mode {stat.S_IMODE(status.st_mode):o})"
+        )
+
+
+def _check_above(folder):
+    """`_Refused` unless no other user can rename or replace `folder` (a
+    resolved path): every folder above it belongs to this user or to root,
+    and only they may write to it, or its group is this user's own (a user
+    private group), or it is sticky (`/tmp`: there only an entry's owner may
+    rename it)."""
+    for parent in folder.parents:
+        status = os.lstat(parent)
+        if status.st_uid not in (0, _user()):
+            raise _Refused(f"the folder above it, {parent}, belongs to user {status.st_uid}")
+        writable = status.st_mode & (0o002 if _own_group(status.st_gid) else 0o022)
+        if writable and not status.st_mode & stat.S_ISVTX:
+            raise _Refused(
+                f"the folder above it, {parent}, may be written to by others "
+                f"(mode {stat.S_IMODE(status.st_mode):o})"
+            )
+
+
+def _own_group(gid):
+    """Whether `gid` is this user's private group: their primary group, of
+    their name, with no other member."""
+    try:
+        import grp
+        import pwd
+
+        user = pwd.getpwuid(_user())
+        group = grp.getgrgid(gid)
+    except (ImportError, KeyError):
+        return False
+    return (
+        gid == user.pw_gid
+        and group.gr_name == user.pw_name
+        and set(group.gr_mem) <= {user.pw_name}
+    )
+
+
+@contextlib.contextmanager
+def _locked(folder, name):
+    """An exclusive lock on the entry `name` of `folder` (a `.lock` file
+    beside it), where the system has `flock`."""
+    if fcntl is None:
+        yield
+        return
+    descriptor = os.open(
+        folder / f".{name}.lock", os.O_RDWR | os.O_CREAT | _NOFOLLOW | os.O_CLOEXEC, 0o600
+    )
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX)
+        except OSError:  # no locks on this file system: renames keep entries whole
+            pass
+        yield
+    finally:
+        os.close(descriptor)
+
+
+def _digest_record(data, name):
+    """The digest file of the library `name` holding `data`, in `sha256sum`'s
+    format (`sha256sum -c` checks it in the cache folder)."""
+    return f"{hashlib.sha256(data).hexdigest()}  {name}\n".encode()
+
+
+def _cached(folder, name):
+    """The bytes of the library `name` in `folder` where it is there, is
+    this user's and only theirs to write, and has the SHA-256 recorded for
+    that name when it was built; None where it is not there. Otherwise (a
+    damaged, truncated or planted file, a missing digest): one warning and
+    None, so that it is built again, never loaded."""
+    try:
+        data = _read_private(folder, name, _MAX_LIBRARY_BYTES)
+        if data is None:
+            return None
+        record = _read_private(folder, name + _DIGEST_SUFFIX, 4096)
+        if record is None:
+            raise _Refused(f"no digest ({name}{_DIGEST_SUFFIX}) was recorded for it")
+        if record != _digest_record(data, name):
+            raise _Refused("its bytes are not those recorded when it was built")
+    except (_Refused, OSError) as error:
+        warnings.warn(
+            f"keras_bernstein: the cached CPU kernel {folder / name} is not loaded: "
+            f"{error}. It is built again.",
+            stacklevel=7,
+        )
+        return None
+    return data
+
+
+def _read_private(folder, name, limit):
+    """The bytes of the file `name` in `folder`, read through one descriptor
+    that follows no symbolic link; None where there is none. `_Refused`
+    where it is not a regular file, not private (`_check_private`) or
+    larger than `limit`."""
+    try:
+        descriptor = os.open(
+            folder / name, os.O_RDONLY | os.O_NONBLOCK | _NOFOLLOW | os.O_CLOEXEC
+        )
+    except FileNotFoundError:
+        return None
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise _Refused(f"{name} is a symbolic link") from None
+        raise
+    with os.fdopen(descriptor, "rb") as file:
+        status = os.fstat(descriptor)
+        if not stat.S_ISREG(status.st_mode):
+            raise _Refused(f"{name} is not a regular file")
+        _check_private(status, name)
+        if status.st_size > limit:
+            raise _Refused(f"{name} is larger than {limit} bytes")
+        return file.read(limit + 1)
+
+
+def _store(folder, name, data):
+    """Stores the library `data` as the entry `name` of `folder`, then its
+    digest, each written under a temporary name and renamed over the entry:
+    a reader sees whole files or none. An entry that cannot be written (a
+    full disk) is built again by the next process."""
+    for entry, content in ((name, data), (name + _DIGEST_SUFFIX, _digest_record(data, name))):
+        descriptor, partial = tempfile.mkstemp(dir=folder, prefix=f".{entry}.")
+        try:
+            with os.fdopen(descriptor, "wb") as file:
+                file.write(content)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(partial, folder / entry)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.unlink(partial)
+            return

@@ -39,8 +39,11 @@ _DISABLE_VARIABLE = "KERAS_BERNSTEIN_TORCH_COMPILE"
 
 _compiler_works = None
 _compiled = {}
-# Call signatures that have run (and so compiled) once.
+# Call signatures that have run (and so compiled) once, and those whose
+# compiled function failed, which run eagerly from then on.
 _ran = set()
+_failed = set()
+_failure_warned = False
 # id(table) -> (weak reference, version, storage, static copy); see _static_table.
 _static_tables = {}
 # (tabulate, id(coefficients)) -> (weak reference, source snapshots, tables);
@@ -123,16 +126,57 @@ def call(formula, *tensors, tabulated=None, **constants):
     # What Dynamo's guards tell apart; a new signature may compile.
     signature = (key, torch.is_grad_enabled(), inputs[0].dtype)
     signature += tuple(tensor.requires_grad for tensor in (*inputs, *tables))
-    if signature in _ran:
-        return function(*inputs, *tables)
-    with warnings.catch_warnings():
-        # Compiling traces Keras' dtype helpers, whose `functools` caches
-        # Dynamo reports, and imports Inductor modules that use TorchScript.
-        warnings.filterwarnings("ignore", message="Dynamo detected a call to a `functools")
-        warnings.filterwarnings("ignore", message="`torch.jit.script_method` is deprecated")
-        values = function(*inputs, *tables)
+    if signature in _failed:
+        return formula(*inputs, *tables, **constants)
+    try:
+        if signature in _ran:
+            return function(*inputs, *tables)
+        with warnings.catch_warnings():
+            # Compiling traces Keras' dtype helpers, whose `functools` caches
+            # Dynamo reports, and imports Inductor modules that use TorchScript.
+            warnings.filterwarnings("ignore", message="Dynamo detected a call to a `functools")
+            warnings.filterwarnings("ignore", message="`torch.jit.script_method` is deprecated")
+            values = function(*inputs, *tables)
+            _differentiate_once(values, (*inputs, *tables))
+    except Exception as error:  # A failed compile, a damaged cache entry, ...
+        return _portable_after(error, signature, formula, inputs, tables, constants)
     _ran.add(signature)
     return values
+
+
+def _differentiate_once(values, tensors):
+    """Runs the backward of `values` once, keeping the graph: AOTAutograd
+    compiles (or loads) it on first use, and a failure there would otherwise
+    surface in the caller's `backward()`, past any fallback."""
+    outputs = [value for value in torch.utils._pytree.tree_leaves(values) if value.requires_grad]
+    wanted = [tensor for tensor in tensors if tensor.requires_grad]
+    if outputs and wanted:
+        torch.autograd.grad(
+            outputs,
+            wanted,
+            [torch.ones_like(output) for output in outputs],
+            retain_graph=True,
+            allow_unused=True,
+        )
+
+
+def _portable_after(error, signature, formula, inputs, tables, constants):
+    """`formula` run eagerly, for this call and every later one of
+    `signature`, after the compiled function raised `error`; one warning per
+    process."""
+    global _failure_warned
+    _failed.add(signature)
+    if not _failure_warned:
+        _failure_warned = True
+        warnings.warn(
+            "keras_bernstein: a Bernstein polynomial compiled by TorchInductor failed "
+            "to compile or load, so it runs as eager PyTorch code (slower on CPU). "
+            "A damaged TorchInductor cache is cleared by deleting its folder "
+            f"(TORCHINDUCTOR_CACHE_DIR); set {_DISABLE_VARIABLE}=0 to skip compiling. "
+            f"The error was: {type(error).__name__}: {str(error)[:2000]}",
+            stacklevel=4,
+        )
+    return formula(*inputs, *tables, **constants)
 
 
 def _compile(formula, constants, degree):

@@ -20,10 +20,12 @@
 #define KERAS_BERNSTEIN_BERNSTEIN_CPU_H_
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <condition_variable>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <mutex>
 
 #ifndef DEGREE
@@ -264,9 +266,34 @@ void GradientOfNeurons(const Arguments& a, int64_t first) {
 }
 
 // `for_neurons(Vector{}, first)` for every block of 16 neurons, then
-// `for_neurons(0.0f, first)` for each neuron left, the blocks split over
-// `pool`'s threads (`num_threads()`, `Schedule(task)`) where the input is
-// large enough to pay for the hand-off.
+// `for_neurons(0.0f, first)` for each neuron left, the blocks split into
+// tasks over `pool`'s threads (`num_threads()`, `Schedule(task)`) where the
+// input is large enough to pay for the hand-off.
+//
+// The caller never waits for a task that is only queued: XLA runs
+// independent custom calls at once on the same pool, and two calls each
+// waiting for work queued behind the other would deadlock. So the caller
+// and the scheduled helpers all take task numbers from one counter; the
+// caller runs whatever the helpers have not taken, then waits only for the
+// helpers that have started (they never wait, so they finish). A helper that
+// starts after the caller is done finds the work closed and returns: it
+// touches only the state it co-owns (`Tasks`), never the caller's frame.
+struct Tasks {
+  explicit Tasks(int64_t count) : count(count) {}
+  const int64_t count;
+  std::atomic<int64_t> next{0};
+  std::mutex mutex;
+  std::condition_variable finished;
+  int64_t running = 0;  // helpers inside `Take`
+  bool closed = false;  // the caller is done taking tasks
+};
+
+// Runs `run(task)` for task numbers taken from `tasks` until none is left.
+template <typename Run>
+void Take(Tasks& tasks, const Run& run) {
+  for (int64_t task; (task = tasks.next.fetch_add(1)) < tasks.count;) run(task);
+}
+
 template <typename Pool, typename ForNeurons>
 void OverNeurons(Pool& pool, int64_t rows, int64_t units, ForNeurons for_neurons) {
   constexpr int64_t kBlock = sizeof(Vector) / sizeof(float);
@@ -277,26 +304,32 @@ void OverNeurons(Pool& pool, int64_t rows, int64_t units, ForNeurons for_neurons
     for (; first < end; ++first) for_neurons(0.0f, first);
   };
   const int64_t blocks = (units + kBlock - 1) / kBlock;
-  int64_t tasks = std::min<int64_t>(pool.num_threads(), blocks);
-  tasks = std::min<int64_t>(tasks, rows * units / kElementsPerTask);
-  if (tasks <= 1) return range(0, units);
-  std::mutex mutex;
-  std::condition_variable done;
-  int64_t pending = tasks - 1;
-  auto task_range = [&](int64_t task) {
-    range(std::min(units, blocks * task / tasks * kBlock),
-          std::min(units, blocks * (task + 1) / tasks * kBlock));
+  int64_t count = std::min<int64_t>(pool.num_threads(), blocks);
+  count = std::min<int64_t>(count, rows * units / kElementsPerTask);
+  if (count <= 1) return range(0, units);
+  auto run = [&](int64_t task) {
+    range(std::min(units, blocks * task / count * kBlock),
+          std::min(units, blocks * (task + 1) / count * kBlock));
   };
-  for (int64_t task = 1; task < tasks; ++task) {
-    pool.Schedule([&, task] {
-      task_range(task);
-      std::lock_guard<std::mutex> lock(mutex);
-      if (--pending == 0) done.notify_one();
+  using Run = decltype(run);
+  auto tasks = std::make_shared<Tasks>(count);
+  const Run* shared_run = &run;  // valid while a helper is `running`
+  for (int64_t helper = 1; helper < count; ++helper) {
+    pool.Schedule([tasks, shared_run] {
+      {
+        std::lock_guard<std::mutex> lock(tasks->mutex);
+        if (tasks->closed) return;
+        ++tasks->running;
+      }
+      Take(*tasks, *shared_run);
+      std::lock_guard<std::mutex> lock(tasks->mutex);
+      if (--tasks->running == 0 && tasks->closed) tasks->finished.notify_all();
     });
   }
-  task_range(0);
-  std::unique_lock<std::mutex> lock(mutex);
-  done.wait(lock, [&] { return pending == 0; });
+  Take(*tasks, run);
+  std::unique_lock<std::mutex> lock(tasks->mutex);
+  tasks->closed = true;
+  tasks->finished.wait(lock, [&] { return tasks->running == 0; });
 }
 
 }  // namespace

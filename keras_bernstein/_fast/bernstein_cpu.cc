@@ -4,6 +4,9 @@
 // `BatchNormalizedGradient`.
 #include "bernstein_cpu.h"
 
+#include <string>
+#include <vector>
+
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -13,15 +16,78 @@ namespace {
 
 using namespace keras_bernstein;
 
-// `OverNeurons` for a (rows, units) input `x` whose (units, 2) bound table
-// is `bounds`; sets `a`'s rows and units.
-template <typename ForNeurons>
-void OverNeuronsOf(ffi::ThreadPool& pool, const F32& x, const F32& bounds, Arguments& a,
-                   ForNeurons for_neurons) {
-  a.units = bounds.element_count() / 2;
-  a.rows = a.units ? x.element_count() / a.units : 0;
-  OverNeurons(pool, a.rows, a.units, for_neurons);
+using Dimensions = ffi::Span<const int64_t>;
+
+std::string Text(Dimensions dimensions) {
+  std::string text = "(";
+  for (size_t i = 0; i < dimensions.size(); ++i) {
+    text += (i ? ", " : "") + std::to_string(dimensions[i]);
+  }
+  return text + (dimensions.size() == 1 ? ",)" : ")");
 }
+
+// The kernels read every buffer by the units of the bounds table, so a
+// handler checks each buffer's exact shape first: XLA passes whatever the
+// caller traced, and a wrong table would be read past its end. Each check
+// is "" where the shape is right, else what is wrong.
+struct Shapes {
+  // Units from a (units, 2) bounds table; -1 where it is not one.
+  explicit Shapes(const F32& bounds) {
+    const Dimensions d = bounds.dimensions();
+    units = d.size() == 2 && d[1] == 2 ? d[0] : -1;
+    if (units < 0) first = "bounds must be (units, 2). Received: bounds.shape=" + Text(d);
+  }
+
+  // `name` of exactly `expected`.
+  void Is(const char* name, Dimensions dimensions, std::initializer_list<int64_t> expected) {
+    const std::vector<int64_t> want(expected);
+    if (dimensions.size() == want.size() &&
+        std::equal(dimensions.begin(), dimensions.end(), want.begin())) {
+      return;
+    }
+    Fail(std::string(name) + " must be " + Text(Dimensions(want.data(), want.size())) +
+         ". Received: " + name + ".shape=" + Text(dimensions));
+  }
+
+  // `x` whole rows of units, with `last_axis_is_units` its last axis units;
+  // sets `rows`.
+  void Rows(Dimensions x, bool last_axis_is_units) {
+    int64_t elements = 1;
+    for (int64_t size : x) elements *= size;
+    const bool whole = units == 0 ? elements == 0 : units > 0 && elements % units == 0;
+    const bool last = !last_axis_is_units || (x.size() >= 1 && x.back() == units);
+    if (!whole || !last) {
+      return Fail(std::string("x must be ") + (last_axis_is_units ? "(..., " : "rows of ") +
+                  std::to_string(units) + (last_axis_is_units ? ")" : " values") +
+                  ". Received: x.shape=" + Text(x));
+    }
+    rows = units ? elements / units : 0;
+  }
+
+  // `name` of the shape of `x`.
+  void SameAs(const char* name, Dimensions dimensions, Dimensions x) {
+    if (dimensions.size() == x.size() && std::equal(x.begin(), x.end(), dimensions.begin())) {
+      return;
+    }
+    Fail(std::string(name) + " must have the shape of x, " + Text(x) + ". Received: " + name +
+         ".shape=" + Text(dimensions));
+  }
+
+  void Fail(const std::string& problem) {
+    if (first.empty()) first = problem;
+  }
+
+  // The handler's error, or success; sets `a`'s rows and units.
+  ffi::Error Into(Arguments& a) const {
+    if (!first.empty()) return ffi::Error::InvalidArgument("keras_bernstein kernel: " + first);
+    a.rows = rows;
+    a.units = units;
+    return ffi::Error::Success();
+  }
+
+  int64_t units = -1, rows = 0;
+  std::string first;
+};
 
 template <int kMode>
 ffi::Error Gradient(ffi::ThreadPool pool, F32 x, F32 upstream, F32 bounds, F32 slope_table,
@@ -33,7 +99,14 @@ ffi::Error Gradient(ffi::ThreadPool pool, F32 x, F32 upstream, F32 bounds, F32 s
   a.table = slope_table.typed_data();
   a.out = grad_x->typed_data();
   a.sums = sums->typed_data();
-  OverNeuronsOf(pool, x, bounds, a, [&](auto width, int64_t first) {
+  Shapes shapes(bounds);
+  shapes.Rows(x.dimensions(), false);
+  shapes.SameAs("upstream", upstream.dimensions(), x.dimensions());
+  shapes.Is("slope_table", slope_table.dimensions(), {kDegree, shapes.units});
+  shapes.SameAs("input_gradient", grad_x->dimensions(), x.dimensions());
+  shapes.Is("sums", sums->dimensions(), {SumCount(kMode, false), shapes.units});
+  if (ffi::Error error = shapes.Into(a); error.failure()) return error;
+  OverNeurons(pool, a.rows, a.units, [&](auto width, int64_t first) {
     GradientOfNeurons<kMode, false, decltype(width)>(a, first);
   });
   return ffi::Error::Success();
@@ -49,7 +122,14 @@ ffi::Error Values(ffi::ThreadPool pool, F32 x, F32 bounds, F32 columns, F32 slop
   a.slope_lower = slope_lower.typed_data();
   a.bend = bend.typed_data();
   a.out = values->typed_data();
-  OverNeuronsOf(pool, x, bounds, a, [&](auto width, int64_t first) {
+  Shapes shapes(bounds);
+  shapes.Rows(x.dimensions(), false);
+  shapes.Is("columns", columns.dimensions(), {kDegree + 1, shapes.units});
+  shapes.Is("slope_lower", slope_lower.dimensions(), {shapes.units});
+  shapes.Is("bend", bend.dimensions(), {shapes.units});
+  shapes.SameAs("values", values->dimensions(), x.dimensions());
+  if (ffi::Error error = shapes.Into(a); error.failure()) return error;
+  OverNeurons(pool, a.rows, a.units, [&](auto width, int64_t first) {
     ValuesOfNeurons<kMode, false, decltype(width)>(a, first);
   });
   return ffi::Error::Success();
@@ -73,7 +153,18 @@ ffi::Error BatchNormalizedGradient(ffi::ThreadPool pool, F32 x, F32 upstream, F3
   a.epsilon = epsilon;
   a.out = grad_x->typed_data();
   a.sums = sums->typed_data();
-  OverNeuronsOf(pool, x, bounds, a, [&](auto width, int64_t first) {
+  Shapes shapes(bounds);
+  shapes.Rows(x.dimensions(), true);
+  shapes.SameAs("upstream", upstream.dimensions(), x.dimensions());
+  shapes.Is("mean", mean.dimensions(), {shapes.units});
+  shapes.Is("variance", variance.dimensions(), {shapes.units});
+  shapes.Is("scale", scale.dimensions(), {shapes.units});
+  shapes.Is("offset", offset.dimensions(), {shapes.units});
+  shapes.Is("slope_table", slope_table.dimensions(), {kDegree, shapes.units});
+  shapes.SameAs("input_gradient", grad_x->dimensions(), x.dimensions());
+  shapes.Is("sums", sums->dimensions(), {SumCount(kMode, true), shapes.units});
+  if (ffi::Error error = shapes.Into(a); error.failure()) return error;
+  OverNeurons(pool, a.rows, a.units, [&](auto width, int64_t first) {
     GradientOfNeurons<kMode, true, decltype(width)>(a, first);
   });
   return ffi::Error::Success();
@@ -97,7 +188,18 @@ ffi::Error BatchNormalizedValues(ffi::ThreadPool pool, F32 x, F32 scale, F32 off
   a.out = values->typed_data();
   a.mean_out = mean->typed_data();
   a.variance_out = variance->typed_data();
-  OverNeuronsOf(pool, x, bounds, a, [&](auto width, int64_t first) {
+  Shapes shapes(bounds);
+  shapes.Rows(x.dimensions(), true);
+  shapes.Is("scale", scale.dimensions(), {shapes.units});
+  shapes.Is("offset", offset.dimensions(), {shapes.units});
+  shapes.Is("columns", columns.dimensions(), {kDegree + 1, shapes.units});
+  shapes.Is("slope_lower", slope_lower.dimensions(), {shapes.units});
+  shapes.Is("bend", bend.dimensions(), {shapes.units});
+  shapes.SameAs("values", values->dimensions(), x.dimensions());
+  shapes.Is("mean", mean->dimensions(), {shapes.units});
+  shapes.Is("variance", variance->dimensions(), {shapes.units});
+  if (ffi::Error error = shapes.Into(a); error.failure()) return error;
+  OverNeurons(pool, a.rows, a.units, [&](auto width, int64_t first) {
     ValuesOfNeurons<kMode, true, decltype(width)>(a, first);
   });
   return ffi::Error::Success();

@@ -21,6 +21,8 @@ SOURCE = cpu_kernels.HEADER.with_name("bernstein_cpu.cc")
 # What runs where the kernels cannot be built.
 FALLBACK = "XLA's own loops"
 _MODES = {"polynomial": "Polynomial", "clip": "Clip", "linear": "Linear"}
+# How the handlers' shape errors begin (`Shapes::Into` in bernstein_cpu.cc).
+_SHAPE_ERROR = "keras_bernstein kernel:"
 
 
 def enabled():
@@ -57,12 +59,21 @@ def target(names, degree, extrapolation, kind):
 
 def call(target, inputs, result_shapes, epsilon=None):
     """The kernel `target` of `inputs`: a list of float32 arrays of
-    `result_shapes`."""
+    `result_shapes`. The handlers check every shape they read: a wrong one
+    raises ValueError here, or JaxRuntimeError from inside `jax.jit`."""
     results = [jax.ShapeDtypeStruct(tuple(shape), jnp.float32) for shape in result_shapes]
     attributes = {} if epsilon is None else {"epsilon": np.float32(epsilon)}
-    outputs = jax.ffi.ffi_call(target, results, vmap_method="sequential")(
-        *inputs, **attributes
-    )
+    try:
+        outputs = jax.ffi.ffi_call(target, results, vmap_method="sequential")(
+            *inputs, **attributes
+        )
+    except jax.errors.JaxRuntimeError as error:
+        # A handler refused a buffer of the wrong shape (`Shapes` in
+        # bernstein_cpu.cc); outside `jit` that surfaces here, at the call.
+        problem = str(error).partition(_SHAPE_ERROR)[2]
+        if not problem:
+            raise
+        raise ValueError(problem.strip()) from error
     return list(outputs)
 
 

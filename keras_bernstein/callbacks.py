@@ -33,6 +33,7 @@ grid instead: one unit per set of coefficients (or `alpha`), with
 
 import functools
 import inspect
+import itertools
 import numbers
 
 import keras
@@ -40,6 +41,8 @@ import numpy as np
 from keras import ops
 
 from keras_bernstein import _autodiff
+from keras_bernstein._arguments import check_nonnegative_number
+from keras_bernstein._arguments import check_positive_integer
 from keras_bernstein.layers.bernstein import Bernstein
 from keras_bernstein.layers.bernstein_dense import BernsteinDense
 
@@ -89,6 +92,8 @@ ACTIVATION_LAYERS = (
 )
 
 DEFAULT_BATCH_SIZE = 256
+# Batches read from an iterable probe: it may be endless (a repeated dataset).
+DEFAULT_MAX_BATCHES = 32
 
 
 def _activation_name(activation):
@@ -304,6 +309,24 @@ def monitored_layers(model):
     ]
 
 
+def _check_layers(layers):
+    """`layers` as `None` or a non-empty list of layer names or objects."""
+    if layers is None:
+        return None
+    if isinstance(layers, (str, keras.layers.Layer)):
+        return [layers]
+    try:
+        items = list(layers)
+    except TypeError:
+        items = []
+    if not items or not all(isinstance(i, (str, keras.layers.Layer)) for i in items):
+        raise ValueError(
+            "`layers` must be None or a non-empty list of layer names or "
+            f"layer objects. Received: layers={layers!r}"
+        )
+    return items
+
+
 def _resolve_layers(model, layers, default):
     """`_MonitoredLayer`s for `layers` (names or layer objects) or `default`."""
     _check_model(model)
@@ -357,31 +380,29 @@ def _is_array_like(value):
     )
 
 
-def probe_batches(x, y=None, batch_size=DEFAULT_BATCH_SIZE):
+def probe_batches(
+    x, y=None, batch_size=DEFAULT_BATCH_SIZE, max_batches=DEFAULT_MAX_BATCHES
+):
     """The probe data as a list of `(x_batch, y_batch)` NumPy pairs.
 
     Args:
         x: Inputs: an array or tensor (or a list/dict of them for a
             multi-input model), or an iterable of batches such as a
             `tf.data.Dataset`, each batch `x` or `(x, y)` (Keras' usual
-            `(x, y, sample_weight)` unpacking). The iterable is read once.
+            `(x, y, sample_weight)` unpacking). The iterable is read once,
+            at most `max_batches` batches of it (it may be endless).
         y: Targets for array inputs (needed only by the `"gradient"`
             criterion); must be `None` when `x` yields batches.
         batch_size: Positive integer, size of the batches cut from arrays.
+        max_batches: Positive integer, the most batches read from an
+            iterable `x` (arrays are used whole).
 
     Returns:
         A non-empty list of `(x_batch, y_batch)`, `y_batch` `None` when there
         are no targets.
     """
-    if (
-        isinstance(batch_size, bool)
-        or not isinstance(batch_size, numbers.Integral)
-        or batch_size < 1
-    ):
-        raise ValueError(
-            "`batch_size` must be a positive integer. "
-            f"Received: batch_size={batch_size!r}"
-        )
+    batch_size = check_positive_integer(batch_size, "batch_size")
+    max_batches = check_positive_integer(max_batches, "max_batches")
     if _is_array_like(x):
         x = _to_numpy(x)
         count = _num_samples(x)
@@ -418,7 +439,7 @@ def probe_batches(x, y=None, batch_size=DEFAULT_BATCH_SIZE):
         )
     iterator = x.as_numpy_iterator() if hasattr(x, "as_numpy_iterator") else x
     batches = []
-    for data in iterator:
+    for data in itertools.islice(iterator, max_batches):
         x_batch, y_batch, _ = keras.utils.unpack_x_y_sample_weight(data)
         x_batch = _to_numpy(x_batch)
         if _num_samples(x_batch) == 0:
@@ -547,7 +568,7 @@ def _compile(model, monitored, batch_function):
 
 
 def collect_pre_activations(
-    model, x, layers=None, batch_size=DEFAULT_BATCH_SIZE
+    model, x, layers=None, batch_size=DEFAULT_BATCH_SIZE, max_batches=DEFAULT_MAX_BATCHES
 ):
     """The pre-activations of monitored layers on probe inputs.
 
@@ -565,6 +586,7 @@ def collect_pre_activations(
         layers: Layers to probe, as names or layer objects of `model`;
             default `monitored_layers(model)`.
         batch_size: Batch size used to cut arrays.
+        max_batches: The most batches read from an iterable `x`.
 
     Returns:
         A dict `{layer name: NumPy float32 array}`, each of shape
@@ -575,9 +597,15 @@ def collect_pre_activations(
         >>> z = collect_pre_activations(model, x_train[:1024])
         >>> np.quantile(z["bernstein_dense"], [0.01, 0.99], axis=0)
     """
+    batches = probe_batches(x, batch_size=batch_size, max_batches=max_batches)
     monitored = _resolve_layers(model, layers, monitored_layers)
+    return _pre_activations_in_batches(model, monitored, batches)
+
+
+def _pre_activations_in_batches(model, monitored, batches):
+    """`collect_pre_activations` on batches from `probe_batches`."""
     collected = {m.name: [] for m in monitored}
-    for x_batch, _ in probe_batches(x, batch_size=batch_size):
+    for x_batch, _ in batches:
         _, records = _forward(model, monitored, x_batch)
         for site, z in records:
             collected[site.name].append(
@@ -599,15 +627,7 @@ def _check_criterion(criterion, threshold, tolerance):
             f"`criterion` must be one of {CRITERIA}. "
             f"Received: criterion={criterion!r}"
         )
-    if (
-        isinstance(threshold, bool)
-        or not isinstance(threshold, numbers.Real)
-        or not threshold >= 0
-    ):
-        raise ValueError(
-            "`threshold` must be a nonnegative number. "
-            f"Received: threshold={threshold!r}"
-        )
+    check_nonnegative_number(threshold, "threshold")
     if (
         isinstance(tolerance, bool)
         or not isinstance(tolerance, numbers.Real)
@@ -678,6 +698,7 @@ def dead_units(
     layers=None,
     batch_size=DEFAULT_BATCH_SIZE,
     loss=None,
+    max_batches=DEFAULT_MAX_BATCHES,
 ):
     """Which units of the monitored layers are dead on probe inputs.
 
@@ -709,6 +730,7 @@ def dead_units(
         batch_size: Batch size used to cut arrays.
         loss: Loss for the `"gradient"` criterion (name, function or
             `keras.losses.Loss`); default the model's compiled loss.
+        max_batches: The most batches read from an iterable `x`.
 
     Returns:
         A dict `{layer name: boolean NumPy array}`, `True` for a dead unit,
@@ -720,7 +742,7 @@ def dead_units(
         >>> {name: int(mask.sum()) for name, mask in dead.items()}
     """
     _check_criterion(criterion, threshold, tolerance)
-    batches = probe_batches(x, y, batch_size=batch_size)
+    batches = probe_batches(x, y, batch_size=batch_size, max_batches=max_batches)
     monitored = _resolve_layers(model, layers, monitored_layers)
     counter = _dead_unit_counter(
         model, monitored, criterion, threshold, loss, jit=False
@@ -792,6 +814,7 @@ def dead_neuron_ratio(
     layers=None,
     batch_size=DEFAULT_BATCH_SIZE,
     loss=None,
+    max_batches=DEFAULT_MAX_BATCHES,
 ):
     """Fraction of dead units, overall and per monitored layer.
 
@@ -817,6 +840,7 @@ def dead_neuron_ratio(
         layers=layers,
         batch_size=batch_size,
         loss=loss,
+        max_batches=max_batches,
     )
     return _dead_ratios(dead)
 
@@ -837,7 +861,9 @@ def bernstein_layers(model):
     return [layer for layer in model.layers if _is_bernstein(layer)]
 
 
-def out_of_bounds_ratio(model, x, layers=None, batch_size=DEFAULT_BATCH_SIZE):
+def out_of_bounds_ratio(
+    model, x, layers=None, batch_size=DEFAULT_BATCH_SIZE, max_batches=DEFAULT_MAX_BATCHES
+):
     """Fraction of probe pre-activations outside their neuron's `[l, u]`.
 
     The range and derivative guarantees of a Bernstein activation hold on
@@ -850,6 +876,7 @@ def out_of_bounds_ratio(model, x, layers=None, batch_size=DEFAULT_BATCH_SIZE):
         layers: Bernstein layers to check (names or layer objects); default
             every top-level `Bernstein`/`BernsteinDense` layer.
         batch_size: Batch size used to cut arrays.
+        max_batches: The most batches read from an iterable `x`.
 
     Returns:
         A dict of Python floats: `"out_of_bounds_ratio"` (all checked
@@ -859,7 +886,7 @@ def out_of_bounds_ratio(model, x, layers=None, batch_size=DEFAULT_BATCH_SIZE):
         >>> out_of_bounds_ratio(model, x_train[:1024])
         {'out_of_bounds_ratio': 0.02, 'out_of_bounds_ratio/bernstein_dense': 0.02}
     """
-    batches = probe_batches(x, batch_size=batch_size)
+    batches = probe_batches(x, batch_size=batch_size, max_batches=max_batches)
     monitored = _bounds_monitored(model, layers)
     counter = _out_of_bounds_counter(model, monitored, jit=False)
     return _out_of_bounds_in_batches(counter, batches)
@@ -911,17 +938,27 @@ def _out_of_bounds_in_batches(counter, batches):
 
 
 def _check_frequency_and_verbose(frequency, verbose):
-    if (
-        isinstance(frequency, bool)
-        or not isinstance(frequency, numbers.Integral)
-        or frequency < 1
-    ):
-        raise ValueError(
-            "`frequency` must be a positive integer (epochs). "
-            f"Received: frequency={frequency!r}"
-        )
-    if verbose not in (0, 1, False, True):
+    """`(frequency, verbose)` as ints: a positive epoch count and 0 or 1."""
+    frequency = check_positive_integer(frequency, "frequency")
+    if not isinstance(verbose, numbers.Integral) or verbose not in (0, 1):
         raise ValueError(f"`verbose` must be 0 or 1. Received: verbose={verbose!r}")
+    return frequency, int(verbose)
+
+
+def _check_has_layers(callback, monitored, model):
+    """Raises, in the user's terms, when `callback` finds nothing to watch."""
+    if not monitored:
+        needed = (
+            "hidden layers with an elementwise nonlinearity"
+            if isinstance(callback, DeadNeuronRatio)
+            else "Bernstein or BernsteinDense layers"
+        )
+        raise ValueError(
+            f"`{type(callback).__name__}` needs a model with {needed}; model "
+            f"{model.name!r} has none at its top level. Received: model with "
+            f"layers {[layer.name for layer in model.layers]}"
+        )
+    return monitored
 
 
 def _summary(epoch, key, logs):
@@ -940,9 +977,7 @@ class _ProbeCallback(keras.callbacks.Callback):
 
     def __init__(self, frequency, verbose):
         super().__init__()
-        _check_frequency_and_verbose(frequency, verbose)
-        self.frequency = int(frequency)
-        self.verbose = int(verbose)
+        self.frequency, self.verbose = _check_frequency_and_verbose(frequency, verbose)
         self._keys = None
         self._monitored = None
         self._counter = None
@@ -954,10 +989,15 @@ class _ProbeCallback(keras.callbacks.Callback):
         """The `_MonitoredLayer`s measured on `self.model`."""
         raise NotImplementedError
 
+    def set_model(self, model):
+        super().set_model(model)
+        if getattr(model, "built", False):
+            _check_has_layers(self, self.monitored(), model)
+
     def on_train_begin(self, logs=None):
         # Known before the first measurement, so that every epoch (measured
         # or not) carries the same keys.
-        self._monitored = self.monitored()
+        self._monitored = _check_has_layers(self, self.monitored(), self.model)
         self._keys = [self.key] + [f"{self.key}/{site.name}" for site in self._monitored]
         self._counter = None  # Compiled on first use, then reused.
 
@@ -1015,6 +1055,8 @@ class DeadNeuronRatio(_ProbeCallback):
         batch_size: Batch size of the probe passes.
         frequency: Positive integer: measure every `frequency` epochs.
         verbose: `1` prints a one-line per-layer summary when measuring.
+        max_batches: Positive integer, the most batches read from an
+            iterable `x` (it may be endless); default 32.
 
     Example:
         >>> model.fit(
@@ -1037,19 +1079,19 @@ class DeadNeuronRatio(_ProbeCallback):
         batch_size=DEFAULT_BATCH_SIZE,
         frequency=1,
         verbose=0,
+        max_batches=DEFAULT_MAX_BATCHES,
     ):
         super().__init__(frequency, verbose)
         _check_criterion(criterion, threshold, tolerance)
-        self.batches = probe_batches(x, y, batch_size=batch_size)
+        layers = _check_layers(layers)
+        self.batches = probe_batches(
+            x, y, batch_size=batch_size, max_batches=max_batches
+        )
         if criterion == "gradient" and self.batches[0][1] is None:
             raise ValueError(
                 "`criterion='gradient'` needs probe targets: pass `y` (or "
                 "batches of `(x, y)`). Received: y=None"
             )
-        if isinstance(layers, (str, keras.layers.Layer)):
-            layers = [layers]
-        if layers is not None and len(layers) == 0:
-            raise ValueError(f"`layers` must not be empty. Received: layers={layers!r}")
         self.criterion = criterion
         self.threshold = float(threshold)
         self.tolerance = float(tolerance)
@@ -1094,6 +1136,8 @@ class BoundsCoverage(_ProbeCallback):
         batch_size: Batch size of the probe passes.
         frequency: Positive integer: measure every `frequency` epochs.
         verbose: `1` prints a one-line per-layer summary when measuring.
+        max_batches: Positive integer, the most batches read from an
+            iterable `x` (it may be endless); default 32.
 
     Example:
         >>> model.fit(x_train, y_train, epochs=10,
@@ -1103,12 +1147,17 @@ class BoundsCoverage(_ProbeCallback):
     key = "out_of_bounds_ratio"
 
     def __init__(
-        self, x, layers=None, batch_size=DEFAULT_BATCH_SIZE, frequency=1, verbose=0
+        self,
+        x,
+        layers=None,
+        batch_size=DEFAULT_BATCH_SIZE,
+        frequency=1,
+        verbose=0,
+        max_batches=DEFAULT_MAX_BATCHES,
     ):
         super().__init__(frequency, verbose)
-        self.batches = probe_batches(x, batch_size=batch_size)
-        if isinstance(layers, (str, keras.layers.Layer)):
-            layers = [layers]
+        layers = _check_layers(layers)
+        self.batches = probe_batches(x, batch_size=batch_size, max_batches=max_batches)
         self.layers = layers
         self.batch_size = int(batch_size)
 

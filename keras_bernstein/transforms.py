@@ -13,10 +13,14 @@ optimizer's slots belong to the old variables (`elevate_degree`) or to the
 old basis (`rebound`).
 """
 
+import warnings
+
 import keras
 import numpy as np
 
 from keras_bernstein import ops as bernstein_ops
+from keras_bernstein._arguments import check_interval
+from keras_bernstein._arguments import check_nonnegative_number
 from keras_bernstein.layers import Bernstein
 from keras_bernstein.layers import BernsteinDense
 from keras_bernstein.layers.bernstein import check_degree
@@ -148,6 +152,15 @@ def _elevate_model(model, new_degree):
     return clone_model
 
 
+# Largest change of a neuron's function on its old interval that a rebound
+# may cause, relative to the neuron's coefficient range `max c - min c`, on
+# top of the float rounding of evaluating the polynomial.
+REBOUND_TOLERANCE = 1e-4
+
+# Points per neuron at which re-expressions are compared (float64).
+_GRID_SIZE = 257
+
+
 def _check_new_bounds(new_bounds, shape):
     new_bounds = np.asarray(keras.ops.convert_to_numpy(new_bounds), "float64")
     try:
@@ -162,9 +175,131 @@ def _check_new_bounds(new_bounds, shape):
     ):
         raise ValueError(
             "`new_bounds` must be finite with lower < upper for every neuron. "
-            f"Received: new_bounds={new_bounds.tolist() if new_bounds.size <= 8 else '...'}"
+            f"Received: new_bounds={_summary(new_bounds)}"
         )
     return new_bounds
+
+
+def _values(x, coefficients, bounds, extrapolation):
+    """The activation at `x` `(points, neurons)`, in float64 (de Casteljau).
+
+    `coefficients` `(neurons, n + 1)`, `bounds` `(neurons, 2)`.
+    """
+    degree = coefficients.shape[-1] - 1
+    with np.errstate(all="ignore"):
+        t = (x - bounds[:, 0]) / (bounds[:, 1] - bounds[:, 0])
+        inner = t if extrapolation == "polynomial" else np.clip(t, 0.0, 1.0)
+        values = np.broadcast_to(coefficients, inner.shape + (degree + 1,))
+        for _ in range(degree):
+            values = bernstein_ops._de_casteljau_step(values, inner[..., None])
+        values = values[..., 0]
+        if extrapolation == "linear" and degree:
+            slope_lower, slope_upper = bernstein_ops.end_slopes(coefficients)
+            values = values + slope_lower * np.minimum(t, 0.0)
+            values = values + slope_upper * np.maximum(t - 1.0, 0.0)
+    return values
+
+
+def _grid(lower, upper):
+    """`_GRID_SIZE` points from `lower` to `upper` (arrays `(neurons,)`)."""
+    steps = np.linspace(0.0, 1.0, _GRID_SIZE)[:, None]
+    return lower + (upper - lower) * steps
+
+
+class _Rebound:
+    """One neuron-wise re-expression of a `Bernstein` layer, and its checks.
+
+    The candidate coefficients are what the layer would hold: re-expressed
+    in float64, rounded to the variable's dtype and passed through the
+    layer's coefficient constraint. Neurons are flattened to rows; only the
+    rows `rows` (default all) get `new_bounds` `(len(rows), 2)`, and the
+    arrays of the checks hold those rows only.
+    """
+
+    def __init__(self, bernstein, new_bounds, rows=None):
+        self.bernstein = bernstein
+        self.shape = tuple(bernstein.coefficients.shape)
+        self.dtype = bernstein.coefficients.dtype
+        self.degree = self.shape[-1] - 1
+        all_coefficients = _numpy(bernstein.coefficients).reshape(-1, self.degree + 1)
+        self.rows = np.arange(len(all_coefficients)) if rows is None else rows
+        self.old_coefficients = all_coefficients[self.rows]
+        self.old_bounds = _numpy(bernstein.bounds).reshape(-1, 2)[self.rows]
+        stored = np.asarray(new_bounds, "float64").reshape(-1, 2)
+        self.new_bounds = stored.astype(bernstein.bounds.dtype).astype("float64")
+        width = self.old_bounds[:, 1] - self.old_bounds[:, 0]
+        start = (self.new_bounds[:, 0] - self.old_bounds[:, 0]) / width
+        stop = (self.new_bounds[:, 1] - self.old_bounds[:, 0]) / width
+        with np.errstate(all="ignore"):
+            exact = bernstein_ops.subdivide_coefficients(
+                self.old_coefficients, start, stop
+            )
+            rounded = exact.astype(self.dtype)
+        constraint = bernstein.coefficient_constraint
+        if constraint is not None and np.all(np.isfinite(rounded)):
+            # The constraint sees the whole weight, the other rows unchanged.
+            whole = all_coefficients.astype(self.dtype)
+            whole[self.rows] = rounded
+            whole = keras.ops.convert_to_numpy(
+                constraint(keras.ops.convert_to_tensor(whole.reshape(self.shape)))
+            )
+            rounded = np.reshape(whole, all_coefficients.shape)[self.rows]
+        self.coefficients = np.asarray(rounded, "float64")
+
+    def scale(self):
+        """The coefficient range `max c - min c` of each old neuron."""
+        return np.ptp(self.old_coefficients, axis=-1)
+
+    def change(self, lower, upper, rounding=0.0):
+        """Largest `|new - old|` of each neuron's activation on `[lower, upper]`,
+        plus `rounding` times the new evaluation's term sum `sum |c'_k| b_k`."""
+        x = _grid(lower, upper)
+        extrapolation = self.bernstein.extrapolation
+        old = _values(x, self.old_coefficients, self.old_bounds, extrapolation)
+        new = _values(x, self.coefficients, self.new_bounds, extrapolation)
+        with np.errstate(all="ignore"):
+            change = np.abs(new - old)
+            if rounding:
+                terms = _values(x, np.abs(self.coefficients), self.new_bounds, "clip")
+                change = change + rounding * terms
+            change = change.max(axis=0)
+        return np.where(np.isfinite(change), change, np.inf)
+
+    def interval_error(self):
+        """Per neuron: how far the layer's float output on the old interval
+        (where it overlaps the new one) may move, and what is allowed.
+
+        The float64 change of the rounded, constrained coefficients plus the
+        rounding error of evaluating them in the variable's dtype (at most
+        `2 (n + 1) eps sum |c'_k| b_k(t)`); allowed: `REBOUND_TOLERANCE` times
+        the coefficient range, plus that rounding bound for the old
+        coefficients (`max |c|` for `sum |c_k| b_k`).
+        """
+        lower = np.maximum(self.old_bounds[:, 0], self.new_bounds[:, 0])
+        upper = np.minimum(self.old_bounds[:, 1], self.new_bounds[:, 1])
+        rounding = 2 * (self.degree + 1) * float(np.finfo(self.dtype).eps)
+        error = self.change(lower, upper, rounding)
+        allowed = REBOUND_TOLERANCE * self.scale() + rounding * np.abs(
+            self.old_coefficients
+        ).max(-1)
+        return error, allowed
+
+    def slope_sign_kept(self):
+        """Whether each positive derivative certificate stays positive."""
+        old = np.diff(self.old_coefficients, axis=-1).min(axis=-1, initial=np.inf)
+        new = np.diff(self.coefficients, axis=-1).min(axis=-1, initial=np.inf)
+        return (old <= 0.0) | (new > 0.0)
+
+    def assign(self):
+        """Writes the rows' coefficients and bounds into the layer."""
+        coefficients = _numpy(self.bernstein.coefficients).reshape(-1, self.degree + 1)
+        bounds = _numpy(self.bernstein.bounds).reshape(-1, 2)
+        coefficients[self.rows] = self.coefficients
+        bounds[self.rows] = self.new_bounds
+        self.bernstein.coefficients.assign(coefficients.reshape(self.shape).astype(self.dtype))
+        self.bernstein.bounds.assign(
+            bounds.reshape(self.shape[:-1] + (2,)).astype(self.bernstein.bounds.dtype)
+        )
 
 
 def rebound(layer, new_bounds):
@@ -176,7 +311,7 @@ def rebound(layer, new_bounds):
     polynomial is unchanged on the whole real line, so:
 
     - inside the new interval `[l', u']` the layer computes the old
-      polynomial: exactly the old function on the overlap with `[l, u]`;
+      polynomial: the old function on the overlap with `[l, u]`;
       on parts of `[l', u']` outside `[l, u]` (widening) it computes the
       polynomial's own continuation where the old layer extrapolated
       (linearly or by clipping), so the function changes there unless the
@@ -187,16 +322,30 @@ def rebound(layer, new_bounds):
     Shrinking an interval therefore keeps the function on the new interval
     and changes the extrapolated parts; widening keeps it on the old one.
     The degree and variable shapes do not change, so a compiled model keeps
-    training (the optimizer's moment estimates refer to the old basis). Large
-    widening factors amplify float32 rounding of the coefficients.
+    training (the optimizer's moment estimates refer to the old basis).
+
+    Guarantee: on the overlap of the old and new intervals every neuron's
+    output changes by at most `REBOUND_TOLERANCE` (`1e-4`) times its
+    coefficient range `max c - min c`, plus the float32 rounding of
+    evaluating the polynomial (`2 (n + 1) · 1.2e-7 · max |c|`). The new
+    coefficients are rounded to float32 and passed through the layer's
+    coefficient constraint before this is checked. Widening grows the
+    coefficients (roughly like the widening factor to the power of the
+    degree), so a widening too large for float32 to keep the guarantee is
+    refused with a `ValueError`; `BoundsUpdate` caps its widenings instead.
 
     Args:
         layer: A built `Bernstein` or `BernsteinDense` layer.
         new_bounds: `(l', u')` for every neuron, or an array broadcastable to
-            the layer's `bounds` shape `param_shape + (2,)`.
+            the layer's `bounds` shape `param_shape + (2,)`; finite, with
+            `l' < u'`.
 
     Returns:
         `layer`, with new `coefficients` and `bounds`.
+
+    Raises:
+        ValueError: for invalid `new_bounds`, or new bounds under which the
+            layer cannot keep the guarantee, naming the layer.
 
     Example:
         >>> rebound(model.layers[1], (-4.0, 4.0))
@@ -204,48 +353,107 @@ def rebound(layer, new_bounds):
     bernstein = _activation_of(layer)
     _check_built(layer)
     bounds = _numpy(bernstein.bounds)
+    requested = new_bounds
     new_bounds = _check_new_bounds(new_bounds, bounds.shape)
-    width = bounds[..., 1] - bounds[..., 0]
-    start = (new_bounds[..., 0] - bounds[..., 0]) / width
-    stop = (new_bounds[..., 1] - bounds[..., 0]) / width
-    coefficients = bernstein_ops.subdivide_coefficients(
-        _numpy(bernstein.coefficients), start, stop
-    )
-    bernstein.coefficients.assign(coefficients.astype(bernstein.coefficients.dtype))
-    bernstein.bounds.assign(new_bounds.astype(bernstein.bounds.dtype))
+    plan = _Rebound(bernstein, new_bounds)
+    error, allowed = plan.interval_error()
+    broken = ~(error <= allowed)
+    if np.any(broken):
+        worst = int(np.argmax(np.where(broken, error - allowed, -np.inf)))
+        raise ValueError(
+            f"`new_bounds` would change the function of layer {layer.name!r} on "
+            f"its old interval by more than float32 can keep ({int(broken.sum())} "
+            f"of {broken.size} neurons; neuron {worst}: up to {error[worst]:.3g}, "
+            f"allowed {allowed[worst]:.3g}): widen less at a time. "
+            f"Received: new_bounds={_summary(requested)}"
+        )
+    plan.assign()
     return layer
 
 
+def _summary(values):
+    values = np.asarray(values)
+    return values.tolist() if values.size <= 8 else f"array of shape {values.shape}"
+
+
+# Halvings of a capped widening before a neuron keeps its interval.
+_MAX_HALVINGS = 12
+
+
+def _check_quantiles(quantiles):
+    try:
+        low, high = check_interval(quantiles, "quantiles")
+    except ValueError:
+        low = high = None
+    if low is None or not 0.0 <= low < high <= 1.0:
+        raise ValueError(
+            "`quantiles` must be (low, high) with 0 <= low < high <= 1. "
+            f"Received: quantiles={quantiles!r}"
+        )
+    return low, high
+
+
 class BoundsUpdate(keras.callbacks.Callback):
-    """Widens Bernstein intervals to the observed pre-activation range during `fit`.
+    """Widens Bernstein intervals toward the observed pre-activation range during `fit`.
 
     Every `frequency` epochs the callback runs the model (inference mode) on
-    `probe_x`, takes per-neuron quantiles `quantiles` of each Bernstein
+    the probe data, takes per-neuron quantiles `quantiles` of each Bernstein
     layer's pre-activations and, where they fall outside a neuron's
-    `[l, u]`, widens that neuron's interval to cover them (plus `margin` ×
-    the quantile range) with `rebound`. The polynomial is re-expressed
-    exactly, so the function is unchanged on the old interval; inputs that
-    the old layer extrapolated and the new interval covers now see the
-    polynomial's continuation (see `rebound`). Intervals are never narrowed.
+    `[l, u]`, widens that neuron's interval toward them (plus `margin` ×
+    the quantile range) with `rebound`. Intervals are never narrowed.
     The Bernstein answer to KAN's grid update: the basis follows the data.
 
+    One update extends each side of an interval by at most its width, and
+    less where needed: each side's extension is halved until it passes (up
+    to 12 times, else that side stays), so that for every neuron:
+
+    - on its old interval the output changes by at most `REBOUND_TOLERANCE`
+      (`1e-4`) times the neuron's coefficient range `max c - min c`, plus
+      float32 rounding (the guarantee of `rebound`);
+    - between the smallest and largest probe pre-activation the output
+      changes by at most `max_change` times that range, plus float32
+      rounding (inputs the old layer extrapolated now see the polynomial's
+      continuation, see `rebound`), so the probe loss moves by at most what
+      such a change of each activation can cause;
+    - the coefficients satisfy the layer's coefficient constraint (it is
+      applied to them, e.g. `MonotonicCoefficients`), and a positive
+      derivative certificate (`verification.derivative_certificate`) stays
+      positive.
+
+    Both changes are measured in float64 on 257 points spanning each range.
+    A capped widening warns, naming the layer; later updates widen further
+    as training adapts. The probe data is read once, at construction.
+
     Args:
-        probe_x: Probe inputs (array, list/dict of arrays, or an iterable of
-            batches), e.g. 1,000 training samples.
+        probe_x: Probe inputs: an array (or list/dict of arrays), or an
+            iterable of batches (read once, at most `max_batches` of them),
+            e.g. 1,000 training samples.
         frequency: Positive integer: update after every `frequency`-th epoch.
         quantiles: `(low, high)` with `0 <= low < high <= 1`, the per-neuron
             quantiles of the pre-activations to cover; `(0, 1)` covers the
             observed min and max.
-        margin: Nonnegative fraction of the covered range added on each
-            widened side.
+        margin: Finite number `>= 0`: the fraction of the covered range added
+            on each widened side.
         layers: Names or layer objects of the `Bernstein`/`BernsteinDense`
             layers to update; default all top-level ones.
-        batch_size: Batch size for probing.
+        batch_size: Positive integer, the batch size for probing.
         verbose: 0 or 1 (one line per update).
+        max_batches: Positive integer, the most batches read from an
+            iterable `probe_x` (it may be endless); default 32.
+        max_change: Finite number `>= 0`: the largest change of an activation
+            on the probe range allowed by one update, relative to its
+            coefficient range; default `0.05`.
 
     Attributes:
-        updates: A list with one dict per update: `epoch`, and per layer name
-            the number of neurons whose interval was widened.
+        updates: A list with one dict per update: `epoch`, per layer name
+            the number of neurons whose interval was widened, and
+            `"capped"`: per layer name the number of neurons widened less
+            than asked.
+
+    Raises:
+        ValueError: at construction for invalid arguments; when the model is
+            set, for a model without Bernstein layers to update; at an
+            update, for probe pre-activations that are NaN or infinite.
 
     Example:
         >>> model.fit(x, y, epochs=20,
@@ -261,30 +469,36 @@ class BoundsUpdate(keras.callbacks.Callback):
         layers=None,
         batch_size=256,
         verbose=0,
+        max_batches=32,
+        max_change=0.05,
     ):
         super().__init__()
-        if isinstance(frequency, bool) or not isinstance(frequency, int) or frequency < 1:
-            raise ValueError(
-                f"`frequency` must be a positive integer. Received: frequency={frequency!r}"
-            )
-        quantiles = tuple(float(q) for q in quantiles)
-        if len(quantiles) != 2 or not 0.0 <= quantiles[0] < quantiles[1] <= 1.0:
-            raise ValueError(
-                "`quantiles` must be (low, high) with 0 <= low < high <= 1. "
-                f"Received: quantiles={quantiles}"
-            )
-        if not margin >= 0.0:
-            raise ValueError(f"`margin` must be >= 0. Received: margin={margin!r}")
-        if verbose not in (0, 1):
-            raise ValueError(f"`verbose` must be 0 or 1. Received: verbose={verbose!r}")
-        self.probe_x = probe_x
-        self.frequency = frequency
-        self.quantiles = quantiles
-        self.margin = float(margin)
-        self.layers = layers
+        # Imported here: `keras_bernstein.callbacks` re-exports this class.
+        from keras_bernstein import callbacks
+
+        self.frequency, self.verbose = callbacks._check_frequency_and_verbose(
+            frequency, verbose
+        )
+        self.quantiles = _check_quantiles(quantiles)
+        self.margin = check_nonnegative_number(margin, "margin")
+        self.max_change = check_nonnegative_number(max_change, "max_change")
+        self.layers = callbacks._check_layers(layers)
+        self.batches = callbacks.probe_batches(
+            probe_x, batch_size=batch_size, max_batches=max_batches
+        )
         self.batch_size = int(batch_size)
-        self.verbose = verbose
         self.updates = []
+
+    def _monitored(self, model):
+        from keras_bernstein import callbacks
+
+        monitored = callbacks._bounds_monitored(model, self.layers)
+        return callbacks._check_has_layers(self, monitored, model)
+
+    def set_model(self, model):
+        super().set_model(model)
+        if getattr(model, "built", False):
+            self._monitored(model)
 
     def on_epoch_end(self, epoch, logs=None):
         if (epoch + 1) % self.frequency == 0:
@@ -292,31 +506,30 @@ class BoundsUpdate(keras.callbacks.Callback):
 
     def update(self, epoch=None):
         """Probes the model and widens the intervals now; returns the update's dict."""
-        # Imported here: `keras_bernstein.callbacks` re-exports this class.
         from keras_bernstein import callbacks
 
-        layers = self.layers
-        if layers is None:
-            layers = callbacks.bernstein_layers(self.model)
-        pre_activations = callbacks.collect_pre_activations(
-            self.model, self.probe_x, layers=layers, batch_size=self.batch_size
+        monitored = self._monitored(self.model)
+        pre_activations = callbacks._pre_activations_in_batches(
+            self.model, monitored, self.batches
         )
         record = {"epoch": epoch}
-        for layer in self.model._flatten_layers(include_self=False, recursive=True):
-            if layer.name not in pre_activations or not isinstance(
-                layer, (Bernstein, BernsteinDense)
-            ):
-                continue
-            record[layer.name] = self._widen(layer, pre_activations[layer.name])
+        capped = {}
+        for site in monitored:
+            if site.name in pre_activations and site.name not in record:
+                record[site.name], capped[site.name] = self._widen(
+                    site.layer, pre_activations[site.name]
+                )
+        record["capped"] = capped
         self.updates.append(record)
         if self.verbose:
             widened = ", ".join(
-                f"{name}: {count}" for name, count in record.items() if name != "epoch"
+                f"{name}: {record[name]} ({capped[name]} capped)" for name in capped
             )
             print(f"BoundsUpdate (epoch {epoch}): widened neurons {widened}")
         return record
 
     def _widen(self, layer, z):
+        """Widens `layer`'s intervals toward the probe's `z`; `(widened, capped)`."""
         bernstein = _activation_of(layer)
         parameter_shape = tuple(bernstein.coefficients.shape[:-1])
         # Samples of one neuron: the batch axis and the shared axes.
@@ -324,22 +537,120 @@ class BoundsUpdate(keras.callbacks.Callback):
             axis + 1 for axis, size in enumerate(parameter_shape) if size == 1
         )
         z = z.astype("float64")
+        if not np.all(np.isfinite(z)):
+            raise ValueError(
+                f"`BoundsUpdate`: the pre-activations of layer {layer.name!r} on "
+                "the probe data hold NaN or infinite values (non-finite probe "
+                "inputs, or a diverged model); no interval can cover them. "
+                f"Received: {int(np.sum(~np.isfinite(z)))} non-finite entries"
+            )
+
+        def per_neuron(values):
+            return np.reshape(values, -1)
+
         low, high = np.quantile(z, self.quantiles, axis=sample_axes, keepdims=True)
-        low = low.reshape(parameter_shape)
-        high = high.reshape(parameter_shape)
+        low, high = per_neuron(low), per_neuron(high)
+        data_lower = per_neuron(z.min(axis=sample_axes, keepdims=True))
+        data_upper = per_neuron(z.max(axis=sample_axes, keepdims=True))
         padding = self.margin * (high - low)
-        bounds = keras.ops.convert_to_numpy(bernstein.bounds)
-        # Compared in the variable's dtype, so that rounding alone never
-        # counts as widening.
-        target = np.stack([low - padding, high + padding], -1).astype(bounds.dtype)
-        new_bounds = np.stack(
+        bounds = _numpy(bernstein.bounds).reshape(-1, 2)
+        target = np.stack([low - padding, high + padding], -1)
+        # One update extends each side by at most the interval's width: beyond
+        # that float32 rarely keeps the function (see `rebound`), and halving
+        # a step toward a far outlier would never reach a usable size.
+        width = bounds[:, 1] - bounds[:, 0]
+        target = np.stack(
             [
-                np.minimum(bounds[..., 0], target[..., 0]),
-                np.maximum(bounds[..., 1], target[..., 1]),
+                np.clip(target[:, 0], bounds[:, 0] - width, bounds[:, 0]),
+                np.clip(target[:, 1], bounds[:, 1], bounds[:, 1] + width),
             ],
             axis=-1,
+        ).astype(bernstein.bounds.dtype).astype("float64")
+        # Compared in the variable's dtype, so that rounding alone never
+        # counts as widening.
+        wanted = np.any(target != bounds, axis=-1)
+        if not np.any(wanted):
+            return 0, 0
+        chosen_bounds = bounds.copy()
+        chosen_coefficients = _numpy(bernstein.coefficients).reshape(bounds.shape[0], -1)
+        # Per side, the fraction of the asked widening tried; the two sides
+        # are capped separately, so one side's trouble does not block the other.
+        wants_lower = target[:, 0] != bounds[:, 0]
+        wants_upper = target[:, 1] != bounds[:, 1]
+        lower_step = wants_lower.astype("float64")
+        upper_step = wants_upper.astype("float64")
+        smallest = 0.5**_MAX_HALVINGS
+
+        def passes(rows, lower, upper):
+            old = bounds[rows]
+            candidate = np.stack(
+                [
+                    old[:, 0] + lower * (target[rows, 0] - old[:, 0]),
+                    old[:, 1] + upper * (target[rows, 1] - old[:, 1]),
+                ],
+                axis=-1,
+            )
+            plan = _Rebound(bernstein, candidate, rows)
+            return plan, self._keeps_promises(plan, data_lower[rows], data_upper[rows])
+
+        done = ~wanted
+        while not np.all(done):
+            rows = np.flatnonzero(~done)
+            lower, upper = lower_step[rows], upper_step[rows]
+            plan, passed = passes(rows, lower, upper)
+            chosen_bounds[rows[passed]] = plan.new_bounds[passed]
+            chosen_coefficients[rows[passed]] = plan.coefficients[passed]
+            done[rows[passed]] = True
+            rows, lower, upper = rows[~passed], lower[~passed], upper[~passed]
+            if not len(rows):
+                break
+            _, lower_alone = passes(rows, lower, 0.0 * upper)
+            _, upper_alone = passes(rows, 0.0 * lower, upper)
+            lower = np.where(lower_alone & ~upper_alone, lower, 0.5 * lower)
+            upper = np.where(upper_alone & ~lower_alone, upper, 0.5 * upper)
+            lower[lower < smallest] = 0.0
+            upper[upper < smallest] = 0.0
+            lower_step[rows], upper_step[rows] = lower, upper
+            # Nothing left to widen: the neuron keeps its interval.
+            done[rows[(lower == 0.0) & (upper == 0.0)]] = True
+        widened = np.any(chosen_bounds != bounds, axis=-1)
+        capped = int(
+            np.sum((wants_lower & (lower_step < 1.0)) | (wants_upper & (upper_step < 1.0)))
         )
-        widened = np.any(new_bounds != bounds, axis=-1)
         if np.any(widened):
-            rebound(layer, new_bounds)
-        return int(widened.sum())
+            rows = np.flatnonzero(widened)
+            plan = _Rebound(bernstein, chosen_bounds[rows], rows)
+            plan.coefficients = chosen_coefficients[rows]
+            plan.assign()
+        kept = wanted & ~widened
+        if capped:
+            warnings.warn(
+                f"`BoundsUpdate` widened {capped} of {bounds.shape[0]} neurons of "
+                f"layer {layer.name!r} less than the probe data asks "
+                f"({int(kept.sum())} not at all), to keep its function on the "
+                "old interval (float32), its change on the probe range "
+                f"(max_change={self.max_change}), its coefficient constraint "
+                "and its derivative certificate.",
+                stacklevel=2,
+            )
+        return int(widened.sum()), capped
+
+    def _keeps_promises(self, plan, data_lower, data_upper):
+        """Per neuron: whether `plan` keeps every promise of the class docstring."""
+        error, allowed = plan.interval_error()
+        rounding = allowed - REBOUND_TOLERANCE * plan.scale()
+        # Outside the new interval both functions are affine (or constant):
+        # the data range's ends and the new interval inside it see the most.
+        on_data = np.maximum(
+            plan.change(data_lower, data_upper),
+            plan.change(
+                np.maximum(plan.new_bounds[:, 0], data_lower),
+                np.minimum(plan.new_bounds[:, 1], data_upper),
+            ),
+        )
+        return (
+            (error <= allowed)
+            & (on_data <= self.max_change * plan.scale() + rounding)
+            & plan.slope_sign_kept()
+            & np.all(np.isfinite(plan.coefficients), axis=-1)
+        )

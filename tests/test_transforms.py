@@ -173,28 +173,38 @@ def test_bounds_update_keeps_accuracy_and_covers_the_data(tmp_path):
         metrics=["accuracy"],
     )
     model.fit(x, y, epochs=5, batch_size=100, verbose=0)
-    update = transforms.BoundsUpdate(x, quantiles=(0.0, 1.0), margin=0.05)
+    # A generous `max_change`: one update covers all the data.
+    update = transforms.BoundsUpdate(x, quantiles=(0.0, 1.0), margin=0.05, max_change=1.0)
     update.set_model(model)
     _, accuracy_before = model.evaluate(x, y, verbose=0)
     layer = model.layers[0]
     z_before = _numpy(layer.pre_activation(x))
     activations_before = _numpy(layer(x))
-    record = update.update(epoch=4)
+    with pytest.warns(UserWarning, match=layer.name):
+        record = update.update(epoch=4)
     assert record["epoch"] == 4 and record[layer.name] > 0
     _, accuracy_after = model.evaluate(x, y, verbose=0)
     assert accuracy_after == pytest.approx(accuracy_before, abs=0.02)
-    # Every pre-activation is now inside its neuron's interval.
+    # Every pre-activation is now inside its neuron's interval, but for the
+    # neurons whose widening was capped: those with strictly increasing
+    # coefficients that the continuation below `l` would make decrease.
     z = _numpy(layer.pre_activation(x))
     bounds = _numpy(layer.bounds)
-    assert np.all(z >= bounds[:, 0]) and np.all(z <= bounds[:, 1])
+    covered_now = np.all((z >= bounds[:, 0]) & (z <= bounds[:, 1]), axis=0)
+    assert 0 < np.sum(~covered_now) <= record["capped"][layer.name] < 8
+    inside = (z >= bounds[:, 0]) & (z <= bounds[:, 1])
+    assert inside.mean() > np.mean(np.abs(z_before) <= 1.5) + 0.03
     # Where the old interval covered the pre-activation the activation is
     # unchanged (outside it the old layer extrapolated linearly; see `rebound`).
     covered = np.abs(z_before) <= 1.5
     assert 0.5 < covered.mean() < 0.99
     after = _numpy(layer(x))
     assert _relative_error(after[covered], activations_before[covered]) <= 1e-5
-    # A second update finds nothing to widen.
-    assert update.update(epoch=5)[model.layers[0].name] == 0
+    # A second update widens on where the first was capped, never narrows.
+    update.update(epoch=5)
+    widened = _numpy(layer.bounds)
+    assert np.all(widened[:, 0] <= bounds[:, 0]) and np.all(widened[:, 1] >= bounds[:, 1])
+    assert model.evaluate(x, y, verbose=0)[1] == pytest.approx(accuracy_before, abs=0.02)
     # As a callback inside `fit`, and the model still saves and reloads.
     model.fit(x, y, epochs=2, batch_size=100, verbose=0,
               callbacks=[transforms.BoundsUpdate(x, frequency=2)])
@@ -225,3 +235,148 @@ def test_bounds_update_validation():
         transforms.BoundsUpdate(np.zeros((2, 2)), quantiles=(0.9, 0.1))
     with pytest.raises(ValueError, match="margin="):
         transforms.BoundsUpdate(np.zeros((2, 2)), margin=-1.0)
+
+
+def _guarantee(coefficients, degree):
+    """`rebound`'s bound on the change on the old interval, per neuron."""
+    rounding = 2 * (degree + 1) * np.finfo("float32").eps
+    return (
+        transforms.REBOUND_TOLERANCE * np.ptp(coefficients, axis=-1)
+        + rounding * np.abs(coefficients).max(axis=-1)
+    )
+
+
+@pytest.mark.parametrize("extrapolation", MODES)
+@pytest.mark.parametrize("degree", [5, 16])
+def test_rebound_keeps_its_guarantee_or_refuses(extrapolation, degree):
+    layer = Bernstein(degree=degree, bounds=(-1.0, 1.0), extrapolation=extrapolation)
+    layer.build((None, 16))
+    coefficients = np.tanh(np.random.default_rng(degree).normal(size=(16, degree + 1)))
+    layer.coefficients.assign(coefficients.astype("float32"))
+    coefficients = _numpy(layer.coefficients).astype("float64")
+    x = np.linspace(-1.0, 1.0, 801, dtype="float32")[:, None] * np.ones((1, 16), "float32")
+    before = _numpy(layer(x))
+    refused = 0
+    for widening in (1.1, 1.5, 3.0, 10.0, 1e6):
+        new_bounds = (-1.0, 2.0 * widening - 1.0)
+        try:
+            transforms.rebound(layer, new_bounds)
+        except ValueError as error:
+            assert layer.name in str(error) and "new_bounds" in str(error)
+            refused += 1
+            continue
+        change = np.abs(_numpy(layer(x)) - before).max(axis=0)
+        assert np.all(change <= _guarantee(coefficients, degree))
+        transforms.rebound(layer, (-1.0, 1.0))  # back: narrowing never refuses
+    assert refused >= 1  # 1e6 times wider cannot keep the function in float32
+    np.testing.assert_allclose(_numpy(layer.bounds), np.tile([[-1.0, 1.0]], (16, 1)))
+
+
+@pytest.mark.parametrize("new_bounds", [(-1e30, 1e30), (-1e6, 1e6), (0.0, 1e20)])
+def test_rebound_refuses_widening_float32_cannot_keep(new_bounds):
+    layer = BernsteinDense(3, degree=6, normalization=None, name="wide")
+    layer.build((None, 2))
+    _random_coefficients(layer.bernstein, 9)
+    coefficients = _numpy(layer.bernstein.coefficients)
+    with pytest.raises(ValueError, match="'wide'.*Received: new_bounds="):
+        transforms.rebound(layer, new_bounds)
+    # Refused: nothing changed.
+    np.testing.assert_array_equal(_numpy(layer.bernstein.coefficients), coefficients)
+    for bad in ((-np.inf, 1.0), (np.nan, 1.0), (2.0, 2.0)):
+        with pytest.raises(ValueError, match="new_bounds"):
+            transforms.rebound(layer, bad)
+
+
+def _outlier_model(degree=16, extrapolation="linear", constraint=None, trainable_bounds=False):
+    """A Bernstein activation with outputs in [-1, 1] on [-1, 1], and a head."""
+    model = keras.Sequential(
+        [
+            keras.Input((8,)),
+            Bernstein(degree=degree, bounds=(-1.0, 1.0), extrapolation=extrapolation,
+                      coefficient_constraint=constraint, trainable_bounds=trainable_bounds,
+                      name="activation"),
+            keras.layers.Dense(3, name="head"),
+        ]
+    )
+    rng = np.random.default_rng(degree)
+    coefficients = np.tanh(rng.normal(size=(8, degree + 1)))
+    if constraint is not None:
+        coefficients = np.sort(coefficients, axis=-1) * 0.8 + 0.01 * np.arange(degree + 1)
+    model.layers[0].coefficients.assign(coefficients.astype("float32"))
+    return model
+
+
+def _outlier_probe(outlier):
+    rng = np.random.default_rng(10)
+    x = rng.uniform(-1.3, 1.3, (256, 8)).astype("float32")
+    x[0] = outlier
+    return x, rng.integers(0, 3, 256)
+
+
+@pytest.mark.parametrize(
+    "outlier, extrapolation",
+    [(100.0, "linear"), (1000.0, "linear"), (1e20, "linear"), (100.0, "clip")],
+)
+def test_bounds_update_with_an_outlier_keeps_its_promises(outlier, extrapolation):
+    model = _outlier_model(extrapolation=extrapolation)
+    layer = model.layers[0]
+    x, y = _outlier_probe(outlier)
+    model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    coefficients = _numpy(layer.coefficients).astype("float64")
+    grid = np.linspace(-1.0, 1.0, 801, dtype="float32")[:, None] * np.ones((1, 8), "float32")
+    on_grid, on_probe = _numpy(layer(grid)), _numpy(layer(x))
+    loss = model.evaluate(x, y, verbose=0)
+    update = transforms.BoundsUpdate(x, quantiles=(0.0, 1.0))
+    update.set_model(model)
+    with pytest.warns(UserWarning, match="'activation'"):
+        record = update.update()
+    assert record["capped"]["activation"] > 0
+    assert all(np.all(np.isfinite(w)) for w in model.get_weights())
+    # On the old interval: `rebound`'s guarantee.
+    change = np.abs(_numpy(layer(grid)) - on_grid).max(axis=0)
+    assert np.all(change <= _guarantee(coefficients, 16))
+    # On the probe (the outlier included): at most `max_change` of the range,
+    # up to float32 rounding of the values there.
+    change = np.abs(_numpy(layer(x)) - on_probe)
+    allowed = update.max_change * np.ptp(coefficients, axis=-1) + _guarantee(coefficients, 16)
+    assert np.all(change <= allowed + 1e-6 * np.abs(on_probe))
+    # So each logit moves by at most sum_j |W_jk| * allowed_j, and the
+    # cross-entropy (2-Lipschitz in the logits' max norm) by twice that.
+    kernel = _numpy(model.layers[1].kernel)
+    logit_bound = np.max(np.abs(kernel).T @ (allowed + 1e-6 * np.abs(on_probe).max(axis=0)))
+    assert np.isfinite(model.evaluate(x, y, verbose=0))
+    assert abs(model.evaluate(x, y, verbose=0) - loss) <= 2 * logit_bound + 1e-5 * abs(loss)
+
+
+def test_bounds_update_keeps_constraint_and_certificate_while_training():
+    from keras_bernstein import constraints
+    from keras_bernstein import verification
+
+    constraint = constraints.MonotonicCoefficients(0.01)
+    model = _outlier_model(degree=8, constraint=constraint, trainable_bounds=True)
+    x, y = _outlier_probe(100.0)
+    model.compile(keras.optimizers.Adam(1e-3),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    assert verification.derivative_certificate(model)[0].min_slope > 0
+    losses = []
+    with pytest.warns(UserWarning, match="'activation'"):
+        model.fit(x, y, epochs=3, batch_size=64, verbose=0,
+                  callbacks=[transforms.BoundsUpdate(x, quantiles=(0.0, 1.0)),
+                             keras.callbacks.LambdaCallback(
+                                 on_epoch_end=lambda e, logs: losses.append(
+                                     model.evaluate(x, y, verbose=0)))])
+    coefficients = _numpy(model.layers[0].coefficients)
+    assert np.all(np.diff(coefficients, axis=-1) >= 0.01 - 1e-6)
+    assert verification.derivative_certificate(model)[0].min_slope > 0
+    assert np.all(np.isfinite(_numpy(model(x))))
+    assert max(losses) < 2 * min(losses)
+
+
+def test_bounds_update_refuses_non_finite_probe_data():
+    model = _outlier_model(degree=4)
+    x, _ = _outlier_probe(0.5)
+    x[3, 2] = np.nan
+    update = transforms.BoundsUpdate(x)
+    update.set_model(model)
+    with pytest.raises(ValueError, match="'activation'.*NaN or infinite"):
+        update.update()

@@ -338,3 +338,93 @@ def test_bad_arguments_raise_value_error_naming_them():
         callbacks.DeadNeuronRatio(x, batch_size=0)
     with pytest.raises(ValueError, match="`y`"):
         callbacks.DeadNeuronRatio(x, y=np.zeros(3))
+
+
+def _bernstein_classifier():
+    model = keras.Sequential(
+        [keras.Input((3,)), BernsteinDense(4, degree=3, name="hidden"), keras.layers.Dense(2)]
+    )
+    model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    return model
+
+
+def test_probes_read_a_bounded_number_of_batches_from_endless_iterables():
+    import itertools
+
+    model = _half_dead_relu_model()
+    x = _positive_inputs(8)
+    endless = itertools.repeat(x)  # e.g. a repeated tf.data.Dataset
+    assert len(callbacks.probe_batches(endless, max_batches=3)) == 3
+    assert len(callbacks.DeadNeuronRatio(endless).batches) == callbacks.DEFAULT_MAX_BATCHES
+    assert len(callbacks.BoundsCoverage(endless, max_batches=2).batches) == 2
+    assert len(callbacks.BoundsUpdate(endless, max_batches=2).batches) == 2
+    assert callbacks.dead_neuron_ratio(model, endless, max_batches=2)["dead_neuron_ratio"] == 0.25
+    assert callbacks.collect_pre_activations(model, endless, max_batches=2)["relu_dense"].shape == (16, 4)
+    assert "out_of_bounds_ratio" in callbacks.out_of_bounds_ratio(
+        _bernstein_classifier(), itertools.repeat(x), max_batches=2
+    )
+    # Endless empty batches end too.
+    with pytest.raises(ValueError, match="`x` must hold at least one probe sample"):
+        callbacks.probe_batches(itertools.repeat(x[:0]))
+
+
+def test_bounds_update_reads_a_one_shot_generator_once():
+    model = _bernstein_classifier()
+    x = np.random.default_rng(5).normal(size=(32, 3)).astype("float32")
+    update = callbacks.BoundsUpdate((x[i : i + 8] for i in range(0, 32, 8)))
+    model.fit(x, np.zeros(32, "int32"), epochs=2, verbose=0, callbacks=[update])
+    assert [record["epoch"] for record in update.updates] == [0, 1]
+
+
+def test_bounds_callbacks_on_a_model_without_bernstein_layers():
+    model = _half_dead_relu_model()
+    model.compile("sgd", "binary_crossentropy")
+    x = _positive_inputs(8)
+    for callback in (callbacks.BoundsUpdate(x), callbacks.BoundsCoverage(x)):
+        name = type(callback).__name__
+        with pytest.raises(ValueError, match=f"`{name}` needs a model with Bernstein"):
+            callback.set_model(model)
+        with pytest.raises(ValueError, match=f"`{name}` needs a model with Bernstein"):
+            model.fit(x, np.ones((8, 1)), epochs=1, verbose=0, callbacks=[callback])
+    plain = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    with pytest.raises(ValueError, match="`DeadNeuronRatio` needs a model with hidden"):
+        callbacks.DeadNeuronRatio(x).set_model(plain)
+
+
+@pytest.mark.parametrize(
+    "factory, argument, value",
+    [
+        (callbacks.BoundsUpdate, "batch_size", 0),
+        (callbacks.BoundsUpdate, "batch_size", -5),
+        (callbacks.BoundsUpdate, "batch_size", 2.5),
+        (callbacks.BoundsUpdate, "margin", "x"),
+        (callbacks.BoundsUpdate, "margin", -1.0),
+        (callbacks.BoundsUpdate, "margin", float("nan")),
+        (callbacks.BoundsUpdate, "margin", float("inf")),
+        (callbacks.BoundsUpdate, "margin", True),
+        (callbacks.BoundsUpdate, "max_change", -0.1),
+        (callbacks.BoundsUpdate, "quantiles", "ab"),
+        (callbacks.BoundsUpdate, "quantiles", None),
+        (callbacks.BoundsUpdate, "quantiles", (0.5, 1.5)),
+        (callbacks.BoundsUpdate, "frequency", 1.5),
+        (callbacks.BoundsUpdate, "verbose", 2),
+        (callbacks.BoundsUpdate, "layers", []),
+        (callbacks.BoundsUpdate, "max_batches", 0),
+        (callbacks.BoundsCoverage, "layers", []),
+        (callbacks.BoundsCoverage, "layers", [3]),
+        (callbacks.BoundsCoverage, "batch_size", True),
+        (callbacks.BoundsCoverage, "frequency", 0),
+        (callbacks.BoundsCoverage, "verbose", "yes"),
+        (callbacks.BoundsCoverage, "max_batches", 2.0),
+        (callbacks.DeadNeuronRatio, "threshold", float("inf")),
+        (callbacks.DeadNeuronRatio, "threshold", "0"),
+        (callbacks.DeadNeuronRatio, "tolerance", float("nan")),
+        (callbacks.DeadNeuronRatio, "frequency", True),
+        (callbacks.DeadNeuronRatio, "verbose", 0.5),
+        (callbacks.DeadNeuronRatio, "layers", ()),
+        (callbacks.DeadNeuronRatio, "max_batches", -1),
+    ],
+)
+def test_callback_arguments_are_checked_at_construction(factory, argument, value):
+    with pytest.raises(ValueError, match=f"`{argument}`.*Received: {argument}="):
+        factory(_positive_inputs(8), **{argument: value})

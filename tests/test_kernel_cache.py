@@ -117,7 +117,8 @@ def _assert_kernel_values_correct(monkeypatch):
 
 
 def _messages(record):
-    return [str(warning.message) for warning in record if "keras_bernstein" in str(warning.message)]
+    messages = [str(warning.message) for warning in record]
+    return [message for message in messages if "keras_bernstein" in message]
 
 
 def _entry_is_verified(folder, name, data):
@@ -485,3 +486,27 @@ def test_a_compiled_polynomial_that_fails_when_called_runs_eagerly(
     messages = _messages(record)
     assert len(messages) == 1 and "file too short" in messages[0], messages
     assert calls == [where], "the failed function was called again"
+
+
+def test_torchinductor_gets_a_private_cache(tmp_path, monkeypatch):
+    """TorchInductor loads what it finds in its cache, by default
+    `/tmp/torchinductor_<user>`, which any local user could make first: a
+    folder others may write to is refused, one that is missing is made
+    private."""
+    if BACKEND != "torch":
+        pytest.skip("TorchInductor compiles for PyTorch only")
+    from keras_bernstein._fast import torch_compilation
+
+    cpu_kernels = _cpu_kernels()
+    _fresh_state(cpu_kernels, monkeypatch.setattr)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(shared))
+    with pytest.warns(UserWarning, match="TorchInductor's cache .* is not used"):
+        torch_compilation._private_inductor_cache()
+    private = os.environ["TORCHINDUCTOR_CACHE_DIR"]
+    assert private != str(shared) and stat.S_IMODE(os.lstat(private).st_mode) == 0o700
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "missing" / "inductor"))
+    torch_compilation._private_inductor_cache()
+    assert stat.S_IMODE(os.lstat(tmp_path / "missing" / "inductor").st_mode) == 0o700

@@ -20,12 +20,17 @@ from 1.63x to 1.17x of ReLU's with batch normalization and from 1.38x to
 
 The front end is compiled by the system's C++ compiler (`$CXX`, else `c++`,
 `g++` or `clang++`) with `-O3 -march=native`, once per degree, into a cache
-directory (`$KERAS_BERNSTEIN_CACHE`, else `~/.cache/keras_bernstein`), keyed
-by the sources, the compiler, the flags, the framework's version and the
-processor; a build takes 2-7 seconds. Where there is no compiler, the build
-fails, the input is not float32, the tables are broadcast along other than
-their leading (shared) axes, or the degree is above `MAX_DEGREE`, the
-portable code runs instead, with the same values.
+folder (`$KERAS_BERNSTEIN_CACHE`, else `$XDG_CACHE_HOME/keras_bernstein`,
+else `~/.cache/keras_bernstein`), keyed by the sources, the compiler, the
+flags, the framework's version and the processor; a build takes 2-7
+seconds. The folder must be the user's alone (`_private_folder`; else a
+private temporary one serves the process), and a library is loaded only
+from a private copy of bytes whose SHA-256 matches the digest recorded when
+it was built (`_cached`, `_load_verified`): a planted, damaged or
+mismatched entry is built again, never loaded (docs/native-code.md). Where
+there is no compiler, the build fails, the input is not float32, the tables
+are broadcast along other than their leading (shared) axes, or the degree
+is above `MAX_DEGREE`, the portable code runs instead, with the same values.
 `KERAS_BERNSTEIN_CPU_KERNEL=0` turns the kernels off. They have no
 derivatives of their own: differentiating through them (a gradient penalty)
 differentiates the portable code they stand for.
@@ -442,7 +447,11 @@ def _load_verified(folder, name, data, degree):
     digest = hashlib.sha256(data).hexdigest()
     key = (backend.__name__, degree, digest)
     if key not in _loaded:
-        with tempfile.TemporaryDirectory(dir=folder, prefix=".loading-") as loading:
+        try:
+            loading = tempfile.TemporaryDirectory(dir=folder, prefix=".loading-")
+        except OSError:  # a read-only cache folder
+            loading = tempfile.TemporaryDirectory(prefix="keras_bernstein-")
+        with loading as loading:
             path = os.path.join(loading, f"{pathlib.Path(name).stem}_{digest[:16]}.so")
             descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o700)
             with os.fdopen(descriptor, "wb") as copy:
@@ -475,21 +484,29 @@ def _configured_folder():
 
 
 def _cache_folder():
-    """The configured cache folder (`_private_folder`); where it is refused or
-    cannot be made, one warning per folder and a private temporary folder
-    for this process instead."""
+    """The configured cache folder, or a private temporary one
+    (`private_folder_or_temporary`)."""
+    return private_folder_or_temporary(
+        _configured_folder(), "the CPU kernel cache", CACHE_VARIABLE
+    )
+
+
+def private_folder_or_temporary(folder, what, variable):
+    """`folder` made or checked private (`_private_folder`); where it is
+    refused or cannot be made, one warning per folder (`what`, set by the
+    environment variable `variable`) and a private temporary folder for
+    this process instead."""
     global _temporary_folder
-    folder = _configured_folder()
     try:
         return _private_folder(folder)
     except (_Refused, OSError) as error:
         if folder not in _refused_folders:
             _refused_folders.add(folder)
             warnings.warn(
-                f"keras_bernstein: the CPU kernel cache {folder} is not used: {error}. "
-                "The kernels are built in a temporary folder for this process instead. "
-                f"Delete that folder (it is made again, private), or set {CACHE_VARIABLE} "
-                "to a folder only you can write to.",
+                f"keras_bernstein: {what} {folder} is not used: {error}. A temporary "
+                "folder serves this process instead (compiling again in each process). "
+                f"Delete that folder (it is made again, private), or set {variable} to "
+                "a folder only you can write to.",
                 stacklevel=7,
             )
     if _temporary_folder is None:
@@ -579,12 +596,15 @@ def _own_group(gid):
 def _locked(folder, name):
     """An exclusive lock on the entry `name` of `folder` (a `.lock` file
     beside it), where the system has `flock`."""
-    if fcntl is None:
+    try:
+        descriptor = os.open(
+            folder / f".{name}.lock", os.O_RDWR | os.O_CREAT | _NOFOLLOW | os.O_CLOEXEC, 0o600
+        )
+    except OSError:  # a read-only cache: its verified entries still load
+        descriptor = None
+    if fcntl is None or descriptor is None:
         yield
         return
-    descriptor = os.open(
-        folder / f".{name}.lock", os.O_RDWR | os.O_CREAT | _NOFOLLOW | os.O_CLOEXEC, 0o600
-    )
     try:
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX)

@@ -25,10 +25,17 @@ otherwise, and on accelerators, the eager kernels of `torch_polynomial` and
 `torch_normalization` run instead. Setting the environment variable
 `KERAS_BERNSTEIN_TORCH_COMPILE=0` turns compilation off. The first call of
 each polynomial (per degree, extrapolation, training or inference) compiles
-for a few seconds; Inductor caches the result on disk for later processes.
+for a few seconds, and runs its backward once, so that the backward is
+compiled then too; Inductor caches the result on disk for later processes
+(`$TORCHINDUCTOR_CACHE_DIR`, else a per-user folder in the system's temporary
+folder), which must be the user's alone (`_private_inductor_cache`). Where
+compiling or loading fails at a call (a damaged cache entry), that call and
+every later one of the same signature run the formula eagerly, after one
+warning.
 """
 
 import os
+import pathlib
 import types
 import warnings
 import weakref
@@ -36,6 +43,7 @@ import weakref
 import torch
 
 _DISABLE_VARIABLE = "KERAS_BERNSTEIN_TORCH_COMPILE"
+_CACHE_VARIABLE = "TORCHINDUCTOR_CACHE_DIR"
 
 _compiler_works = None
 _compiled = {}
@@ -71,6 +79,7 @@ def _compilation_works():
             _compiler_works = False
             return False
         try:
+            _private_inductor_cache()
             probe = torch.compile(lambda x: x * 2.0 + 1.0, fullgraph=True)
             probe(torch.ones(2))
             _compiler_works = True
@@ -84,6 +93,29 @@ def _compilation_works():
                 stacklevel=3,
             )
     return _compiler_works
+
+
+def _private_inductor_cache():
+    """Points TorchInductor at a cache only this user can write to: the
+    folder it would use (`$TORCHINDUCTOR_CACHE_DIR`, else
+    `/tmp/torchinductor_<user>`, a name any local user could take first),
+    made private where missing and used where it is this user's alone;
+    else, after one warning, a private temporary folder for this process
+    (`cpu_kernels.private_folder_or_temporary`). Inductor loads the
+    libraries it finds there."""
+    from keras_bernstein._fast import cpu_kernels
+
+    folder = os.environ.get(_CACHE_VARIABLE)
+    if not folder:
+        try:
+            from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+        except ImportError:  # moved: Inductor's own choice stands
+            return
+        folder = default_cache_dir()
+    folder = pathlib.Path(os.path.abspath(os.path.expanduser(folder)))
+    os.environ[_CACHE_VARIABLE] = str(
+        cpu_kernels.private_folder_or_temporary(folder, "TorchInductor's cache", _CACHE_VARIABLE)
+    )
 
 
 def call(formula, *tensors, tabulated=None, **constants):

@@ -97,16 +97,16 @@ def _pair(value):
     return values
 
 
-def check_interval(interval, name):
-    """Returns `interval` as a tuple of two finite floats `(l, u)` with
-    `l < u`, or raises a `ValueError` naming `name`."""
-    values = _pair(interval)
+def check_interval(value, name):
+    """`value` as a pair of finite floats `(low, high)` with `low < high`, or
+    a `ValueError` naming `name`."""
+    values = _pair(value)
     if values is None:
         raise ValueError(
-            f"`{name}` must be two finite numbers (l, u) with l < u. "
-            f"Received: {name}={interval!r}"
+            f"`{name}` must be a pair (low, high) of finite numbers with "
+            f"low < high. Received: {name}={value!r}"
         )
-    return (float(values[0]), float(values[1]))
+    return float(values[0]), float(values[1])
 
 
 def check_bounds(bounds, name="bounds"):
@@ -122,11 +122,11 @@ def check_bounds(bounds, name="bounds"):
 
 
 def check_nonnegative_number(value, name, positive=False):
-    """`value` as a float, if it is a finite real number `>= 0` (`> 0` if
-    `positive`), else a `ValueError` naming `name`."""
+    """`value` as a finite `float >= 0` (`> 0` if `positive`), or a
+    `ValueError` naming `name`."""
     if not is_finite_real(value) or value < 0 or (positive and value == 0):
-        kind = "positive" if positive else "nonnegative"
+        relation = "> 0" if positive else ">= 0"
         raise ValueError(
-            f"`{name}` must be a finite {kind} number. Received: {name}={value!r}"
+            f"`{name}` must be a finite number {relation}. Received: {name}={value!r}"
         )
     return float(value)

@@ -5,30 +5,10 @@ import numpy as np
 from keras import ops
 
 from keras_bernstein import ops as bernstein_ops
-from keras_bernstein._arguments import is_finite_real
+from keras_bernstein._arguments import check_bounds
+from keras_bernstein._arguments import check_degree
 
-
-def check_bounds(bounds, name="bounds"):
-    """Returns `bounds` as a tuple of two finite floats `(l, u)` with `l < u`.
-
-    Raises:
-        ValueError: naming `name` when `bounds` is anything else.
-    """
-    try:
-        values = list(bounds) if not isinstance(bounds, str) else None
-    except TypeError:
-        values = None
-    if (
-        values is None
-        or len(values) != 2
-        or not all(is_finite_real(value) for value in values)
-        or values[0] >= values[1]
-    ):
-        raise ValueError(
-            f"`{name}` must be two finite numbers (l, u) with l < u. "
-            f"Received: {name}={bounds!r}"
-        )
-    return (float(values[0]), float(values[1]))
+_FLOAT32_MAX = float(np.finfo("float32").max)
 
 
 @keras.saving.register_keras_serializable(package="keras_bernstein")
@@ -59,6 +39,38 @@ class ActivationCoefficients(keras.initializers.Initializer):
         self.activation = "linear" if activation == "identity" else activation
         self._function = keras.activations.get(self.activation)
         self.bounds = check_bounds(bounds)
+        # The ends are nodes of every degree: an activation that overflows
+        # there is refused before any degree is known.
+        self._values(np.array(self.bounds), "the ends of")
+
+    def coefficients(self, degree):
+        """The `degree + 1` coefficients, float64 NumPy; a `ValueError` where
+        they, or they times their binomials (the terms the polynomial sums),
+        are not finite in float32."""
+        degree = check_degree(degree)
+        lower, upper = self.bounds
+        nodes = lower + (upper - lower) * bernstein_ops.bernstein_nodes(degree)
+        values = self._values(nodes, "the nodes of")
+        with np.errstate(over="ignore", invalid="ignore"):
+            terms = values * bernstein_ops.binomial_coefficients(degree)
+        if not np.all(np.abs(terms) <= _FLOAT32_MAX):
+            raise ValueError(
+                f"`bounds` is too wide for degree {degree}: the coefficients times "
+                "their binomials C(n, k) exceed float32's range. Received: "
+                f"bounds={self.bounds}"
+            )
+        return values
+
+    def _values(self, points, where):
+        values = ops.convert_to_numpy(
+            self._function(ops.convert_to_tensor(points, dtype="float32"))
+        ).astype("float64")
+        if not np.all(np.isfinite(values)):
+            raise ValueError(
+                f"`activation` must be finite in float32 at {where} `bounds` "
+                f"{self.bounds}. Received: activation={self.activation!r}"
+            )
+        return values
 
     def __call__(self, shape, dtype=None):
         degree = shape[-1] - 1
@@ -67,12 +79,7 @@ class ActivationCoefficients(keras.initializers.Initializer):
                 "`ActivationCoefficients` needs a last axis of degree + 1 >= 2. "
                 f"Received: shape={shape}"
             )
-        lower, upper = self.bounds
-        nodes = lower + (upper - lower) * bernstein_ops.bernstein_nodes(degree)
-        values = ops.convert_to_numpy(
-            self._function(ops.convert_to_tensor(nodes, dtype="float32"))
-        )
-        values = np.broadcast_to(values.astype("float64"), shape)
+        values = np.broadcast_to(self.coefficients(degree), shape)
         return ops.convert_to_tensor(values, dtype=dtype or "float32")
 
     def get_config(self):

@@ -55,27 +55,84 @@ def _horner(t, s, scaled):
 
 
 def _unit_points(x, bounds, extrapolation):
-    """`(t, s, inside)`: `t` of the clamped input (of `x` itself for "polynomial")."""
+    """`(t, 1 - t, 1 / (u - l))`, `t` of the clamped input (of `x` itself for
+    "polynomial")."""
     lower, upper = _last_axis_first(bounds)
     inverse_width = torch.reciprocal(upper - lower)
     inside = x if extrapolation == "polynomial" else torch.clamp(x, lower, upper)
     # (x - l) / (u - l), not x / w - l / w: that cancels when |l| >> u - l.
     t = torch.sub(inside, lower).mul_(inverse_width)
-    return t, torch.rsub(t, 1.0), inside, inverse_width
+    return t, torch.rsub(t, 1.0), inverse_width
+
+
+def _overshoot(x, bounds, inverse_width):
+    """`t - clamp(t, 0, 1)` with `t = (x - l) / (u - l)` limited to `±T_LIMIT`:
+    `ops._overshoot`, so that huge and infinite inputs give the same finite
+    linear extrapolation as on the other backends."""
+    lower, _ = _last_axis_first(bounds)
+    t = torch.sub(x, lower).mul_(inverse_width)
+    return torch.clamp(t, -bernstein_ops._T_LIMIT, bernstein_ops._T_LIMIT).sub_(t.clamp_(0.0, 1.0))
+
+
+class _LimitedOvershoot(torch.autograd.Function):
+    """`ops._overshoot`: `t - clamp(t, 0, 1)` from `t` limited to `±T_LIMIT`,
+    whose derivative is that of the unlimited overshoot: 1 outside `[0, 1]`
+    (beyond the limit and at ±inf too), 0 inside, NaN at NaN. Autodiff of
+    the limit would leave huge inputs no slope, unlike the other paths'
+    hand-written gradients."""
+
+    @staticmethod
+    def forward(ctx, t):
+        ctx.save_for_backward(t)
+        limit = bernstein_ops._T_LIMIT
+        return torch.clamp(t, -limit, limit) - torch.clamp(t, 0.0, 1.0)
+
+    @staticmethod
+    def backward(ctx, upstream):
+        (t,) = ctx.saved_tensors
+        # Not |sign(t - clamp(t, 0, 1))|: Inductor's sign gives 0 at NaN.
+        outside = torch.logical_or(t < 0.0, t > 1.0).to(t.dtype)
+        return upstream * torch.where(torch.isnan(t), t, outside)
+
+
+def limited_overshoot(t):
+    """`ops._overshoot` of a tensor `t` for autodiff (`_LimitedOvershoot`)."""
+    return _LimitedOvershoot.apply(t)
+
+
+class _UnitClamp(torch.autograd.Function):
+    """`clamp(t, 0, 1)` whose derivative is NaN at NaN, as in the other
+    paths' hand-written gradients (PyTorch's clamp passes no gradient there)."""
+
+    @staticmethod
+    def forward(ctx, t):
+        ctx.save_for_backward(t)
+        return torch.clamp(t, 0.0, 1.0)
+
+    @staticmethod
+    def backward(ctx, upstream):
+        (t,) = ctx.saved_tensors
+        inside = torch.logical_and(t >= 0.0, t <= 1.0).to(t.dtype)
+        return upstream * torch.where(torch.isnan(t), t, inside)
+
+
+def unit_clamp(t):
+    """`ops._unit_clip` of a tensor `t` for autodiff (`_UnitClamp`)."""
+    return _UnitClamp.apply(t)
 
 
 def forward(x, coefficients, bounds, extrapolation):
     degree = coefficients.shape[-1] - 1
-    t, s, inside, inverse_width = _unit_points(x, bounds, extrapolation)
+    t, s, inverse_width = _unit_points(x, bounds, extrapolation)
     values = _horner(t, s, coefficients * _binomials(degree, coefficients))
     if extrapolation == "linear":
         # slope_lower * min(d, 0) + slope_upper * max(d, 0) for the overshoot
-        # d = x - clamp(x), as slope_lower * d + (slope_upper - slope_lower) * relu(d).
+        # d in t units, as slope_lower * d + (slope_upper - slope_lower) * relu(d).
         slope_lower = degree * (coefficients[..., 1] - coefficients[..., 0])
         slope_upper = degree * (coefficients[..., -1] - coefficients[..., -2])
-        overshoot = torch.sub(x, inside)
-        values.addcmul_(overshoot, slope_lower * inverse_width)
-        values.addcmul_(overshoot.relu_(), (slope_upper - slope_lower) * inverse_width)
+        overshoot = _overshoot(x, bounds, inverse_width)
+        values.addcmul_(overshoot, slope_lower)
+        values.addcmul_(overshoot.relu_(), slope_upper - slope_lower)
     return values
 
 
@@ -107,7 +164,7 @@ def gradients(upstream, x, coefficients, bounds, extrapolation, needs):
     gradient; `needs` says which are wanted (the others are `None`)."""
     need_x, need_coefficients, need_bounds = needs
     degree = coefficients.shape[-1] - 1
-    t, s, inside, inverse_width = _unit_points(x, bounds, extrapolation)
+    t, s, inverse_width = _unit_points(x, bounds, extrapolation)
     grad_x = grad_coefficients = grad_bounds = None
 
     if need_coefficients or need_bounds:
@@ -117,7 +174,7 @@ def gradients(upstream, x, coefficients, bounds, extrapolation, needs):
             upstream, t, s, degree, coefficients.shape[:-1], slope_table
         )
         grad_coefficients, grad_bounds = _parameter_gradients(
-            sums, upstream, x, inside, inverse_width, coefficients, bounds, extrapolation
+            sums, upstream, x, inverse_width, coefficients, bounds, extrapolation
         )
     elif need_x:
         # dσ/dt; at a clamped t it is the end slope, the linear
@@ -217,9 +274,7 @@ def _basis_sums(upstream, t, s, degree, neuron_shape, slope_table=None):
     return total, slope_rows
 
 
-def _parameter_gradients(
-    sums, upstream, x, inside, inverse_width, coefficients, bounds, extrapolation
-):
+def _parameter_gradients(sums, upstream, x, inverse_width, coefficients, bounds, extrapolation):
     """Gradients of the coefficients and the bounds (`ops._parameter_gradients`)
     from the basis sums (`_basis_sums`) and the two sums outside the interval."""
     degree = coefficients.shape[-1] - 1
@@ -234,10 +289,10 @@ def _parameter_gradients(
         )
     elif extrapolation == "linear":
         # The overshoot, summed below and above the interval, in t units.
-        overshoot = torch.sub(x, inside)
+        overshoot = _overshoot(x, bounds, inverse_width)
         overshoot_sum = _reduce_to(upstream * overshoot, neuron_shape)
         above = _reduce_to(upstream * overshoot.relu_(), neuron_shape)
-        outside = ((overshoot_sum - above) * inverse_width, above * inverse_width)
+        outside = (overshoot_sum - above, above)
     return bernstein_ops._parameter_gradients(
         basis_sums, coefficients, bounds, extrapolation, *outside
     )

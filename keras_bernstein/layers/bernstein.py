@@ -10,12 +10,11 @@ from keras.layers import InputSpec
 from keras_bernstein import constraints
 from keras_bernstein import initializers
 from keras_bernstein import ops as bernstein_ops
-from keras_bernstein._arguments import check_positive_integer
-
-
-def check_degree(degree):
-    """Returns `degree` as an `int >= 1`, or raises `ValueError` naming it."""
-    return check_positive_integer(degree, "degree")
+from keras_bernstein._arguments import bounds_problem
+from keras_bernstein._arguments import check_boolean
+from keras_bernstein._arguments import check_bounds
+from keras_bernstein._arguments import check_degree
+from keras_bernstein._arguments import describe
 
 
 @keras.saving.register_keras_serializable(package="keras_bernstein")
@@ -45,10 +44,11 @@ class Bernstein(keras.layers.Layer):
         DeepBern-Nets, AAAI 2024.
 
     Args:
-        degree: Positive integer `n`, the polynomial degree (`n + 1`
-            coefficients per neuron).
-        bounds: Two finite floats `(l, u)` with `l < u`: the initial interval
-            of every neuron.
+        degree: Integer `n` from 1 to `MAX_DEGREE` (100), the polynomial
+            degree (`n + 1` coefficients per neuron). Above 100 float32
+            evaluates neither the polynomial nor its gradients accurately.
+        bounds: Two floats `(l, u)` with `l < u`, finite in float32: the
+            initial interval of every neuron.
         extrapolation: Behaviour outside `[l, u]`: `"linear"` (default;
             value and slope of the nearest end, so the derivative bound holds
             on the whole real line), `"clip"` (constant, zero gradient
@@ -64,7 +64,7 @@ class Bernstein(keras.layers.Layer):
         coefficient_regularizer: Regularizer for the coefficients.
         coefficient_constraint: Constraint for the coefficients, e.g.
             `"monotonic_coefficients"`.
-        trainable_bounds: Whether `[l, u]` is learned.
+        trainable_bounds: Bool, whether `[l, u]` is learned.
         bounds_constraint: Constraint for the bounds weight (used when
             `trainable_bounds=True`); default `OrderedBounds()`.
         bounds_regularizer: Regularizer for the bounds weight.
@@ -99,7 +99,7 @@ class Bernstein(keras.layers.Layer):
     ):
         super().__init__(**kwargs)
         self.degree = check_degree(degree)
-        self.initial_bounds = initializers.check_bounds(bounds)
+        self.initial_bounds = check_bounds(bounds)
         self.extrapolation = bernstein_ops.check_extrapolation(extrapolation)
         if shared_axes is None:
             self.shared_axes = None
@@ -119,11 +119,13 @@ class Bernstein(keras.layers.Layer):
         self.coefficient_initializer = initializers.get(
             coefficient_initializer, bounds=self.initial_bounds
         )
+        if isinstance(self.coefficient_initializer, initializers.ActivationCoefficients):
+            self.coefficient_initializer.coefficients(self.degree)  # raises if they overflow
         self.coefficient_regularizer = keras.regularizers.get(
             coefficient_regularizer
         )
         self.coefficient_constraint = constraints.get(coefficient_constraint)
-        self.trainable_bounds = bool(trainable_bounds)
+        self.trainable_bounds = check_boolean(trainable_bounds, "trainable_bounds")
         self.bounds_constraint = constraints.get(bounds_constraint)
         self.bounds_regularizer = keras.regularizers.get(bounds_regularizer)
         self.supports_masking = True
@@ -198,6 +200,46 @@ class Bernstein(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         return input_shape
+
+    def load_own_variables(self, store):
+        self._assign_checked(lambda: super(Bernstein, self).load_own_variables(store))
+
+    def set_weights(self, weights):
+        self._assign_checked(lambda: super(Bernstein, self).set_weights(weights))
+
+    def _assign_checked(self, assign, owner=None):
+        """Runs `assign`, which sets the variables of `owner` (this layer or
+        one holding it), then checks this layer's bounds and coefficients;
+        where they are unusable, restores the old values and raises a
+        `ValueError` naming the layer. The calls on every step read no
+        weights: this is where weights come from outside."""
+        owner = owner or self
+        if not self.built:
+            return assign()
+        old = [ops.convert_to_numpy(variable) for variable in owner.variables]
+        assign()
+        problem = self._weights_problem()
+        if problem is not None:
+            for variable, value in zip(owner.variables, old):
+                variable.assign(value)
+            path = self.bounds.path.rsplit("/", 1)[0]
+            raise ValueError(f"Layer '{path}' was given {problem}")
+
+    def _weights_problem(self):
+        bounds = np.asarray(ops.convert_to_numpy(self.bounds), "float64")
+        reason = bounds_problem(bounds[..., 0], bounds[..., 1])
+        if reason is not None:
+            return (
+                f"bounds whose every row (l, u) must be {reason}. Received: "
+                f"bounds={describe(bounds)}"
+            )
+        coefficients = np.asarray(ops.convert_to_numpy(self.coefficients), "float64")
+        if not np.all(np.isfinite(coefficients)):
+            return (
+                "coefficients that must be finite. Received: "
+                f"coefficients={describe(coefficients)}"
+            )
+        return None
 
     def derivative(self, inputs):
         """`dσ/dx` at `inputs` (same shape as `inputs`), in the variable dtype."""

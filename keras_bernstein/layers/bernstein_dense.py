@@ -1,11 +1,11 @@
 """Dense → (BatchNormalization) → Bernstein, in one layer."""
 
-import numbers
-
 import keras
 from keras.layers import InputSpec
 
 from keras_bernstein import ops as bernstein_ops
+from keras_bernstein._arguments import check_boolean
+from keras_bernstein._arguments import check_positive_integer
 from keras_bernstein.layers.bernstein import Bernstein
 
 NORMALIZATIONS = (None, "batch")
@@ -45,7 +45,8 @@ class BernsteinDense(keras.layers.Layer):
 
     Args:
         units: Positive integer, dimensionality of the output space.
-        degree: Degree of the Bernstein activation.
+        degree: Degree of the Bernstein activation, from 1 to 100; see
+            `Bernstein`.
         bounds: Initial interval `(l, u)` of every neuron's activation.
         normalization: `"batch"` (default, as the paper) for a
             `BatchNormalization` between the matmul and the activation, or
@@ -57,7 +58,7 @@ class BernsteinDense(keras.layers.Layer):
             "Choosing the defaults".
         extrapolation: `"linear"`, `"clip"` or `"polynomial"`; see
             `Bernstein`.
-        use_bias: Whether the matmul adds a bias. Defaults to `None`: `True`
+        use_bias: Bool, whether the matmul adds a bias. Defaults to `None`: `True`
             with `normalization=None`, `False` with batch normalization,
             which subtracts the batch mean and so cancels any bias exactly
             (its offset `beta` is the bias). Such a bias changes nothing
@@ -74,7 +75,7 @@ class BernsteinDense(keras.layers.Layer):
             see `Bernstein`.
         coefficient_regularizer: Regularizer for the coefficients.
         coefficient_constraint: Constraint for the coefficients.
-        trainable_bounds: Whether `[l, u]` is learned.
+        trainable_bounds: Bool, whether `[l, u]` is learned.
         bounds_constraint: Constraint for the bounds (default
             `OrderedBounds()`).
         bounds_regularizer: Regularizer for the bounds.
@@ -119,14 +120,7 @@ class BernsteinDense(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(activity_regularizer=activity_regularizer, **kwargs)
-        if (
-            isinstance(units, bool)
-            or not isinstance(units, numbers.Integral)
-            or units <= 0
-        ):
-            raise ValueError(
-                f"`units` must be a positive integer. Received: units={units!r}"
-            )
+        units = check_positive_integer(units, "units")
         if normalization not in NORMALIZATIONS:
             raise ValueError(
                 f"`normalization` must be one of {NORMALIZATIONS}. "
@@ -134,9 +128,9 @@ class BernsteinDense(keras.layers.Layer):
             )
         if use_bias is None:
             use_bias = normalization is None
-        self.units = int(units)
+        self.units = units
         self.normalization = normalization
-        self.use_bias = bool(use_bias)
+        self.use_bias = use_bias = check_boolean(use_bias, "use_bias")
         self.dense = keras.layers.Dense(
             self.units,
             use_bias=use_bias,
@@ -327,6 +321,10 @@ class BernsteinDense(keras.layers.Layer):
             self.bounds,
             self.extrapolation,
         )
+
+    def set_weights(self, weights):
+        # Keras sets the sub-layers' variables directly; the activation checks.
+        self.bernstein._assign_checked(lambda: super(BernsteinDense, self).set_weights(weights), self)
 
     def derivative_lower_bound(self):
         """See `Bernstein.derivative_lower_bound`.

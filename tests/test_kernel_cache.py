@@ -259,6 +259,9 @@ def _plant(how, cache, name, data, library):
     elif how == "beside the real digest":
         shutil.copy(library, cache / name)
         digest.write_bytes(_cpu_kernels()._digest_record(data, name))
+    elif how == "as a named pipe":  # reading it would block
+        os.mkfifo(cache / name)
+        digest.write_bytes(_cpu_kernels()._digest_record(data, name))
     elif how == "as a symbolic link":
         (cache / name).symlink_to(library)
         digest.write_bytes(_cpu_kernels()._digest_record(data, name))
@@ -270,14 +273,14 @@ def _plant(how, cache, name, data, library):
         shutil.copy(library, cache / name)
         digest.write_bytes(_cpu_kernels()._digest_record(library.read_bytes(), other))
     for entry in cache.iterdir():
-        if not entry.is_symlink():
+        if entry.is_file() and not entry.is_symlink():
             entry.chmod(0o600)
 
 
 @pytest.mark.parametrize(
     "how",
-    ["without a digest", "beside the real digest", "as a symbolic link", "truncated",
-     "of another degree"],
+    ["without a digest", "beside the real digest", "as a symbolic link", "as a named pipe",
+     "truncated", "of another degree"],
 )
 def test_a_library_the_package_did_not_build_is_never_loaded(
     how, built, planted, cache, compiler, monkeypatch
@@ -298,17 +301,29 @@ def test_a_library_the_package_did_not_build_is_never_loaded(
     _entry_is_verified(cache, name, data)
 
 
-def test_an_entry_of_another_user_is_built_again(built, cache, compiler, monkeypatch):
+@pytest.mark.parametrize("whose", ["writable by others", "another user's"])
+def test_an_entry_others_could_have_written_is_built_again(
+    whose, built, cache, compiler, monkeypatch
+):
+    """The right bytes and digest, but in a file someone else could have
+    written: not trusted."""
     name, data = built
     cache.mkdir(mode=0o700)
     (cache / name).write_bytes(data)
     (cache / (name + ".sha256")).write_bytes(_cpu_kernels()._digest_record(data, name))
-    for entry in cache.iterdir():
-        entry.chmod(0o666)
-    with pytest.warns(UserWarning, match="may be written to by its group or others"):
+    if whose == "writable by others":
+        (cache / name).chmod(0o666)
+        reason = "may be written to by its group or others"
+    elif os.geteuid() == 0:
+        os.chown(cache / name, 4321, 4321)
+        reason = "belongs to user 4321"
+    else:
+        pytest.skip("giving a file to another user takes root")
+    with pytest.warns(UserWarning, match=reason):
         _assert_kernel_values_correct(monkeypatch)
     assert compiler == [name]
-    assert stat.S_IMODE(os.lstat(cache / name).st_mode) == 0o600
+    status = os.lstat(cache / name)
+    assert status.st_uid == os.geteuid() and stat.S_IMODE(status.st_mode) == 0o600
 
 
 def test_a_failed_load_falls_back_with_one_warning(built, cache, compiler, monkeypatch):

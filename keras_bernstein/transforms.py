@@ -360,12 +360,15 @@ def rebound(layer, new_bounds):
     broken = ~(error <= allowed)
     if np.any(broken):
         worst = int(np.argmax(np.where(broken, error - allowed, -np.inf)))
+        cause = "float32 rounding"
+        if bernstein.coefficient_constraint is not None:
+            cause += " or the coefficient constraint"
         raise ValueError(
             f"`new_bounds` would change the function of layer {layer.name!r} on "
-            f"its old interval by more than float32 can keep ({int(broken.sum())} "
-            f"of {broken.size} neurons; neuron {worst}: up to {error[worst]:.3g}, "
-            f"allowed {allowed[worst]:.3g}): widen less at a time. "
-            f"Received: new_bounds={_summary(requested)}"
+            f"its old interval by more than `rebound` allows ({cause}; "
+            f"{int(broken.sum())} of {broken.size} neurons; neuron {worst}: up to "
+            f"{error[worst]:.3g}, allowed {allowed[worst]:.3g}): widen less at a "
+            f"time. Received: new_bounds={_summary(requested)}"
         )
     plan.assign()
     return layer

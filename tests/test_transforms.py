@@ -380,3 +380,19 @@ def test_bounds_update_refuses_non_finite_probe_data():
     update.set_model(model)
     with pytest.raises(ValueError, match="'activation'.*NaN or infinite"):
         update.update()
+
+
+def test_rebound_applies_the_coefficient_constraint():
+    from keras_bernstein import constraints
+
+    layer = Bernstein(degree=6, bounds=(-1.0, 1.0), name="monotone",
+                      coefficient_constraint=constraints.MonotonicCoefficients(0.05))
+    layer.build((None, 4))
+    layer.coefficients.assign(np.tile(np.linspace(-1.0, 1.0, 7), (4, 1)).astype("float32"))
+    transforms.rebound(layer, (-0.5, 0.5))  # sigma(x) = x: gaps halve to 1/6
+    assert np.all(np.diff(_numpy(layer.coefficients), axis=-1) >= 0.05)
+    # Gaps of 1/60 would break the constraint, and repairing them the function.
+    with pytest.raises(ValueError, match="'monotone'.*coefficient constraint"):
+        transforms.rebound(layer, (-0.05, 0.05))
+    assert np.all(np.diff(_numpy(layer.coefficients), axis=-1) >= 0.05)
+    np.testing.assert_allclose(_numpy(layer.bounds), np.tile([[-0.5, 0.5]], (4, 1)))

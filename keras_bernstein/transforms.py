@@ -19,6 +19,7 @@ import keras
 import numpy as np
 
 from keras_bernstein import ops as bernstein_ops
+from keras_bernstein._arguments import bounds_problem
 from keras_bernstein._arguments import check_interval
 from keras_bernstein._arguments import check_nonnegative_number
 from keras_bernstein.layers import Bernstein
@@ -170,11 +171,10 @@ def _check_new_bounds(new_bounds, shape):
             f"`new_bounds` must broadcast to the layer's bounds shape {shape}, "
             f"e.g. a pair (l, u). Received: new_bounds.shape={new_bounds.shape}"
         ) from None
-    if not np.all(np.isfinite(new_bounds)) or np.any(
-        new_bounds[..., 0] >= new_bounds[..., 1]
-    ):
+    problem = bounds_problem(new_bounds[..., 0], new_bounds[..., 1])
+    if problem is not None:
         raise ValueError(
-            "`new_bounds` must be finite with lower < upper for every neuron. "
+            f"`new_bounds` must be {problem} for every neuron (lower < upper). "
             f"Received: new_bounds={_summary(new_bounds)}"
         )
     return new_bounds

@@ -537,10 +537,11 @@ def _num_classes(model):
         shapes = [tuple(t.shape) for t in keras.tree.flatten(model.outputs)]
     except (AttributeError, TypeError, ValueError):
         shapes = []
-    if len(shapes) != 1 or len(shapes[0]) != 2 or shapes[0][1] is None:
+    # With one class there is no margin to bound: every input would count.
+    if len(shapes) != 1 or len(shapes[0]) != 2 or not (shapes[0][1] or 0) >= 2:
         raise ValueError(
-            "`model` must have one output of shape (batch, classes). "
-            f"Received: model with output shapes {shapes}"
+            "`model` must have one output of shape (batch, classes) with at "
+            f"least 2 classes. Received: model with output shapes {shapes}"
         )
     return shapes[0][1]
 

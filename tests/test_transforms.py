@@ -282,7 +282,7 @@ def test_rebound_refuses_widening_float32_cannot_keep(new_bounds):
         transforms.rebound(layer, new_bounds)
     # Refused: nothing changed.
     np.testing.assert_array_equal(_numpy(layer.bernstein.coefficients), coefficients)
-    for bad in ((-np.inf, 1.0), (np.nan, 1.0), (2.0, 2.0)):
+    for bad in ((-np.inf, 1.0), (np.nan, 1.0), (2.0, 2.0), (-1e39, 1e39), (1.0, 1.0 + 1e-9)):
         with pytest.raises(ValueError, match="new_bounds"):
             transforms.rebound(layer, bad)
 
@@ -396,3 +396,22 @@ def test_rebound_applies_the_coefficient_constraint():
         transforms.rebound(layer, (-0.05, 0.05))
     assert np.all(np.diff(_numpy(layer.coefficients), axis=-1) >= 0.05)
     np.testing.assert_allclose(_numpy(layer.bounds), np.tile([[-0.5, 0.5]], (4, 1)))
+
+
+def test_bounds_update_on_shared_axes_widens_per_channel():
+    model = keras.Sequential(
+        [
+            keras.Input((5, 5, 3)),
+            Bernstein(degree=4, bounds=(-1.0, 1.0), shared_axes=[1, 2], name="act"),
+            keras.layers.Flatten(),
+            keras.layers.Dense(2),
+        ]
+    )
+    x = np.random.default_rng(12).uniform(-1.0, 1.0, (16, 5, 5, 3)).astype("float32")
+    x[..., 1] *= 1.2  # only channel 1 leaves [-1, 1]
+    update = transforms.BoundsUpdate(x, quantiles=(0.0, 1.0))
+    update.set_model(model)
+    assert update.update()["act"] == 1
+    bounds = _numpy(model.layers[0].bounds).reshape(3, 2)
+    np.testing.assert_array_equal(bounds[[0, 2]], [[-1.0, 1.0], [-1.0, 1.0]])
+    assert bounds[1, 0] < -1.0 and bounds[1, 1] > 1.0

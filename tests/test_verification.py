@@ -346,3 +346,10 @@ def test_certified_accuracy_never_exceeds_clean_accuracy(input_range):
         assert certified <= previous
         previous = certified
     assert verification.certified_accuracy(model, x, y, 0.0, input_range) == pytest.approx(clean)
+
+
+def test_certified_accuracy_needs_two_classes():
+    # One output unit has no margin to bound: it would certify every input.
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1, activation="sigmoid")])
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        verification.certified_accuracy(model, np.full((2, 4), 0.5), [0, 0], 0.01)

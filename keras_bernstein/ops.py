@@ -13,6 +13,15 @@ Conventions shared by every function:
   same way.
 - `x` is mapped to `t = (x - l) / (u - l)`; the polynomial is
   `sum_k c_k * C(n, k) * t**k * (1 - t)**(n - k)`.
+- The degree is at most `MAX_DEGREE` (100): above it float32 evaluates
+  neither the polynomial nor its gradients accurately.
+- Arguments are checked on entry, with a `ValueError` naming them: the
+  tables' shapes always, the values of `bounds` (finite, `l < u`, usable in
+  float32) where they are concrete (NumPy and Python values, eager tensors
+  in host memory). Inside a traced function (`jax.jit`, `tf.function`,
+  `torch.compile`), on an accelerator, and for Keras variables (the layers
+  check their weights where they are set) the values are not read, and an
+  empty or inverted interval gives NaN or inf instead of an error.
 
 Evaluation never calls `pow`: `_bernstein_sum` runs a Horner-like recurrence in
 `t` and `1 - t` (about four multiply-adds per degree), whose terms are all
@@ -58,22 +67,26 @@ def bernstein_nodes(degree):
 MAX_DEGREE = _arguments.MAX_DEGREE
 
 
-def _static_shape(tensor):
-    """The shape of `tensor` as a tuple of ints and None, as every backend
-    prints it."""
-    return tuple(None if size is None else int(size) for size in tensor.shape)
-
-
 def _degree_of(coefficients):
-    degree = coefficients.shape[-1] - 1 if len(coefficients.shape) else None
+    return _degree_of_shape(tuple(coefficients.shape))
+
+
+@functools.lru_cache(maxsize=256)
+def _degree_of_shape(shape):
+    degree = shape[-1] - 1 if shape and shape[-1] is not None else None
     if degree is None or not 0 <= degree <= MAX_DEGREE:
         raise ValueError(
             "The last axis of `coefficients` must be static and hold degree + 1 "
             f"values, a degree from 0 to {MAX_DEGREE} (above it float32 cannot "
             "evaluate the polynomial and its gradients accurately). "
-            f"Received: coefficients.shape={_static_shape(coefficients)}"
+            f"Received: coefficients.shape={_plain_shape(shape)}"
         )
     return degree
+
+
+def _plain_shape(shape):
+    """`shape` as a tuple of ints and None, as every backend prints it."""
+    return tuple(None if size is None else int(size) for size in shape)
 
 
 def _broadcast_shapes(*shapes):
@@ -99,31 +112,38 @@ def _check_tables(coefficients, bounds, x=None, given_bounds=None):
     `x`) before anything reads them, and the values of `given_bounds` (the
     argument `bounds` was converted from) where they are concrete
     (`_concrete_values`). Returns the degree."""
-    degree = _degree_of(coefficients)
-    bounds_shape = _static_shape(bounds)
+    degree = _check_shapes(
+        tuple(coefficients.shape),
+        tuple(bounds.shape),
+        None if x is None else tuple(x.shape),
+    )
+    check_bounds_values(bounds if given_bounds is None else given_bounds)
+    return degree
+
+
+@functools.lru_cache(maxsize=256)
+def _check_shapes(coefficients_shape, bounds_shape, x_shape):
+    """`_check_tables`' shape checks, once per combination of shapes (on
+    PyTorch every call runs them in Python)."""
+    degree = _degree_of_shape(coefficients_shape)
+    coefficients_shape, bounds_shape = _plain_shape(coefficients_shape), _plain_shape(bounds_shape)
     if not bounds_shape or bounds_shape[-1] != 2:
         raise ValueError(
             "The last axis of `bounds` must hold the two values (l, u). "
             f"Received: bounds.shape={bounds_shape}"
         )
-    neuron_shape = _static_shape(coefficients)[:-1]
-    shapes = [neuron_shape, bounds_shape[:-1]]
-    if x is not None:
-        shapes.append(_static_shape(x))
+    shapes = [coefficients_shape[:-1], bounds_shape[:-1]]
+    received = f"coefficients.shape={coefficients_shape}, bounds.shape={bounds_shape}"
+    names = "`coefficients` and `bounds`"
+    if x_shape is not None:
+        shapes.append(_plain_shape(x_shape))
+        received += f", x.shape={_plain_shape(x_shape)}"
+        names = "`coefficients`, `bounds` and `x`"
     if _broadcast_shapes(*shapes) is None:
-        names = "`coefficients`, `bounds` and `x`" if x is not None else (
-            "`coefficients` and `bounds`"
-        )
-        received = (
-            f"coefficients.shape={_static_shape(coefficients)}, bounds.shape={bounds_shape}"
-        )
-        if x is not None:
-            received += f", x.shape={_static_shape(x)}"
         raise ValueError(
             f"The neuron axes of {names} must broadcast together (the last "
             f"axis of each table holds its values). Received: {received}"
         )
-    check_bounds_values(bounds if given_bounds is None else given_bounds)
     return degree
 
 

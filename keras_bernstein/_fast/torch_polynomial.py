@@ -71,7 +71,14 @@ def _overshoot(x, bounds, inverse_width):
     linear extrapolation as on the other backends."""
     lower, _ = _last_axis_first(bounds)
     t = torch.sub(x, lower).mul_(inverse_width)
-    return torch.clamp(t, -bernstein_ops._T_LIMIT, bernstein_ops._T_LIMIT).sub_(t.clamp_(0.0, 1.0))
+    limit = _t_limit(t.dtype)
+    return torch.clamp(t, -limit, limit).sub_(t.clamp_(0.0, 1.0))
+
+
+def _t_limit(dtype):
+    """`ops._T_LIMIT` where `dtype` holds it, else its largest value (float16:
+    clamping to a bound the dtype cannot hold is an error)."""
+    return min(bernstein_ops._T_LIMIT, torch.finfo(dtype).max)
 
 
 class _LimitedOvershoot(torch.autograd.Function):
@@ -84,7 +91,7 @@ class _LimitedOvershoot(torch.autograd.Function):
     @staticmethod
     def forward(ctx, t):
         ctx.save_for_backward(t)
-        limit = bernstein_ops._T_LIMIT
+        limit = _t_limit(t.dtype)
         return torch.clamp(t, -limit, limit) - torch.clamp(t, 0.0, 1.0)
 
     @staticmethod

@@ -415,8 +415,8 @@ def _build(degree):
     with _locked(folder, name):
         data = _cached(folder, name)
         if data is None:
-            data = _compiled(folder, name, [compiler, *FLAGS, f"-DDEGREE={degree}", *before,
-                                            str(source), *after])
+            command = [compiler, *FLAGS, f"-DDEGREE={degree}", *before, str(source), *after]
+            data = _compiled(folder, name, command)
             _store(folder, name, data)
     return folder, name, data
 
@@ -596,23 +596,20 @@ def _own_group(gid):
 def _locked(folder, name):
     """An exclusive lock on the entry `name` of `folder` (a `.lock` file
     beside it), where the system has `flock`."""
-    try:
-        descriptor = os.open(
-            folder / f".{name}.lock", os.O_RDWR | os.O_CREAT | _NOFOLLOW | os.O_CLOEXEC, 0o600
-        )
-    except OSError:  # a read-only cache: its verified entries still load
-        descriptor = None
-    if fcntl is None or descriptor is None:
-        yield
-        return
-    try:
+    descriptor = None
+    if fcntl is not None:
         try:
+            descriptor = os.open(
+                folder / f".{name}.lock", os.O_RDWR | os.O_CREAT | _NOFOLLOW | os.O_CLOEXEC, 0o600
+            )
             fcntl.flock(descriptor, fcntl.LOCK_EX)
-        except OSError:  # no locks on this file system: renames keep entries whole
-            pass
+        except OSError:  # a read-only cache, a file system without locks: renames still
+            pass  # keep every entry whole
+    try:
         yield
     finally:
-        os.close(descriptor)
+        if descriptor is not None:
+            os.close(descriptor)
 
 
 def _digest_record(data, name):

@@ -105,6 +105,8 @@ def _private_inductor_cache():
     libraries it finds there."""
     from keras_bernstein._fast import cpu_kernels
 
+    if not hasattr(os, "geteuid"):  # no POSIX owners (Windows): Inductor's choice stands
+        return
     folder = os.environ.get(_CACHE_VARIABLE)
     if not folder:
         try:

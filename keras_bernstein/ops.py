@@ -1106,7 +1106,10 @@ def _batch_statistics(x, epsilon):
     """
     axes = tuple(range(len(x.shape) - 1))
     # Any shift gives the same values and gradients; the closer, the exacter.
+    # A float32 mean of many rows can be off by many deviations (XLA-CPU sums
+    # in one loop); one correction brings it within a small part of one.
     shift = ops.stop_gradient(ops.mean(x, axis=axes))
+    shift = ops.stop_gradient(shift + ops.mean(x - shift, axis=axes))
     deviations = x - shift
     correction = ops.mean(deviations, axis=axes)
     variance = ops.mean(ops.square(deviations), axis=axes) - ops.square(correction)

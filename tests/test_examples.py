@@ -237,3 +237,31 @@ def test_distribute_over_two_cpu_devices(mnist_file, tmp_path):
     with open(os.path.join(out, "metrics.json")) as f:
         metrics = json.load(f)
     assert len(metrics["devices"]) == 2 and metrics["config"]["distribute"]
+
+
+HIGGS_SAMPLE = os.path.join(os.path.dirname(EXAMPLES), "..", "shared", "data", "higgs",
+                            "higgs_sample_11k.csv.gz")
+
+
+@pytest.mark.slow
+def test_higgs_default_ensemble_finishes_on_jax(tmp_path):
+    """The default model (an ensemble of 3 branches of width 256, one epoch)
+    trains and predicts on JAX with XLA's default intra-op threads, where
+    the branches' kernels run at once on one pool: in a subprocess, so that
+    a deadlock fails instead of hanging the suite."""
+    if keras.backend.backend() != "jax":
+        pytest.skip("XLA runs the ensemble's branches at once on JAX")
+    if not os.path.exists(HIGGS_SAMPLE):
+        pytest.skip("../shared/data (the project's offline real data) is not present")
+    env = {key: value for key, value in os.environ.items() if key != "XLA_FLAGS"}
+    env.pop("OMP_NUM_THREADS", None)
+    command = [sys.executable, os.path.join(EXAMPLES, "higgs.py"), "--data", HIGGS_SAMPLE,
+               "--max-rows", "3000", "--epochs", "1", "--verbose", "0",
+               "--output-dir", str(tmp_path)]
+    try:
+        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+    except subprocess.TimeoutExpired:
+        pytest.fail("examples/higgs.py did not finish within 900 s")
+    assert result.returncode == 0, result.stderr[-3000:]
+    with open(tmp_path / "metrics.json") as f:
+        assert len(json.load(f)["member_test_roc_auc"]) == 3

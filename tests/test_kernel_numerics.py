@@ -178,3 +178,298 @@ def test_jax_kernels_refuse_buffers_of_other_shapes(kind, kernel_targets):
         shapes[index] = (3,) + tuple(shapes[index])[1:]
         with pytest.raises(ValueError, match="must"):
             call(inputs, shapes)
+
+
+# ---------------------------------------------------------------------------
+# Batch statistics: every path against float64 NumPy.
+# ---------------------------------------------------------------------------
+
+DEGREE = 3
+EPSILON = 1e-3
+
+
+def _batch_normalized_case(rows, units, seed=0, mean=1000.0):
+    """float32 rows of a large mean and unit deviation, the polynomial's
+    coefficients, bounds that hold every normalized value, the
+    normalization's scale and offset, and weights of the loss
+    `sum(values * weights)` (of a nonzero mean, so that the sums grow)."""
+    rng = np.random.default_rng(seed)
+    x = mean + rng.normal(size=(rows, units)) * np.linspace(0.5, 2.0, units)
+    coefficients = rng.normal(size=(units, DEGREE + 1))
+    bounds = np.tile([-9.0, 8.0], (units, 1))
+    scale = np.linspace(0.8, 1.2, units)
+    offset = np.linspace(-0.2, 0.3, units)
+    weights = 1.0 + 0.5 * rng.normal(size=(rows, units))
+    return tuple(a.astype("float32") for a in (x, coefficients, bounds, scale, offset, weights))
+
+
+def _reference(x, coefficients, bounds, scale, offset, weights, statistics=None):
+    """In float64: the batch mean and variance, the values and the gradients
+    of `sum(values * weights)` for x, scale, offset and coefficients, and
+    the sum of each gradient's terms' magnitudes (its rounding scale). With
+    `statistics`, the values and gradients of that mean and variance."""
+    from math import comb
+
+    x, coefficients, bounds, scale, offset, weights = (
+        a.astype("float64") for a in (x, coefficients, bounds, scale, offset, weights)
+    )
+    n = coefficients.shape[-1] - 1
+    mean, variance = x.mean(0), x.var(0)
+    if statistics is not None:
+        mean, variance = (np.asarray(s, "float64") for s in statistics)
+    inverse = 1.0 / np.sqrt(variance + EPSILON)
+    normalized = (x - mean) * inverse
+    width = bounds[:, 1] - bounds[:, 0]
+    t = (normalized * scale + offset - bounds[:, 0]) / width
+    assert 0.0 < t.min() and t.max() < 1.0, "the case must stay inside the bounds"
+    basis = np.stack([comb(n, k) * t**k * (1 - t) ** (n - k) for k in range(n + 1)], -1)
+    values = (basis * coefficients).sum(-1)
+    slope = sum(
+        n * (coefficients[:, k + 1] - coefficients[:, k]) * comb(n - 1, k)
+        * t**k * (1 - t) ** (n - 1 - k)
+        for k in range(n)
+    )
+    grad_z = weights * slope / width
+    grad_offset, grad_scale = grad_z.sum(0), (grad_z * normalized).sum(0)
+    grad_x = scale * inverse * (
+        grad_z - grad_z.mean(0) - normalized * (grad_z * normalized).mean(0)
+    )
+    grad_coefficients = (weights[..., None] * basis).sum(0)
+    magnitudes = {
+        "scale": np.abs(grad_z * normalized).sum(0),
+        "offset": np.abs(grad_z).sum(0),
+        "coefficients": np.abs(weights[..., None] * basis).sum(0),
+    }
+    gradients = {"x": grad_x, "scale": grad_scale, "offset": grad_offset,
+                 "coefficients": grad_coefficients}
+    return mean, variance, values, gradients, magnitudes
+
+
+def _backend_gradients(function, arrays, weights):
+    """`function(*arrays)`'s first output and the gradients of
+    `sum(output * weights)` for each of `arrays`, by the backend."""
+    if BACKEND == "jax":
+        import jax
+
+        def loss(*arrays):
+            outputs = function(*arrays)
+            return (outputs[0] * weights).sum(), outputs
+
+        gradients, outputs = jax.grad(loss, argnums=tuple(range(len(arrays))), has_aux=True)(
+            *arrays
+        )
+        return [np.asarray(o) for o in outputs], [np.asarray(g) for g in gradients]
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        variables = [tf.Variable(a) for a in arrays]
+        with tf.GradientTape() as tape:
+            outputs = function(*variables)
+            loss = tf.reduce_sum(outputs[0] * weights)
+        gradients = tape.gradient(loss, variables)
+        return [np.asarray(o) for o in outputs], [g.numpy() for g in gradients]
+    import torch
+
+    tensors = [torch.tensor(a, requires_grad=True) for a in arrays]
+    outputs = function(*tensors)
+    (outputs[0] * torch.as_tensor(weights)).sum().backward()
+    return [o.detach().numpy() for o in outputs], [t.grad.numpy() for t in tensors]
+
+
+def _assert_matches(label, got, expected, tolerance):
+    error = np.abs(np.asarray(got, "float64") - expected)
+    worst = np.unravel_index(np.argmax(error / tolerance), error.shape)
+    assert np.all(error <= tolerance), (
+        f"{label}: off by {error[worst]:.3g} at {worst} (allowed "
+        f"{np.broadcast_to(tolerance, error.shape)[worst]:.3g}; expected "
+        f"{expected[worst]:.9g}, got {np.asarray(got)[worst]:.9g})"
+    )
+
+
+def _check(case, values, mean, variance, gradients, sums=2e-5, deviation=2e-5):
+    """Everything computed in float32 against the float64 reference, within
+    a few float32 roundings of each quantity's scale (`sums` times the sum
+    of the magnitudes of a per-neuron sum's terms)."""
+    reference_mean, reference_variance, *_ = _reference(*case)
+    _assert_matches("mean", mean, reference_mean, 4e-7 * np.abs(reference_mean))
+    _assert_matches("variance", variance, reference_variance, deviation * reference_variance)
+    # The rest of the float32 statistics (a rounded mean shifts every
+    # normalized value alike, which moves sums over many rows).
+    _, _, reference_values, reference_gradients, magnitudes = _reference(
+        *case, statistics=(mean, variance)
+    )
+    _assert_matches("values", values, reference_values, 2e-4 * np.abs(reference_values).max())
+    for name, gradient in gradients.items():
+        expected = reference_gradients[name]
+        if name == "x":
+            _assert_matches(name, gradient, expected, 2e-4 * np.abs(expected).max())
+        else:
+            _assert_matches(name, gradient, expected, sums * magnitudes[name] + 1e-6)
+
+
+_SIZES = [(4096, 17), pytest.param(1 << 20, 3, marks=pytest.mark.slow)]
+
+
+def _xla_cpu_tolerances(kernels):
+    """`(sums, deviation)` tolerances: XLA-CPU, which runs the portable code
+    on JAX and TensorFlow without the kernels, sums over the rows in one
+    float32 loop, where terms below half a unit of the running sum round
+    away (at 2^20 rows: 5e-5 of the basis sums, 5e-4 of the variance)."""
+    if kernels == "off" and BACKEND in ("jax", "tensorflow"):
+        return 1e-3, 1e-3
+    return 2e-5, 2e-5
+
+
+@pytest.mark.parametrize("kernels", ["on", "off"])
+@pytest.mark.parametrize("rows, units", _SIZES)
+def test_batch_normalized_polynomial_matches_float64(rows, units, kernels, monkeypatch):
+    """`ops.batch_normalized_bernstein_polynomial` of rows of mean 1000:
+    statistics, values and gradients of every path (the C++ kernels on JAX
+    and TensorFlow, XLA's and PyTorch's portable code) to float32 accuracy."""
+    from keras_bernstein import ops as bernstein_ops
+
+    if kernels == "on" and BACKEND == "torch":
+        pytest.skip("PyTorch has no C++ kernels; its compiled path is tested below")
+    monkeypatch.setenv("KERAS_BERNSTEIN_CPU_KERNEL", "1" if kernels == "on" else "0")
+    case = _batch_normalized_case(rows, units)
+    x, coefficients, bounds, scale, offset, weights = case
+
+    def function(x, scale, offset, coefficients):
+        return bernstein_ops.batch_normalized_bernstein_polynomial(
+            x, scale, offset, coefficients, bounds, epsilon=EPSILON
+        )
+
+    (values, mean, variance), (grad_x, grad_scale, grad_offset, grad_coefficients) = (
+        _backend_gradients(function, (x, scale, offset, coefficients), weights)
+    )
+    gradients = {"x": grad_x, "scale": grad_scale, "offset": grad_offset,
+                 "coefficients": grad_coefficients}
+    _check(case, values, mean, variance, gradients, *_xla_cpu_tolerances(kernels))
+
+
+def test_torch_compiled_batch_normalized_polynomial_matches_float64(torch_compiled):
+    """The same through TorchInductor's compiled function."""
+    from keras_bernstein import ops as bernstein_ops
+
+    case = _batch_normalized_case(4096, 17)
+    x, coefficients, bounds, scale, offset, weights = case
+
+    def function(x, scale, offset, coefficients):
+        return bernstein_ops.batch_normalized_bernstein_polynomial(
+            x, scale, offset, coefficients, bounds, epsilon=EPSILON
+        )
+
+    (values, mean, variance), (grad_x, grad_scale, grad_offset, grad_coefficients) = (
+        _backend_gradients(function, (x, scale, offset, coefficients), weights)
+    )
+    assert torch_compiled, "nothing ran compiled"
+    gradients = {"x": grad_x, "scale": grad_scale, "offset": grad_offset,
+                 "coefficients": grad_coefficients}
+    _check(case, values, mean, variance, gradients)
+
+
+def _dense_in_training(case):
+    """A `BernsteinDense` whose Dense is the identity, called in training on
+    the case's rows: its outputs, the batch statistics read back from its
+    moving averages, and the gradients of `sum(outputs * weights)`."""
+    import keras_bernstein
+
+    x, coefficients, bounds, scale, offset, weights = case
+    units = x.shape[1]
+    layer = keras_bernstein.BernsteinDense(units, degree=DEGREE)
+    layer.build((None, units))
+    normalization = layer.batch_normalization
+    assert normalization.epsilon == EPSILON
+    layer.dense.kernel.assign(np.eye(units, dtype="float32"))
+    normalization.gamma.assign(scale)
+    normalization.beta.assign(offset)
+    layer.bernstein.coefficients.assign(coefficients)
+    layer.bernstein.bounds.assign(bounds)
+    variables = [normalization.gamma, normalization.beta, layer.bernstein.coefficients]
+    if BACKEND == "jax":
+        import jax
+
+        trainable = [v.value for v in layer.trainable_variables]
+        others = [v.value for v in layer.non_trainable_variables]
+
+        def loss(trainable, x):
+            outputs, updated = layer.stateless_call(trainable, others, x, training=True)
+            return (outputs * weights).sum(), (outputs, updated)
+
+        (grad_trainable, grad_x), (outputs, updated) = jax.grad(
+            loss, argnums=(0, 1), has_aux=True
+        )(trainable, x)
+        for variable, value in zip(layer.non_trainable_variables, updated):
+            variable.assign(value)
+        by_path = {v.path: g for v, g in zip(layer.trainable_variables, grad_trainable)}
+        gradients = [grad_x] + [by_path[v.path] for v in variables]
+    elif BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        inputs = tf.constant(x)
+        with tf.GradientTape() as tape:
+            tape.watch(inputs)
+            outputs = layer(inputs, training=True)
+            loss = tf.reduce_sum(outputs * weights)
+        gradients = tape.gradient(loss, [inputs] + [v.value for v in variables])
+    else:
+        import torch
+
+        inputs = torch.tensor(x, requires_grad=True)
+        outputs = layer(inputs, training=True)
+        (outputs * torch.as_tensor(weights)).sum().backward()
+        gradients = [inputs.grad] + [v.value.grad for v in variables]
+    momentum = normalization.momentum
+    moving_mean = keras.ops.convert_to_numpy(normalization.moving_mean)
+    moving_variance = keras.ops.convert_to_numpy(normalization.moving_variance)
+    mean = moving_mean.astype("float64") / (1.0 - momentum)
+    variance = (moving_variance.astype("float64") - momentum) / (1.0 - momentum)
+    names = ("x", "scale", "offset", "coefficients")
+    gradients = {n: keras.ops.convert_to_numpy(g) for n, g in zip(names, gradients)}
+    return keras.ops.convert_to_numpy(outputs), (mean, variance), gradients
+
+
+@pytest.mark.parametrize("kernels", ["on", "off"])
+@pytest.mark.parametrize("rows, units", _SIZES)
+def test_bernstein_dense_training_matches_float64(rows, units, kernels, monkeypatch):
+    """`BernsteinDense` in training on rows of mean 1000 (each backend's fused
+    normalization: the C++ kernels, XLA, PyTorch's eager kernels): values,
+    the batch statistics in its moving averages, and gradients."""
+    if kernels == "on" and BACKEND == "torch":
+        pytest.skip("PyTorch has no C++ kernels; its compiled path is tested below")
+    monkeypatch.setenv("KERAS_BERNSTEIN_CPU_KERNEL", "1" if kernels == "on" else "0")
+    case = _batch_normalized_case(rows, units, seed=1)
+    values, (mean, variance), gradients = _dense_in_training(case)
+    # The moving averages hold the statistics after a float32 product and sum.
+    reference_mean, reference_variance, *_ = _reference(*case)
+    _assert_matches("moving mean", mean, reference_mean, 1e-6 * np.abs(reference_mean))
+    sums, deviation = _xla_cpu_tolerances(kernels)
+    _assert_matches(
+        "moving variance", variance, reference_variance, 1e-4 + deviation * reference_variance
+    )
+    _, _, reference_values, reference_gradients, magnitudes = _reference(
+        *case, statistics=(reference_mean, reference_variance)
+    )
+    _assert_matches("values", values, reference_values, 3e-4 * np.abs(reference_values).max())
+    for name, gradient in gradients.items():
+        expected = reference_gradients[name]
+        scale = np.abs(expected).max() if name == "x" else magnitudes[name]
+        factor = 3e-4 + deviation if name == "x" else 5 * sums
+        _assert_matches(name, gradient, expected, factor * scale)
+
+
+def test_torch_compiled_bernstein_dense_training_matches_float64(torch_compiled):
+    """The same with TorchInductor's compiled function."""
+    case = _batch_normalized_case(4096, 17, seed=1)
+    values, (mean, variance), gradients = _dense_in_training(case)
+    assert torch_compiled, "nothing ran compiled"
+    reference_mean, reference_variance, reference_values, reference_gradients, magnitudes = (
+        _reference(*case)
+    )
+    _assert_matches("moving mean", mean, reference_mean, 1e-6 * np.abs(reference_mean))
+    _assert_matches("moving variance", variance, reference_variance, 1e-4)
+    _assert_matches("values", values, reference_values, 3e-4 * np.abs(reference_values).max())
+    for name, gradient in gradients.items():
+        expected = reference_gradients[name]
+        scale = np.abs(expected).max() if name == "x" else magnitudes[name]
+        _assert_matches(name, gradient, expected, (3e-4 if name == "x" else 1e-4) * scale)

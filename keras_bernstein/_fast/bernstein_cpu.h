@@ -27,6 +27,7 @@
 #include <cstring>
 #include <memory>
 #include <mutex>
+#include <type_traits>
 
 #ifndef DEGREE
 #error "compile with -DDEGREE=n"
@@ -49,6 +50,56 @@ constexpr int SumCount(int mode, bool normalized) {
 constexpr float kLimit = 1e30f;
 
 typedef float Vector __attribute__((vector_size(64)));  // 16 floats
+typedef double WideVector __attribute__((vector_size(128)));  // 16 doubles
+
+// The float64 accumulator of a float or a Vector, and the conversions.
+template <typename V>
+struct Wide {
+  using type = double;
+};
+template <>
+struct Wide<Vector> {
+  using type = WideVector;
+};
+template <typename V>
+using WideOf = typename Wide<V>::type;
+
+template <typename V>
+WideOf<V> Widen(V v) {
+  if constexpr (std::is_same_v<V, float>) {
+    return v;
+  } else {
+    return __builtin_convertvector(v, WideOf<V>);
+  }
+}
+
+template <typename V>
+V Narrow(WideOf<V> w) {
+  if constexpr (std::is_same_v<V, float>) {
+    return static_cast<float>(w);
+  } else {
+    return __builtin_convertvector(w, V);
+  }
+}
+
+// Rows summed in float32 before the sums go into float64. Float32 sums over
+// a whole batch drift (2^20 rows of 1000 put the mean off by 10); blocks of
+// 64 rows err by at most 64 roundings, and the hot loop stays in float32.
+constexpr int64_t kRowsPerBlock = 64;
+
+// `totals[k] = sum over rows of what terms(row, sums) adds to sums[k]`, for
+// `kCount` sums: float32 within blocks of rows, float64 across them.
+template <int kCount, typename V, typename Terms>
+void SumOverRows(int64_t rows, Terms terms, WideOf<V>* totals) {
+  for (int k = 0; k < kCount; ++k) totals[k] = WideOf<V>{} + 0.0;
+  for (int64_t begin = 0; begin < rows; begin += kRowsPerBlock) {
+    const int64_t end = std::min(rows, begin + kRowsPerBlock);
+    V sums[kCount];
+    for (int k = 0; k < kCount; ++k) sums[k] = V{} + 0.0f;
+    for (int64_t row = begin; row < end; ++row) terms(row, sums);
+    for (int k = 0; k < kCount; ++k) totals[k] += Widen(sums[k]);
+  }
+}
 
 template <typename V>
 V Load(const float* p) {
@@ -127,20 +178,29 @@ V InverseDeviation(V variance, float epsilon) {
   return Load<V>(lanes);
 }
 
-// The mean and (biased) variance over the rows, as `ops.moments` computes
-// them on JAX: the mean, then the mean of the squared deviations from it.
+// The mean and (biased) variance over the rows (`ops._batch_statistics`):
+// a first mean, then the deviations from it and their squares, which
+// correct the mean and give the variance without cancellation.
 template <typename V>
 void Moments(const Arguments& a, int64_t first, V* mean, V* variance) {
-  const V count = V{} + static_cast<float>(a.rows);
-  V total = V{} + 0.0f;
-  for (int64_t row = 0; row < a.rows; ++row) total += Load<V>(a.x + row * a.units + first);
-  *mean = total / count;
-  V squares = V{} + 0.0f;
-  for (int64_t row = 0; row < a.rows; ++row) {
-    const V deviation = Load<V>(a.x + row * a.units + first) - *mean;
-    squares += deviation * deviation;
-  }
-  *variance = squares / count;
+  const WideOf<V> count = WideOf<V>{} + static_cast<double>(a.rows);
+  auto x = [&](int64_t row) { return Load<V>(a.x + row * a.units + first); };
+  WideOf<V> total;
+  SumOverRows<1, V>(a.rows, [&](int64_t row, V* sums) { sums[0] += x(row); }, &total);
+  const V shift = Narrow<V>(total / count);
+  WideOf<V> deviations[2];
+  SumOverRows<2, V>(
+      a.rows,
+      [&](int64_t row, V* sums) {
+        const V deviation = x(row) - shift;
+        sums[0] += deviation;
+        sums[1] += deviation * deviation;
+      },
+      deviations);
+  const WideOf<V> correction = deviations[0] / count;
+  const WideOf<V> squares = deviations[1] / count - correction * correction;
+  *mean = Narrow<V>(Widen(shift) + correction);
+  *variance = Narrow<V>(squares < 0.0 ? WideOf<V>{} + 0.0 : squares);
 }
 
 // `ops._evaluate` of neurons [first, first + width of V), of the
@@ -207,10 +267,7 @@ void GradientOfNeurons(const Arguments& a, int64_t first) {
     scale = Load<V>(a.scale + first);
     offset = Load<V>(a.offset + first);
   }
-  V sums[kSums];
-  for (int k = 0; k < kSums; ++k) sums[k] = zero;
-
-  for (int64_t row = 0; row < a.rows; ++row) {
+  auto terms = [&](int64_t row, V* sums) {
     const int64_t at = row * a.units + first;
     const V upstream = Load<V>(a.upstream + at);
     V input = Load<V>(a.x + at), normalized = zero;
@@ -250,17 +307,19 @@ void GradientOfNeurons(const Arguments& a, int64_t first) {
       sums[kPolynomialSums + 1] += gradient * normalized;
     }
     Store(a.out + at, gradient);
-  }
-  for (int k = 0; k < kSums; ++k) Store(a.sums + k * a.units + first, sums[k]);
+  };
+  WideOf<V> totals[kSums];
+  SumOverRows<kSums, V>(a.rows, terms, totals);
+  for (int k = 0; k < kSums; ++k) Store(a.sums + k * a.units + first, Narrow<V>(totals[k]));
   if (!kNormalized) return;
-  const V count = zero + static_cast<float>(a.rows);
+  const WideOf<V> count = WideOf<V>{} + static_cast<double>(a.rows);
+  const V mean_gradient = Narrow<V>(totals[kPolynomialSums] / count);
+  const V mean_product = Narrow<V>(totals[kPolynomialSums + 1] / count);
   const V factor = scale * inverse_deviation;
   for (int64_t row = 0; row < a.rows; ++row) {
     const int64_t at = row * a.units + first;
     const V normalized = (Load<V>(a.x + at) - mean) * inverse_deviation;
-    const V centered =
-        Load<V>(a.out + at) -
-        (sums[kPolynomialSums] + normalized * sums[kPolynomialSums + 1]) / count;
+    const V centered = Load<V>(a.out + at) - (mean_gradient + normalized * mean_product);
     Store(a.out + at, factor * centered);
   }
 }

@@ -4,9 +4,10 @@ A Bernstein polynomial can be written in the basis of any higher degree
 (`elevate_degree`) and on any other interval (`rebound`, by de Casteljau
 subdivision / blossoming) without changing the polynomial. These transforms
 let a model grow capacity or move its activation intervals mid-training at
-the exact function it has learned; `BoundsUpdate` uses `rebound` to widen the
-intervals to the observed pre-activation range, the Bernstein counterpart of
-KAN's grid update.
+the function it has learned (to float32 rounding, which bounds how far one
+rebound may widen); `BoundsUpdate` uses `rebound` to widen the intervals
+toward the observed pre-activation range, the Bernstein counterpart of KAN's
+grid update.
 
 After a transform, compile the model again before training further: the
 optimizer's slots belong to the old variables (`elevate_degree`) or to the
@@ -200,6 +201,24 @@ def _values(x, coefficients, bounds, extrapolation):
     return values
 
 
+def _rounding(x, coefficients, bounds, epsilon):
+    """Bound of the float rounding error of the activation at `x` inside
+    `bounds`: `2 (n + 1) eps sum_k |c_k| b_k(t)` for the sum of `n + 1`
+    terms, and `eps |t| n sum_k |c_{k+1} - c_k| b_{n-1,k}(t)` for the
+    rounding of `t = (x - l) / (u - l)` (relative `eps`) times a bound of
+    the slope in `t` there.
+    """
+    degree = coefficients.shape[-1] - 1
+    with np.errstate(all="ignore"):
+        t = np.abs((x - bounds[:, 0]) / (bounds[:, 1] - bounds[:, 0]))
+        terms = _values(x, np.abs(coefficients), bounds, "clip")
+        slopes = 0.0
+        if degree:
+            steps = np.abs(np.diff(coefficients, axis=-1))
+            slopes = degree * _values(x, steps, bounds, "clip")
+        return epsilon * (2 * (degree + 1) * terms + t * slopes)
+
+
 def _grid(lower, upper):
     """`_GRID_SIZE` points from `lower` to `upper` (arrays `(neurons,)`)."""
     steps = np.linspace(0.0, 1.0, _GRID_SIZE)[:, None]
@@ -250,18 +269,17 @@ class _Rebound:
         """The coefficient range `max c - min c` of each old neuron."""
         return np.ptp(self.old_coefficients, axis=-1)
 
-    def change(self, lower, upper, rounding=0.0):
-        """Largest `|new - old|` of each neuron's activation on `[lower, upper]`,
-        plus `rounding` times the new evaluation's term sum `sum |c'_k| b_k`."""
+    def change(self, lower, upper, epsilon=None):
+        """Largest `|new - old|` of each neuron's activation on `[lower, upper]`;
+        with `epsilon`, plus the bound of `_rounding` on the new evaluation."""
         x = _grid(lower, upper)
         extrapolation = self.bernstein.extrapolation
         old = _values(x, self.old_coefficients, self.old_bounds, extrapolation)
         new = _values(x, self.coefficients, self.new_bounds, extrapolation)
         with np.errstate(all="ignore"):
             change = np.abs(new - old)
-            if rounding:
-                terms = _values(x, np.abs(self.coefficients), self.new_bounds, "clip")
-                change = change + rounding * terms
+            if epsilon is not None:
+                change = change + _rounding(x, self.coefficients, self.new_bounds, epsilon)
             change = change.max(axis=0)
         return np.where(np.isfinite(change), change, np.inf)
 
@@ -270,19 +288,29 @@ class _Rebound:
         (where it overlaps the new one) may move, and what is allowed.
 
         The float64 change of the rounded, constrained coefficients plus the
-        rounding error of evaluating them in the variable's dtype (at most
-        `2 (n + 1) eps sum |c'_k| b_k(t)`); allowed: `REBOUND_TOLERANCE` times
-        the coefficient range, plus that rounding bound for the old
-        coefficients (`max |c|` for `sum |c_k| b_k`).
+        rounding error of evaluating them in the variable's dtype
+        (`_rounding`); allowed: `REBOUND_TOLERANCE` times the coefficient
+        range, plus the largest rounding error of evaluating the old
+        coefficients on their interval.
         """
         lower = np.maximum(self.old_bounds[:, 0], self.new_bounds[:, 0])
         upper = np.minimum(self.old_bounds[:, 1], self.new_bounds[:, 1])
-        rounding = 2 * (self.degree + 1) * float(np.finfo(self.dtype).eps)
-        error = self.change(lower, upper, rounding)
-        allowed = REBOUND_TOLERANCE * self.scale() + rounding * np.abs(
-            self.old_coefficients
-        ).max(-1)
-        return error, allowed
+        epsilon = float(np.finfo(self.dtype).eps)
+        error = self.change(lower, upper, epsilon)
+        # Disjoint intervals share nothing to keep; the values must be finite.
+        finite = np.all(np.isfinite(self.coefficients), axis=-1)
+        error = np.where(lower <= upper, error, np.where(finite, 0.0, np.inf))
+        return error, REBOUND_TOLERANCE * self.scale() + self.rounding_floor(epsilon)
+
+    def rounding_floor(self, epsilon):
+        """`_rounding`'s bound for the old coefficients anywhere on `[l, u]`:
+        `2 (n + 1) eps max |c| + eps n max |c_{k+1} - c_k|`."""
+        coefficients = self.old_coefficients
+        steps = np.abs(np.diff(coefficients, axis=-1)).max(axis=-1, initial=0.0)
+        return epsilon * (
+            2 * (self.degree + 1) * np.abs(coefficients).max(axis=-1)
+            + self.degree * steps
+        )
 
     def slope_sign_kept(self):
         """Whether each positive derivative certificate stays positive."""
@@ -327,7 +355,8 @@ def rebound(layer, new_bounds):
     Guarantee: on the overlap of the old and new intervals every neuron's
     output changes by at most `REBOUND_TOLERANCE` (`1e-4`) times its
     coefficient range `max c - min c`, plus the float32 rounding of
-    evaluating the polynomial (`2 (n + 1) · 1.2e-7 · max |c|`). The new
+    evaluating the polynomial, `1.2e-7 · (2 (n + 1) max |c| + n max |c_{k+1}
+    - c_k|)`. The new
     coefficients are rounded to float32 and passed through the layer's
     coefficient constraint before this is checked. Widening grows the
     coefficients (roughly like the widening factor to the power of the
@@ -641,7 +670,7 @@ class BoundsUpdate(keras.callbacks.Callback):
     def _keeps_promises(self, plan, data_lower, data_upper):
         """Per neuron: whether `plan` keeps every promise of the class docstring."""
         error, allowed = plan.interval_error()
-        rounding = allowed - REBOUND_TOLERANCE * plan.scale()
+        rounding = plan.rounding_floor(float(np.finfo(plan.dtype).eps))
         # Outside the new interval both functions are affine (or constant):
         # the data range's ends and the new interval inside it see the most.
         on_data = np.maximum(

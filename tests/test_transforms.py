@@ -239,10 +239,11 @@ def test_bounds_update_validation():
 
 def _guarantee(coefficients, degree):
     """`rebound`'s bound on the change on the old interval, per neuron."""
-    rounding = 2 * (degree + 1) * np.finfo("float32").eps
+    epsilon = np.finfo("float32").eps
     return (
         transforms.REBOUND_TOLERANCE * np.ptp(coefficients, axis=-1)
-        + rounding * np.abs(coefficients).max(axis=-1)
+        + epsilon * 2 * (degree + 1) * np.abs(coefficients).max(axis=-1)
+        + epsilon * degree * np.abs(np.diff(coefficients, axis=-1)).max(axis=-1)
     )
 
 
@@ -257,8 +258,11 @@ def test_rebound_keeps_its_guarantee_or_refuses(extrapolation, degree):
     x = np.linspace(-1.0, 1.0, 801, dtype="float32")[:, None] * np.ones((1, 16), "float32")
     before = _numpy(layer(x))
     refused = 0
-    for widening in (1.1, 1.5, 3.0, 10.0, 1e6):
-        new_bounds = (-1.0, 2.0 * widening - 1.0)
+    widenings = (1.1, 1.5, 3.0, 10.0, 1e3, 1e6)
+    # Upward and downward: below, t is near 1 where float32 rounds it coarsely.
+    for new_bounds in [(-1.0, 2.0 * w - 1.0) for w in widenings] + [
+        (1.0 - 2.0 * w, 1.0) for w in widenings
+    ]:
         try:
             transforms.rebound(layer, new_bounds)
         except ValueError as error:
@@ -268,7 +272,7 @@ def test_rebound_keeps_its_guarantee_or_refuses(extrapolation, degree):
         change = np.abs(_numpy(layer(x)) - before).max(axis=0)
         assert np.all(change <= _guarantee(coefficients, degree))
         transforms.rebound(layer, (-1.0, 1.0))  # back: narrowing never refuses
-    assert refused >= 1  # 1e6 times wider cannot keep the function in float32
+    assert refused >= 2  # 1e6 times wider cannot keep the function in float32
     np.testing.assert_allclose(_numpy(layer.bounds), np.tile([[-1.0, 1.0]], (16, 1)))
 
 
@@ -419,3 +423,15 @@ def test_bounds_update_on_shared_axes_widens_per_channel():
     bounds = _numpy(model.layers[0].bounds).reshape(3, 2)
     np.testing.assert_array_equal(bounds[[0, 2]], [[-1.0, 1.0], [-1.0, 1.0]])
     assert bounds[1, 0] < -1.0 and bounds[1, 1] > 1.0
+
+
+def test_rebound_counts_the_rounding_of_t_far_from_zero():
+    # sigma(x) = x on [-1, 1] rebound to [-1e5, 1]: the old interval sits at
+    # t ~ 1, where float32 rounds t by ~1e-7, i.e. x by ~1e-7 * 1e5.
+    layer = Bernstein(degree=1, bounds=(-1.0, 1.0), coefficient_initializer="identity")
+    layer.build((None, 2))
+    with pytest.raises(ValueError, match="new_bounds"):
+        transforms.rebound(layer, (-1e5, 1.0))
+    transforms.rebound(layer, (-1.0, 1e5))  # there t ~ 0: exact enough
+    x = np.linspace(-1.0, 1.0, 101, dtype="float32")[:, None] * np.ones((1, 2), "float32")
+    np.testing.assert_allclose(_numpy(layer(x)), x, atol=1e-6)

@@ -71,7 +71,6 @@ def _degree_of(coefficients):
     return _degree_of_shape(tuple(coefficients.shape))
 
 
-@functools.lru_cache(maxsize=256)
 def _degree_of_shape(shape):
     degree = shape[-1] - 1 if shape and shape[-1] is not None else None
     if degree is None or not 0 <= degree <= MAX_DEGREE:
@@ -112,19 +111,27 @@ def _check_tables(coefficients, bounds, x=None, given_bounds=None):
     `x`) before anything reads them, and the values of `given_bounds` (the
     argument `bounds` was converted from) where they are concrete
     (`_concrete_values`). Returns the degree."""
-    degree = _check_shapes(
+    shapes = (
         tuple(coefficients.shape),
         tuple(bounds.shape),
         None if x is None else tuple(x.shape),
     )
+    degree = _checked_shapes.get(shapes)
+    if degree is None:
+        degree = _check_shapes(*shapes)
+        if len(_checked_shapes) < 1024:
+            _checked_shapes[shapes] = degree
     check_bounds_values(bounds if given_bounds is None else given_bounds)
     return degree
 
 
-@functools.lru_cache(maxsize=256)
+# Shapes `_check_shapes` accepted -> degree: PyTorch runs the checks in Python
+# at every call. (A dict, not `lru_cache`, which torch.compile warns about.)
+_checked_shapes = {}
+
+
 def _check_shapes(coefficients_shape, bounds_shape, x_shape):
-    """`_check_tables`' shape checks, once per combination of shapes (on
-    PyTorch every call runs them in Python)."""
+    """`_check_tables`' shape checks; returns the degree."""
     degree = _degree_of_shape(coefficients_shape)
     coefficients_shape, bounds_shape = _plain_shape(coefficients_shape), _plain_shape(bounds_shape)
     if not bounds_shape or bounds_shape[-1] != 2:

@@ -55,6 +55,8 @@ import warnings
 
 import numpy as np
 
+from keras_bernstein._arguments import MAX_DEGREE
+
 LOSSES = ("mean", "per_sample")
 # Largest moment matrix solved without `force=True`: 6 coefficients at
 # order 3 (monomials of degree <= 3 in 6 unknowns, plus θ), measured at
@@ -86,8 +88,8 @@ def power_to_bernstein(power_coefficients, bounds, degree=None):
     Args:
         power_coefficients: 1-D array `a_0 ... a_d`, constant term first.
         bounds: `(l, u)` with `l < u`.
-        degree: Degree `n >= d` of the Bernstein form (default `d`); larger
-            degrees elevate it.
+        degree: Degree `n` of the Bernstein form, from `d` to 100 (default
+            `d`); larger degrees elevate it.
 
     Returns:
         Float64 array `(n + 1,)`: with these as `coefficients` and `bounds`
@@ -111,10 +113,14 @@ def power_to_bernstein(power_coefficients, bounds, degree=None):
         )
     power_degree = power.size - 1
     degree = power_degree if degree is None else degree
-    if not isinstance(degree, numbers.Integral) or degree < power_degree:
+    if (
+        isinstance(degree, bool)
+        or not isinstance(degree, numbers.Integral)
+        or not power_degree <= degree <= MAX_DEGREE
+    ):
         raise ValueError(
-            f"`degree` must be an integer >= {power_degree}, the polynomial's "
-            f"degree. Received: degree={degree!r}"
+            f"`degree` must be an integer from {power_degree}, the polynomial's "
+            f"degree, to {MAX_DEGREE} (a layer's largest). Received: degree={degree!r}"
         )
     width = upper - lower
     shifted = np.array(

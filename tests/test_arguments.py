@@ -14,6 +14,7 @@ from keras_bernstein import Bernstein
 from keras_bernstein import BernsteinDense
 from keras_bernstein import initializers
 from keras_bernstein import ops as bernstein_ops
+from keras_bernstein import sos
 from keras_bernstein import transforms
 from keras_bernstein._arguments import MAX_DEGREE
 from keras_bernstein._arguments import describe
@@ -72,6 +73,18 @@ def test_functions_refuse_degrees_outside_the_limit():
     )
     _raises(message, bernstein_ops.bernstein_polynomial, np.zeros((3, 2), "float32"), table, bounds)
     _raises(message, bernstein_ops.derivative_lower_bound, table, bounds)
+
+
+@pytest.mark.parametrize("degree", [MAX_DEGREE + 1, 10**6, True, 1.5])
+def test_power_to_bernstein_refuses_degrees_outside_the_limit(degree):
+    _raises(
+        f"`degree` must be an integer from 1, the polynomial's degree, to {MAX_DEGREE} "
+        f"(a layer's largest). Received: degree={degree!r}",
+        sos.power_to_bernstein,
+        [0.0, 1.0],
+        (0.0, 1.0),
+        degree=degree,
+    )
 
 
 def test_elevate_degree_and_loading_respect_the_limit(tmp_path):

@@ -204,9 +204,9 @@ def _values(x, coefficients, bounds, extrapolation):
 def _rounding(x, coefficients, bounds, epsilon):
     """Bound of the float rounding error of the activation at `x` inside
     `bounds`: `2 (n + 1) eps sum_k |c_k| b_k(t)` for the sum of `n + 1`
-    terms, and `eps |t| n sum_k |c_{k+1} - c_k| b_{n-1,k}(t)` for the
-    rounding of `t = (x - l) / (u - l)` (relative `eps`) times a bound of
-    the slope in `t` there.
+    terms, and `2 eps |t| n sum_k |c_{k+1} - c_k| b_{n-1,k}(t)` for the
+    rounding of `t = (x - l) / (u - l)` (two operations, relative `eps`
+    each) times a bound of the slope in `t` there.
     """
     degree = coefficients.shape[-1] - 1
     with np.errstate(all="ignore"):
@@ -216,7 +216,7 @@ def _rounding(x, coefficients, bounds, epsilon):
         if degree:
             steps = np.abs(np.diff(coefficients, axis=-1))
             slopes = degree * _values(x, steps, bounds, "clip")
-        return epsilon * (2 * (degree + 1) * terms + t * slopes)
+        return 2 * epsilon * ((degree + 1) * terms + t * slopes)
 
 
 def _grid(lower, upper):
@@ -304,12 +304,11 @@ class _Rebound:
 
     def rounding_floor(self, epsilon):
         """`_rounding`'s bound for the old coefficients anywhere on `[l, u]`:
-        `2 (n + 1) eps max |c| + eps n max |c_{k+1} - c_k|`."""
+        `2 eps ((n + 1) max |c| + n max |c_{k+1} - c_k|)`."""
         coefficients = self.old_coefficients
         steps = np.abs(np.diff(coefficients, axis=-1)).max(axis=-1, initial=0.0)
-        return epsilon * (
-            2 * (self.degree + 1) * np.abs(coefficients).max(axis=-1)
-            + self.degree * steps
+        return 2 * epsilon * (
+            (self.degree + 1) * np.abs(coefficients).max(axis=-1) + self.degree * steps
         )
 
     def slope_sign_kept(self):
@@ -355,7 +354,7 @@ def rebound(layer, new_bounds):
     Guarantee: on the overlap of the old and new intervals every neuron's
     output changes by at most `REBOUND_TOLERANCE` (`1e-4`) times its
     coefficient range `max c - min c`, plus the float32 rounding of
-    evaluating the polynomial, `1.2e-7 · (2 (n + 1) max |c| + n max |c_{k+1}
+    evaluating the polynomial, `2.4e-7 · ((n + 1) max |c| + n max |c_{k+1}
     - c_k|)`. The new
     coefficients are rounded to float32 and passed through the layer's
     coefficient constraint before this is checked. Widening grows the

@@ -243,7 +243,7 @@ def _guarantee(coefficients, degree):
     return (
         transforms.REBOUND_TOLERANCE * np.ptp(coefficients, axis=-1)
         + epsilon * 2 * (degree + 1) * np.abs(coefficients).max(axis=-1)
-        + epsilon * degree * np.abs(np.diff(coefficients, axis=-1)).max(axis=-1)
+        + epsilon * 2 * degree * np.abs(np.diff(coefficients, axis=-1)).max(axis=-1)
     )
 
 

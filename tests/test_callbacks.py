@@ -366,6 +366,11 @@ def test_probes_read_a_bounded_number_of_batches_from_endless_iterables():
     # Endless empty batches end too.
     with pytest.raises(ValueError, match="`x` must hold at least one probe sample"):
         callbacks.probe_batches(itertools.repeat(x[:0]))
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        repeated = tf.data.Dataset.from_tensor_slices(x).batch(4).repeat()
+        assert len(callbacks.BoundsCoverage(repeated, max_batches=5).batches) == 5
 
 
 def test_bounds_update_reads_a_one_shot_generator_once():

@@ -597,8 +597,8 @@ def collect_pre_activations(
         >>> z = collect_pre_activations(model, x_train[:1024])
         >>> np.quantile(z["bernstein_dense"], [0.01, 0.99], axis=0)
     """
-    batches = probe_batches(x, batch_size=batch_size, max_batches=max_batches)
     monitored = _resolve_layers(model, layers, monitored_layers)
+    batches = probe_batches(x, batch_size=batch_size, max_batches=max_batches)
     return _pre_activations_in_batches(model, monitored, batches)
 
 
@@ -742,8 +742,8 @@ def dead_units(
         >>> {name: int(mask.sum()) for name, mask in dead.items()}
     """
     _check_criterion(criterion, threshold, tolerance)
-    batches = probe_batches(x, y, batch_size=batch_size, max_batches=max_batches)
     monitored = _resolve_layers(model, layers, monitored_layers)
+    batches = probe_batches(x, y, batch_size=batch_size, max_batches=max_batches)
     counter = _dead_unit_counter(
         model, monitored, criterion, threshold, loss, jit=False
     )
@@ -886,8 +886,8 @@ def out_of_bounds_ratio(
         >>> out_of_bounds_ratio(model, x_train[:1024])
         {'out_of_bounds_ratio': 0.02, 'out_of_bounds_ratio/bernstein_dense': 0.02}
     """
-    batches = probe_batches(x, batch_size=batch_size, max_batches=max_batches)
     monitored = _bounds_monitored(model, layers)
+    batches = probe_batches(x, batch_size=batch_size, max_batches=max_batches)
     counter = _out_of_bounds_counter(model, monitored, jit=False)
     return _out_of_bounds_in_batches(counter, batches)
 
@@ -948,11 +948,7 @@ def _check_frequency_and_verbose(frequency, verbose):
 def _check_has_layers(callback, monitored, model):
     """Raises, in the user's terms, when `callback` finds nothing to watch."""
     if not monitored:
-        needed = (
-            "hidden layers with an elementwise nonlinearity"
-            if isinstance(callback, DeadNeuronRatio)
-            else "Bernstein or BernsteinDense layers"
-        )
+        needed = getattr(callback, "needs", "Bernstein or BernsteinDense layers")
         raise ValueError(
             f"`{type(callback).__name__}` needs a model with {needed}; model "
             f"{model.name!r} has none at its top level. Received: model with "
@@ -1067,6 +1063,7 @@ class DeadNeuronRatio(_ProbeCallback):
     """
 
     key = "dead_neuron_ratio"
+    needs = "hidden layers with an elementwise nonlinearity"
 
     def __init__(
         self,

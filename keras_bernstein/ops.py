@@ -154,6 +154,19 @@ def _check_shapes(coefficients_shape, bounds_shape, x_shape):
     return degree
 
 
+def _check_vectors(x, **vectors):
+    """Checks that each of `vectors` (the normalization's statistics, scale
+    and offset) broadcasts against `x`, before anything reads them."""
+    x_shape = _plain_shape(x.shape)
+    for name, vector in vectors.items():
+        if _broadcast_shapes(x_shape, _plain_shape(vector.shape)) is None:
+            raise ValueError(
+                f"`{name}` must broadcast against `x` (one value per unit of its "
+                f"last axis). Received: {name}.shape={_plain_shape(vector.shape)}, "
+                f"x.shape={x_shape}"
+            )
+
+
 def check_bounds_values(bounds, name="bounds"):
     """Raises a `ValueError` naming `name` if `bounds` holds concrete values
     (`_concrete_values`) with a row `(l, u)` that is no interval usable in
@@ -954,6 +967,10 @@ def normalized_bernstein_polynomial(
         for value in (x, mean, inverse_deviation, scale, offset, coefficients, bounds)
     ]
     degree = _check_tables(tensors[5], tensors[6], tensors[0], bounds)
+    _check_vectors(
+        tensors[0],
+        **dict(zip(("mean", "inverse_deviation", "scale", "offset"), tensors[1:5])),
+    )
     if _torch_compiles(tensors[0], degree):
         from keras_bernstein._fast import torch_compilation
 
@@ -1079,6 +1096,7 @@ def batch_normalized_bernstein_polynomial(
     _check_tables(
         ops.convert_to_tensor(coefficients), ops.convert_to_tensor(bounds), x, bounds
     )
+    _check_vectors(x, scale=ops.convert_to_tensor(scale), offset=ops.convert_to_tensor(offset))
     if _torch_compiles(x, _degree_of(coefficients)):
         from keras_bernstein._fast import torch_compilation
 

@@ -365,6 +365,33 @@ def test_shape_messages_name_the_shapes_of_every_table():
     )
 
 
+def test_normalization_vectors_of_the_wrong_shape_are_refused():
+    x, coefficients, bounds = _tables()
+    ones, wrong = np.ones(3, "float32"), np.ones(4, "float32")
+    _raises(
+        "`offset` must broadcast against `x` (one value per unit of its last axis). "
+        "Received: offset.shape=(4,), x.shape=(5, 3)",
+        bernstein_ops.batch_normalized_bernstein_polynomial,
+        _eager(x),
+        _eager(ones),
+        _eager(wrong),
+        _eager(coefficients),
+        _eager(bounds),
+    )
+    _raises(
+        "`inverse_deviation` must broadcast against `x` (one value per unit of its last "
+        "axis). Received: inverse_deviation.shape=(4,), x.shape=(5, 3)",
+        bernstein_ops.normalized_bernstein_polynomial,
+        x,
+        ones,
+        wrong,
+        ones,
+        ones,
+        coefficients,
+        bounds,
+    )
+
+
 def test_traced_bounds_are_checked_by_shape_only():
     """Inside a traced function the values cannot be read: an empty interval
     computes (NaN or inf) without raising."""

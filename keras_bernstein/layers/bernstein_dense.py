@@ -324,7 +324,9 @@ class BernsteinDense(keras.layers.Layer):
 
     def set_weights(self, weights):
         # Keras sets the sub-layers' variables directly; the activation checks.
-        self.bernstein._assign_checked(lambda: super(BernsteinDense, self).set_weights(weights), self)
+        self.bernstein._assign_checked(
+            lambda: super(BernsteinDense, self).set_weights(weights), self
+        )
 
     def derivative_lower_bound(self):
         """See `Bernstein.derivative_lower_bound`.

@@ -1130,15 +1130,21 @@ def _batch_statistics(x, epsilon):
     whose variance of 2^19 rows of mean 2000 is off by a factor of 3.
     """
     axes = tuple(range(len(x.shape) - 1))
+    count = ops.cast(ops.size(x) // ops.shape(x)[-1], x.dtype)
+
+    # Not `ops.mean`: on JAX and PyTorch it averages float64 in float32.
+    def mean(tensor):
+        return ops.sum(tensor, axis=axes) / count
+
     # Any shift gives the same values and gradients; the closer, the exacter.
     # A float32 mean of many rows can be off by many deviations (XLA-CPU sums
     # in one loop); one correction brings it within a small part of one.
-    shift = ops.stop_gradient(ops.mean(x, axis=axes))
-    shift = ops.stop_gradient(shift + ops.mean(x - shift, axis=axes))
+    shift = ops.stop_gradient(mean(x))
+    shift = ops.stop_gradient(shift + mean(x - shift))
     deviations = x - shift
-    correction = ops.mean(deviations, axis=axes)
-    variance = ops.mean(ops.square(deviations), axis=axes) - ops.square(correction)
-    variance = ops.maximum(variance, 0.0)
+    correction = mean(deviations)
+    variance = mean(ops.square(deviations)) - ops.square(correction)
+    variance = ops.relu(variance)  # Not `ops.maximum`: on PyTorch it returns float32.
     return shift + correction, variance, _inverse_deviation(variance, epsilon)
 
 

@@ -1130,7 +1130,11 @@ def _batch_statistics(x, epsilon):
     whose variance of 2^19 rows of mean 2000 is off by a factor of 3.
     """
     axes = tuple(range(len(x.shape) - 1))
-    count = ops.cast(ops.size(x) // ops.shape(x)[-1], x.dtype)
+    rows = tuple(x.shape[:-1])
+    if None in rows:  # a graph's unknown batch size
+        count = ops.cast(ops.size(x) // ops.shape(x)[-1], x.dtype)
+    else:  # a Python number, which TorchInductor traces (not `ops.size`)
+        count = math.prod(rows)
 
     # Not `ops.mean`: on JAX and PyTorch it averages float64 in float32.
     def mean(tensor):

@@ -56,6 +56,14 @@ def torch_compiled(monkeypatch):
     monkeypatch.setattr(torch_compilation, "_compiler_works", None)
     if not torch_compilation._compilation_works():
         pytest.skip("torch.compile does not work on this machine")
+    original = torch_compilation._portable_after
+
+    def unexpected_failure(error, *arguments):
+        raise AssertionError("the compiled polynomial failed and ran eagerly") from error
+
+    # A compiled polynomial that fails falls back silently to users: not here.
+    unexpected_failure.original = original
+    monkeypatch.setattr(torch_compilation, "_portable_after", unexpected_failure)
     calls = []
     call = torch_compilation.call
 

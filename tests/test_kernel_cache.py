@@ -453,6 +453,10 @@ def failing_compilation(torch_compiled, monkeypatch):
     for name, value in (("_compiled", {}), ("_ran", set()), ("_failed", set())):
         monkeypatch.setattr(torch_compilation, name, value)
     monkeypatch.setattr(torch_compilation, "_failure_warned", False)
+    # The fallback under test, not `torch_compiled`'s guard against it.
+    monkeypatch.setattr(
+        torch_compilation, "_portable_after", torch_compilation._portable_after.original
+    )
     calls = []
 
     class Broken(torch.autograd.Function):

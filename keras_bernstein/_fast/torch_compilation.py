@@ -170,27 +170,34 @@ def call(formula, *tensors, tabulated=None, **constants):
             # Dynamo reports, and imports Inductor modules that use TorchScript.
             warnings.filterwarnings("ignore", message="Dynamo detected a call to a `functools")
             warnings.filterwarnings("ignore", message="`torch.jit.script_method` is deprecated")
+            _differentiate_once(function, (*inputs, *tables))
             values = function(*inputs, *tables)
-            _differentiate_once(values, (*inputs, *tables))
     except Exception as error:  # A failed compile, a damaged cache entry, ...
         return _portable_after(error, signature, formula, inputs, tables, constants)
     _ran.add(signature)
     return values
 
 
-def _differentiate_once(values, tensors):
-    """Runs the backward of `values` once, keeping the graph: AOTAutograd
-    compiles (or loads) it on first use, and a failure there would otherwise
-    surface in the caller's `backward()`, past any fallback."""
+def _differentiate_once(function, tensors):
+    """Runs `function`'s backward once, on detached copies of `tensors`:
+    AOTAutograd compiles (or loads) the backward on first use, and a failure
+    there would otherwise surface in the caller's `backward()`, past any
+    fallback. Copies, because a compiled backward may donate its buffers and
+    so cannot keep the caller's graph for a second pass."""
+    copies = [tensor.detach().requires_grad_(tensor.requires_grad) for tensor in tensors]
+    wanted = [copy for copy in copies if copy.requires_grad]
+    if not wanted or not torch.is_grad_enabled():
+        return
+    # The marks `call` gave the originals, so that the copies hit the same graph.
+    if tensors[0].dim() >= tensors[-2].dim():
+        torch._dynamo.maybe_mark_dynamic(copies[0], 0)
+    for table in copies[-2:]:
+        torch._dynamo.mark_static(table)
+    values = function(*copies)
     outputs = [value for value in torch.utils._pytree.tree_leaves(values) if value.requires_grad]
-    wanted = [tensor for tensor in tensors if tensor.requires_grad]
-    if outputs and wanted:
+    if outputs:
         torch.autograd.grad(
-            outputs,
-            wanted,
-            [torch.ones_like(output) for output in outputs],
-            retain_graph=True,
-            allow_unused=True,
+            outputs, wanted, [torch.ones_like(output) for output in outputs], allow_unused=True
         )
 
 

@@ -2,6 +2,8 @@
 
 import csv
 import math
+import os
+import re
 
 import keras
 import numpy as np
@@ -242,6 +244,52 @@ def test_early_stopping_monitors_dead_neuron_ratio():
     )
     # The ratio never improves (lr 0): stopped after 1 + patience epochs.
     assert history.history["dead_neuron_ratio"] == [0.25, 0.25]
+
+
+MONITORING_DOCS = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "monitoring.md"
+)
+
+
+def _monitoring_snippet():
+    """The `fit` example of docs/monitoring.md."""
+    with open(MONITORING_DOCS, encoding="utf-8") as handle:
+        blocks = re.findall(r"```python\n(.*?)```", handle.read(), re.S)
+    return next(block for block in blocks if "stop_if_units_die" in block)
+
+
+@pytest.mark.parametrize("dying", [False, True])
+def test_monitoring_docs_example_stops_on_dead_units_only(dying, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # The example writes log.csv and two PNGs.
+    keras.utils.set_random_seed(0)
+    x = np.random.default_rng(0).uniform(-1.0, 1.0, (160, 3)).astype("float32")
+    y = x.sum(axis=1, keepdims=True)
+    if dying:
+        # Half of the ReLU units are dead on positive inputs (as in
+        # `_half_dead_relu_model`), and stay dead at learning rate 0.
+        x = np.abs(x) + 1.0
+        relu = keras.layers.Dense(4, activation="relu")
+        model = keras.Sequential([keras.Input((3,)), relu, Bernstein(), keras.layers.Dense(1)])
+        relu.set_weights(
+            [np.array([[1.0, 1.0, -1.0, -1.0]] * 3, "float32"), np.zeros(4, "float32")]
+        )
+        model.compile(keras.optimizers.SGD(0.0), "mse")
+    else:
+        model = keras.Sequential(
+            [keras.Input((3,)), BernsteinDense(8, normalization=None), keras.layers.Dense(1)]
+        )
+        model.compile(keras.optimizers.SGD(0.01), "mse")
+    namespace = {"model": model, "x_train": x, "y_train": y}
+    exec(_monitoring_snippet(), namespace)
+    ratios = namespace["history"].history["dead_neuron_ratio"]
+    if dying:
+        # Stopped by the dead-unit limit, before EarlyStopping's patience.
+        assert ratios == [0.25]
+    else:
+        # No dead unit and a falling validation loss: all 10 epochs.
+        assert ratios == [0.0] * 10
+    for name in ("log.csv", "dead.png", "activations.png"):
+        assert os.path.getsize(tmp_path / name) > 0
 
 
 def test_verbose_prints_a_summary(capsys):

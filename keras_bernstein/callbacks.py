@@ -1021,10 +1021,15 @@ class DeadNeuronRatio(_ProbeCallback):
     writes Python floats into `logs`: `dead_neuron_ratio` (dead units over
     monitored units, all monitored layers together) and
     `dead_neuron_ratio/<layer name>`. They appear in the progress bar,
-    `History`, `CSVLogger` and `TensorBoard` (list this callback before those
-    you pass yourself) and can be watched by `EarlyStopping(monitor=
-    "dead_neuron_ratio", mode="min")`. On the epochs in between the entries
+    `History`, `CSVLogger` and `TensorBoard`, and in the `logs` of every
+    callback listed after this one. On the epochs in between the entries
     are NaN.
+
+    To stop training when units die, compare `logs["dead_neuron_ratio"]`
+    with a limit in a callback listed after this one (see
+    docs/monitoring.md). `EarlyStopping(monitor="dead_neuron_ratio",
+    mode="min")` stops when the ratio has not fallen for `patience` epochs,
+    so it also stops a run whose ratio stays at 0.0.
 
     The criteria (see `dead_units`): `"derivative"`, a unit is dead when
     `|σ'(z)| <= threshold` on every probe sample (the dead-ReLU notion, for
@@ -1055,11 +1060,11 @@ class DeadNeuronRatio(_ProbeCallback):
             iterable `x` (it may be endless); default 32.
 
     Example:
-        >>> model.fit(
+        >>> history = model.fit(
         ...     x_train, y_train, epochs=10,
         ...     callbacks=[DeadNeuronRatio(x_train[:1024], verbose=1)],
         ... )
-        >>> history.history["dead_neuron_ratio"]
+        >>> history.history["dead_neuron_ratio"]  # one float per epoch
     """
 
     key = "dead_neuron_ratio"

@@ -48,9 +48,7 @@ class ActivationCoefficients(keras.initializers.Initializer):
         they, or they times their binomials (the terms the polynomial sums),
         are not finite in float32."""
         degree = check_degree(degree)
-        lower, upper = self.bounds
-        nodes = lower + (upper - lower) * bernstein_ops.bernstein_nodes(degree)
-        values = self._values(nodes, "the nodes of")
+        values = self._values(self._nodes(degree), "the nodes of")
         with np.errstate(over="ignore", invalid="ignore"):
             terms = values * bernstein_ops.binomial_coefficients(degree)
         if not np.all(np.abs(terms) <= _FLOAT32_MAX):
@@ -60,6 +58,10 @@ class ActivationCoefficients(keras.initializers.Initializer):
                 f"bounds={self.bounds}"
             )
         return values
+
+    def _nodes(self, degree):
+        lower, upper = self.bounds
+        return lower + (upper - lower) * bernstein_ops.bernstein_nodes(degree)
 
     def _values(self, points, where):
         values = ops.convert_to_numpy(
@@ -79,8 +81,14 @@ class ActivationCoefficients(keras.initializers.Initializer):
                 "`ActivationCoefficients` needs a last axis of degree + 1 >= 2. "
                 f"Received: shape={shape}"
             )
-        values = np.broadcast_to(self.coefficients(degree), shape)
-        return ops.convert_to_tensor(values, dtype=dtype or "float32")
+        # Tensor ops only, no NumPy round trip: Keras may build a layer inside a
+        # trace (a subclassed model's first `fit`, or its reload), where values
+        # are symbolic. The layer checks them with `coefficients` eagerly.
+        dtype = dtype or "float32"
+        values = self._function(ops.convert_to_tensor(self._nodes(degree), dtype="float32"))
+        # A product, not `broadcast_to`: PyTorch's broadcast is a view that the
+        # variable's in-place assignment refuses.
+        return ops.ones(shape, dtype=dtype) * ops.cast(values, dtype)
 
     def get_config(self):
         return {"activation": self.activation, "bounds": list(self.bounds)}

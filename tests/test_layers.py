@@ -295,6 +295,35 @@ def test_activation_coefficients_initializer():
         init(shape=(3, 1))
 
 
+def _traced(function):
+    """`function` run where the backend traces it into a graph, as Keras does
+    when it builds a model inside `fit` or while loading."""
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        return jax.jit(function)()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return tf.function(function)()
+    return function()
+
+
+@pytest.mark.parametrize("activation", ["relu", "identity", "tanh"])
+def test_activation_coefficients_initializer_works_traced(activation, float64):
+    init = initializers.ActivationCoefficients(activation, bounds=(-2.0, 2.0))
+    eager = _numpy(init(shape=(3, 7)))
+    traced = _numpy(_traced(lambda: init(shape=(3, 7))))
+    assert traced.dtype == eager.dtype == np.dtype("float32")
+    assert _numpy(init(shape=(2,), dtype="float64")).dtype == np.dtype("float64")
+    assert _numpy(_traced(lambda: init(shape=(2,), dtype="float64"))).dtype == np.dtype("float64")
+    expected = np.broadcast_to(init.coefficients(6), (3, 7))
+    np.testing.assert_array_equal(eager, expected)
+    # XLA may fold the traced activation with its own float32 `tanh` (1 ulp).
+    np.testing.assert_allclose(traced, expected, rtol=2e-7, atol=0)
+
+
 def test_keras_initializer_for_coefficients():
     layer = Bernstein(degree=3, coefficient_initializer="ones")
     layer.build((None, 2))

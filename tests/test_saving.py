@@ -169,3 +169,98 @@ def test_tensorflow_export_holds_no_kernel_ops(normalization, kernel_targets, tm
     loaded = tf.saved_model.load(path)  # kept: its variables die with it
     served = loaded.serve(tf.constant(x))
     np.testing.assert_allclose(served.numpy(), expected, rtol=1e-5, atol=1e-5)
+
+
+@keras.saving.register_keras_serializable(package="keras_bernstein_tests")
+class SubclassedBernsteinNetwork(keras.Model):
+    """Creates its layers in `__init__` and builds them lazily, on first call."""
+
+    def __init__(self, activation="bernstein", coefficient_initializer="relu", **kwargs):
+        super().__init__(**kwargs)
+        self.activation = activation
+        self.coefficient_initializer = coefficient_initializer
+        initializer = keras.initializers.deserialize(coefficient_initializer) if isinstance(
+            coefficient_initializer, dict
+        ) else coefficient_initializer
+        if activation == "bernstein":
+            self.hidden = [keras.layers.Dense(6), keras.layers.Dense(6)]
+            self.activations = [
+                Bernstein(degree=4, coefficient_initializer=initializer),
+                Bernstein(degree=5, extrapolation="clip", coefficient_initializer=initializer),
+            ]
+        else:
+            self.hidden = [
+                BernsteinDense(6, degree=4, coefficient_initializer=initializer),
+                BernsteinDense(6, degree=5, normalization=None, coefficient_initializer=initializer),
+            ]
+            self.activations = [keras.layers.Identity(), keras.layers.Identity()]
+        self.head = keras.layers.Dense(1)
+
+    def call(self, inputs):
+        x = inputs
+        for hidden, activation in zip(self.hidden, self.activations):
+            x = activation(hidden(x))
+        return self.head(x)
+
+    def get_config(self):
+        config = super().get_config()
+        initializer = self.coefficient_initializer
+        if not isinstance(initializer, (str, dict)):
+            initializer = keras.initializers.serialize(initializer)
+        config.update(activation=self.activation, coefficient_initializer=initializer)
+        return config
+
+
+_COEFFICIENT_INITIALIZERS = (
+    "relu",
+    "identity",
+    "random_normal",
+    initializers.ActivationCoefficients("tanh", bounds=(-2.0, 2.0)),
+)
+
+
+@pytest.mark.parametrize("activation", ["bernstein", "bernstein_dense"])
+@pytest.mark.parametrize(
+    "coefficient_initializer", _COEFFICIENT_INITIALIZERS, ids=lambda i: getattr(i, "activation", i)
+)
+def test_subclassed_model_builds_in_fit_and_reloads_its_weights(
+    activation, coefficient_initializer, tmp_path
+):
+    # `fit` builds the model itself (nothing calls it first), as with ReLU.
+    model = SubclassedBernsteinNetwork(activation, coefficient_initializer)
+    model.compile(optimizer="adam", loss="mse")
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((32, 5)).astype("float32")
+    model.fit(x, x[:, :1], epochs=1, batch_size=8, verbose=0)
+    path = os.path.join(tmp_path, "subclassed.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert loaded.built
+    for original, revived in zip(model.weights, loaded.weights):
+        np.testing.assert_array_equal(_numpy(revived), _numpy(original))
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
+
+
+def _sequential_network():
+    return keras.Sequential(
+        [keras.Input((5,)), BernsteinDense(6, degree=4), Bernstein(degree=3), keras.layers.Dense(1)]
+    )
+
+
+def _functional_network():
+    inputs = keras.Input((5,))
+    hidden = Bernstein(degree=3)(BernsteinDense(6, degree=4)(inputs))
+    return keras.Model(inputs, keras.layers.Dense(1)(hidden))
+
+
+@pytest.mark.parametrize("build", [_sequential_network, _functional_network], ids=["sequential", "functional"])
+def test_trained_model_reloads_with_identical_predictions(build, tmp_path):
+    model = build()
+    model.compile(optimizer="adam", loss="mse")
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((32, 5)).astype("float32")
+    model.fit(x, x[:, :1], epochs=1, batch_size=8, verbose=0)
+    path = os.path.join(tmp_path, "model.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))

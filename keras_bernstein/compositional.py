@@ -362,17 +362,20 @@ class TriangleWaveNetwork(keras.layers.Layer):
         )
         # Start the free scales where the rule would put them, so the two
         # rules differ only in training.
-        initial_scales = ops.convert_to_numpy(
-            differentiable_scales(
-                ops.convert_to_tensor(self.first_scale, dtype=self.dtype),
+        def free_scales_initializer(shape, dtype=None):
+            # Tensor ops, no NumPy: Keras may build the layer inside a trace.
+            scales = differentiable_scales(
+                ops.convert_to_tensor(self.first_scale, dtype=self.peaks.dtype),
                 ops.convert_to_tensor(self.peaks),
             )
-        )
+            return ops.cast(scales, dtype or self.peaks.dtype)
+
+        free = self.scale_rule == "free"
         self.scales = self.add_weight(
             name="scales",
-            shape=(self.depth if self.scale_rule == "free" else 1,),
-            initializer=_values_initializer(
-                initial_scales if self.scale_rule == "free" else [self.first_scale]
+            shape=(self.depth if free else 1,),
+            initializer=(
+                free_scales_initializer if free else _values_initializer([self.first_scale])
             ),
             constraint=ClipValues(min_value=self.epsilon**2),
         )

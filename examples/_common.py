@@ -185,6 +185,19 @@ def conv_block(activation, filters, degree, name, pool_first=True):
     ]
 
 
+def max_cnn_depth(image_size):
+    """The most conv blocks an image of `image_size` pixels a side allows.
+
+    Each block's 2x2 max pooling halves the image, rounding down, and needs
+    at least 2 pixels: 28 allows 4 blocks (28, 14, 7, 3, 1).
+    """
+    depth = 0
+    while image_size >= 2:
+        image_size //= 2
+        depth += 1
+    return depth
+
+
 def build_cnn(inputs, preprocessing, args, head):
     """`inputs -> preprocessing -> depth x conv_block -> [hidden] -> head`.
 
@@ -204,6 +217,13 @@ def build_cnn(inputs, preprocessing, args, head):
     x = inputs
     for layer in preprocessing:
         x = layer(x)
+    height, width = x.shape[1:3]
+    limit = max_cnn_depth(min(height, width))
+    if args.depth > limit:
+        raise ValueError(
+            f"`depth` must be at most {limit} for a CNN on {height}x{width} "
+            "images: each conv block halves the image. Build an MLP for "
+            f"deeper networks. Received: depth={args.depth}")
     for index in range(args.depth):
         for layer in conv_block(args.activation, args.width * 2**index,
                                 args.degree, name=f"conv_{index + 1}",

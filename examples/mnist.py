@@ -38,6 +38,8 @@ ARCHITECTURE_DEFAULTS = {
                 learning_rate=3e-3, weight_decay=0.05, output_dir="outputs/mnist"),
 }
 DEFAULTS = ARCHITECTURE_DEFAULTS["cnn"]
+# Each conv block halves the 28x28 image: at most 4 blocks (28, 14, 7, 3, 1).
+MAX_CNN_DEPTH = _common.max_cnn_depth(28)
 
 
 def load_data(data, seed):
@@ -92,8 +94,8 @@ def make_parser(argv=None):
                                  **ARCHITECTURE_DEFAULTS[architecture])
     parser.add_argument(
         "--architecture", choices=ARCHITECTURES, default="cnn",
-        help="'cnn': --depth conv blocks (Conv2D -> BatchNorm -> MaxPool -> "
-        "activation), the first with --width channels, doubling per block, "
+        help=f"'cnn': --depth (at most {MAX_CNN_DEPTH}) conv blocks (Conv2D -> "
+        "BatchNorm -> MaxPool -> activation), the first with --width channels, doubling per block, "
         "then Dropout and the softmax head; 'mlp': the paper's --depth x "
         "(Dense -> BatchNorm -> activation -> Dropout). Each has its own "
         "defaults (ARCHITECTURE_DEFAULTS)")
@@ -107,15 +109,27 @@ def make_parser(argv=None):
                         "output (0: none)")
     parser.add_argument("--activation-before-pooling", dest="pool_first",
                         action="store_false",
-                        help="CNN: activation, then max pooling (default: "
-                        "pooling first, 4x fewer activation evaluations)")
+                        help="CNN: activation, then max pooling (sets "
+                        "pool_first=False); default pool_first=%(default)s: "
+                        "max pooling, then the activation, on 4x fewer "
+                        "positions")
     return parser
+
+
+def check_args(parser, args):
+    """`_common.check_args`, and a CNN depth that the 28x28 images allow."""
+    _common.check_args(parser, args)
+    if args.architecture == "cnn" and args.depth > MAX_CNN_DEPTH:
+        parser.error(f"--depth must be <= {MAX_CNN_DEPTH} with --architecture "
+                     "cnn (each conv block halves the 28x28 image: 28, 14, 7, "
+                     "3, 1); pass --architecture mlp for deeper networks. "
+                     f"Received: depth={args.depth}")
 
 
 def main(argv=None):
     parser = make_parser(argv)
     args = parser.parse_args(argv)
-    _common.check_args(parser, args)
+    check_args(parser, args)
 
     keras.utils.set_random_seed(args.seed)
     devices = _common.configure_distribution(args.distribute, args.batch_size)

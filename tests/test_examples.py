@@ -209,11 +209,40 @@ def test_roc_auc_matches_pairwise_definition():
 @pytest.mark.parametrize("argv, message", [
     (["--depth", "0"], "--depth must be >= 1"),
     (["--dropout", "1.0"], "--dropout must be in"),
+    # The default CNN: rejected before any data is loaded or model built.
+    (["--depth", "16"], "--depth must be <= 4 with --architecture cnn (each "
+     "conv block halves the 28x28 image: 28, 14, 7, 3, 1); pass --architecture "
+     "mlp for deeper networks. Received: depth=16"),
 ])
 def test_bad_options_are_rejected(argv, message, capsys):
     with pytest.raises(SystemExit):
         mnist.main(argv)
     assert message in capsys.readouterr().err
+
+
+def test_mnist_cnn_depth_is_limited_by_the_image_size():
+    assert [_common.max_cnn_depth(size) for size in (1, 2, 3, 7, 28, 32)] == [
+        0, 1, 1, 2, 4, 5]
+    argv = ["--depth", "4", "--width", "4", "--activation", "relu"]
+    args = mnist.make_parser(argv).parse_args(argv)
+    assert mnist.build_model(args).output_shape == (None, 10)
+    args.depth = 5
+    with pytest.raises(ValueError, match="Received: depth=5"):
+        mnist.build_model(args)
+    # An MLP has no such limit.
+    argv = ["--architecture", "mlp", "--depth", "16"]
+    parser = mnist.make_parser(argv)
+    mnist.check_args(parser, parser.parse_args(argv))
+
+
+def test_mnist_pooling_option_help_matches_its_default():
+    parser = mnist.make_parser([])
+    assert parser.parse_args([]).pool_first
+    assert not parser.parse_args(["--activation-before-pooling"]).pool_first
+    text = " ".join(parser.format_help().split())
+    assert ("--activation-before-pooling CNN: activation, then max pooling (sets "
+            "pool_first=False); default pool_first=True: max pooling, then the "
+            "activation") in text
 
 
 @pytest.mark.skipif(keras.backend.backend() == "jax",

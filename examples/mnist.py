@@ -38,7 +38,7 @@ ARCHITECTURE_DEFAULTS = {
                 learning_rate=3e-3, weight_decay=0.05, output_dir="outputs/mnist"),
 }
 DEFAULTS = ARCHITECTURE_DEFAULTS["cnn"]
-# Each conv block halves the 28x28 image: at most 4 blocks (28, 14, 7, 3, 1).
+# The most conv blocks that the 28x28 images allow.
 MAX_CNN_DEPTH = _common.max_cnn_depth(28)
 
 
@@ -95,8 +95,9 @@ def make_parser(argv=None):
     parser.add_argument(
         "--architecture", choices=ARCHITECTURES, default="cnn",
         help=f"'cnn': --depth (at most {MAX_CNN_DEPTH}) conv blocks (Conv2D -> "
-        "BatchNorm -> MaxPool -> activation), the first with --width channels, doubling per block, "
-        "then Dropout and the softmax head; 'mlp': the paper's --depth x "
+        "BatchNorm -> MaxPool -> activation), the first with --width "
+        "channels, doubling per block, then Dropout and the softmax head; "
+        "'mlp': the paper's --depth x "
         "(Dense -> BatchNorm -> activation -> Dropout). Each has its own "
         "defaults (ARCHITECTURE_DEFAULTS)")
     parser.add_argument(

@@ -269,14 +269,20 @@ def test_monitoring_docs_example_stops_on_dead_units_only(dying, tmp_path, monke
         # `_half_dead_relu_model`), and stay dead at learning rate 0.
         x = np.abs(x) + 1.0
         relu = keras.layers.Dense(4, activation="relu")
-        model = keras.Sequential([keras.Input((3,)), relu, Bernstein(), keras.layers.Dense(1)])
+        model = keras.Sequential(
+            [keras.Input((3,)), relu, Bernstein(), keras.layers.Dense(1)]
+        )
         relu.set_weights(
             [np.array([[1.0, 1.0, -1.0, -1.0]] * 3, "float32"), np.zeros(4, "float32")]
         )
         model.compile(keras.optimizers.SGD(0.0), "mse")
     else:
         model = keras.Sequential(
-            [keras.Input((3,)), BernsteinDense(8, normalization=None), keras.layers.Dense(1)]
+            [
+                keras.Input((3,)),
+                BernsteinDense(8, normalization=None),
+                keras.layers.Dense(1),
+            ]
         )
         model.compile(keras.optimizers.SGD(0.01), "mse")
     namespace = {"model": model, "x_train": x, "y_train": y}

@@ -7,7 +7,10 @@ formula (`ops._evaluate`, and the batch-normalized one) into one C++ loop
 forward, and AOTAutograd's backward of it into one loop nest with the
 per-neuron sums; the partitioner saves only the inputs and recomputes the
 rest. No custom gradient is involved, so the gradients are autodiff of the
-portable formula by construction. Measured for a `(256, 512)` activation at
+portable formula by construction. AOTAutograd's backward cannot be
+differentiated again: where autograd records the backward (a gradient
+penalty, `create_graph=True`), autodiff of the formula runs eagerly instead
+(`_Recorded`). Measured for a `(256, 512)` activation at
 degree 8 on one CPU thread: forward and backward 4.2-4.7 -> 1.1-1.2 ms,
 forward alone 0.7-0.9 -> 0.25 ms (docs/performance.md).
 
@@ -34,6 +37,7 @@ every later one of the same signature run the formula eagerly, after one
 warning.
 """
 
+import functools
 import os
 import pathlib
 import types
@@ -41,6 +45,8 @@ import warnings
 import weakref
 
 import torch
+
+from keras_bernstein._fast import torch_polynomial
 
 _DISABLE_VARIABLE = "KERAS_BERNSTEIN_TORCH_COMPILE"
 _CACHE_VARIABLE = "TORCHINDUCTOR_CACHE_DIR"
@@ -164,18 +170,96 @@ def call(formula, *tensors, tabulated=None, **constants):
         return formula(*inputs, *tables, **constants)
     try:
         if signature in _ran:
-            return function(*inputs, *tables)
+            return _run(function, formula, constants, (*inputs, *tables))
         with warnings.catch_warnings():
             # Compiling traces Keras' dtype helpers, whose `functools` caches
             # Dynamo reports, and imports Inductor modules that use TorchScript.
             warnings.filterwarnings("ignore", message="Dynamo detected a call to a `functools")
             warnings.filterwarnings("ignore", message="`torch.jit.script_method` is deprecated")
             _differentiate_once(function, (*inputs, *tables))
-            values = function(*inputs, *tables)
+            values = _run(function, formula, constants, (*inputs, *tables))
     except Exception as error:  # A failed compile, a damaged cache entry, ...
         return _portable_after(error, signature, formula, inputs, tables, constants)
     _ran.add(signature)
     return values
+
+
+def _run(function, formula, constants, tensors):
+    """`function(*tensors)`, the compiled `formula`; where a gradient is
+    taken, inside one autograd node (`_Recorded`) whose backward is the
+    compiled one, unless autograd records it."""
+    if not (torch.is_grad_enabled() and any(tensor.requires_grad for tensor in tensors)):
+        return function(*tensors)
+    formula = functools.partial(formula, **constants)
+    return _Recorded.apply(function, formula, _marked_copies(tensors), *tensors)
+
+
+class _Recorded(torch.autograd.Function):
+    """The compiled function, run on detached copies of the inputs, as one
+    node of the caller's graph.
+
+    Its backward is AOTAutograd's compiled one, which cannot be
+    differentiated again; where autograd records the backward
+    (`create_graph=True`: a gradient penalty) it is autodiff of the formula
+    instead (`torch_polynomial.differentiable_gradients`), as is a second
+    backward through a retained graph (the compiled graph runs once).
+    The node keeps the inputs, and of the compiled graph its output edges,
+    not its outputs.
+    """
+
+    @staticmethod
+    def forward(ctx, function, formula, copies, *tensors):
+        ctx.set_materialize_grads(False)
+        with torch.enable_grad():
+            outputs = function(*copies)
+        single = isinstance(outputs, torch.Tensor)
+        outputs = (outputs,) if single else tuple(outputs)
+        ctx.formula = formula
+        ctx.copies = copies
+        ctx.edges = [
+            torch.autograd.graph.get_gradient_edge(output) if output.requires_grad else None
+            for output in outputs
+        ]
+        ctx.save_for_backward(*tensors)
+        outputs = tuple(output.detach() for output in outputs)
+        return outputs[0] if single else outputs
+
+    @staticmethod
+    def backward(ctx, *upstream):
+        tensors = ctx.saved_tensors
+        needs = ctx.needs_input_grad[3:]
+        copies, ctx.copies = ctx.copies, None
+        if torch.is_grad_enabled() or copies is None:
+            grads = torch_polynomial.differentiable_gradients(
+                ctx.formula, tensors, upstream, needs, create_graph=torch.is_grad_enabled()
+            )
+            return (None, None, None) + grads
+        pairs = [
+            (edge, grad) for edge, grad in zip(ctx.edges, upstream)
+            if edge is not None and grad is not None
+        ]
+        wanted = [copy for copy, need in zip(copies, needs) if need]
+        if not pairs or not wanted:
+            return (None, None, None) + (None,) * len(tensors)
+        found = iter(
+            torch.autograd.grad(
+                [edge for edge, _ in pairs], wanted, [grad for _, grad in pairs],
+                allow_unused=True,
+            )
+        )
+        return (None, None, None) + tuple(next(found) if need else None for need in needs)
+
+
+def _marked_copies(tensors):
+    """Detached copies of `tensors` that require a gradient where they do,
+    with the marks `call` gives the originals, so that they hit the same
+    compiled graph."""
+    copies = [tensor.detach().requires_grad_(tensor.requires_grad) for tensor in tensors]
+    if tensors[0].dim() >= tensors[-2].dim():
+        torch._dynamo.maybe_mark_dynamic(copies[0], 0)
+    for table in copies[-2:]:
+        torch._dynamo.mark_static(table)
+    return copies
 
 
 def _differentiate_once(function, tensors):
@@ -184,15 +268,10 @@ def _differentiate_once(function, tensors):
     there would otherwise surface in the caller's `backward()`, past any
     fallback. Copies, because a compiled backward may donate its buffers and
     so cannot keep the caller's graph for a second pass."""
-    copies = [tensor.detach().requires_grad_(tensor.requires_grad) for tensor in tensors]
-    wanted = [copy for copy in copies if copy.requires_grad]
-    if not wanted or not torch.is_grad_enabled():
+    if not torch.is_grad_enabled() or not any(tensor.requires_grad for tensor in tensors):
         return
-    # The marks `call` gave the originals, so that the copies hit the same graph.
-    if tensors[0].dim() >= tensors[-2].dim():
-        torch._dynamo.maybe_mark_dynamic(copies[0], 0)
-    for table in copies[-2:]:
-        torch._dynamo.mark_static(table)
+    copies = _marked_copies(tensors)
+    wanted = [copy for copy in copies if copy.requires_grad]
     values = function(*copies)
     outputs = [value for value in torch.utils._pytree.tree_leaves(values) if value.requires_grad]
     if outputs:

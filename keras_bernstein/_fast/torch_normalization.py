@@ -24,6 +24,7 @@ import math
 import keras
 import torch
 
+from keras_bernstein import ops as bernstein_ops
 from keras_bernstein._fast import torch_polynomial
 
 
@@ -128,6 +129,17 @@ class _NormalizedPolynomial(torch.autograd.Function):
     @staticmethod
     def backward(ctx, upstream, _, __):
         rows, gamma, beta, mean, inverse_deviation, coefficients, bounds = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            # A graph of the gradient is wanted (`create_graph=True`), which
+            # the in-place kernels cannot record.
+            return torch_polynomial.differentiable_gradients(
+                lambda *inputs: _normalized_formula(
+                    *inputs, ctx.extrapolation, ctx.epsilon, ctx.shape
+                ),
+                (rows, gamma, beta, coefficients, bounds),
+                upstream,
+                ctx.needs_input_grad[:5],
+            ) + (None, None, None)
         need_rows, need_gamma, need_beta, need_coefficients, need_bounds = (
             ctx.needs_input_grad[:5]
         )
@@ -162,3 +174,10 @@ class _NormalizedPolynomial(torch.autograd.Function):
         return (
             grad_rows, grad_gamma, grad_beta, grad_coefficients, grad_bounds, None, None, None
         )
+
+
+def _normalized_formula(rows, gamma, beta, coefficients, bounds, extrapolation, epsilon, shape):
+    """What `_NormalizedPolynomial` computes, as plain differentiable ops."""
+    mean, variance = _statistics(rows)
+    normalized = (rows - mean) * (torch.rsqrt(variance + epsilon) * gamma) + beta
+    return bernstein_ops._evaluate(normalized.reshape(shape), coefficients, bounds, extrapolation)

@@ -4,7 +4,10 @@ Eager PyTorch pays per kernel and per fresh allocation; plain autodiff of the
 Horner loop launches about 10 kernels per degree and keeps `2 n` tensors alive
 for the backward pass. This `torch.autograd.Function` runs the same Horner
 recurrence in place (three kernels per degree, two buffers), saves only its
-inputs, and recomputes in the backward pass.
+inputs, and recomputes in the backward pass. Where autograd records the
+backward (`create_graph=True`, a gradient penalty), which in-place kernels
+cannot, the backward is autodiff of the plain formula instead
+(`differentiable_gradients`).
 """
 
 import math
@@ -161,9 +164,60 @@ class _BernsteinPolynomial(torch.autograd.Function):
     @staticmethod
     def backward(ctx, upstream):
         x, coefficients, bounds = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            # A graph of the gradient is wanted (`create_graph=True`), which
+            # the in-place kernels cannot record.
+            return differentiable_gradients(
+                lambda x, coefficients, bounds: bernstein_ops._evaluate(
+                    x, coefficients, bounds, ctx.extrapolation
+                ),
+                (x, coefficients, bounds),
+                upstream,
+                ctx.needs_input_grad[:3],
+            ) + (None,)
         return gradients(
             upstream, x, coefficients, bounds, ctx.extrapolation, ctx.needs_input_grad[:3]
         ) + (None,)
+
+
+def differentiable_gradients(formula, inputs, upstream, needs, create_graph=True):
+    """The gradients of `formula(*inputs)` for the upstream gradient(s), by
+    autodiff of the formula with a graph of their own, so that they can be
+    differentiated again: the backward of a fast path when autograd records
+    it (`create_graph=True`, a gradient penalty). `needs` says which inputs
+    want one (the others get `None`); an output whose upstream gradient is
+    `None` is left out. (`create_graph=False`: the same gradients, without
+    a graph.)"""
+    if not isinstance(upstream, (tuple, list)):
+        upstream = (upstream,)
+    if not any(needs):
+        return (None,) * len(inputs)
+    with torch.enable_grad():
+        # Aliases, nodes of their own: the gradient for an input must not
+        # take the paths through another input that depends on it (batch
+        # statistics of `x`), which the caller's graph adds.
+        inputs = [tensor.view_as(tensor) for tensor in inputs]
+        wanted = [tensor for tensor, need in zip(inputs, needs) if need]
+        outputs = formula(*inputs)
+        if not isinstance(outputs, (tuple, list)):
+            outputs = (outputs,)
+        pairs = [(output, grad) for output, grad in zip(outputs, upstream) if grad is not None]
+        if not pairs:
+            return (None,) * len(inputs)
+        found = iter(
+            torch.autograd.grad(
+                [output for output, _ in pairs],
+                wanted,
+                [grad for _, grad in pairs],
+                create_graph=create_graph,
+                allow_unused=True,
+            )
+        )
+    grads = []
+    for tensor, need in zip(inputs, needs):
+        grad = next(found) if need else None
+        grads.append(torch.zeros_like(tensor) if need and grad is None else grad)
+    return tuple(grads)
 
 
 def gradients(upstream, x, coefficients, bounds, extrapolation, needs):

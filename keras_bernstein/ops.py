@@ -84,8 +84,12 @@ def _degree_of_shape(shape):
 
 
 def _plain_shape(shape):
-    """`shape` as a tuple of ints and None, as every backend prints it."""
-    return tuple(None if size is None else int(size) for size in shape)
+    """`shape` as a tuple of ints and None, as every backend prints it; a
+    symbolic size (JAX's shape polymorphism: `model.export`) kept as it is,
+    which has no integer value."""
+    return tuple(
+        int(size) if hasattr(size, "__index__") else size for size in shape
+    )
 
 
 def _broadcast_shapes(*shapes):

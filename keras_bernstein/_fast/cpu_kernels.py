@@ -33,7 +33,9 @@ are broadcast along other than their leading (shared) axes, or the degree
 is above `MAX_DEGREE`, the portable code runs instead, with the same values.
 `KERAS_BERNSTEIN_CPU_KERNEL=0` turns the kernels off. They have no
 derivatives of their own: differentiating through them (a gradient penalty)
-differentiates the portable code they stand for.
+differentiates the portable code they stand for. An exported model
+(`model.export`) holds the portable code instead of them, so that it loads
+where this library is not (`tests/test_export.py`).
 """
 
 import atexit

@@ -7,11 +7,21 @@ one per extrapolation mode and kind (`PolynomialValues`, ...,
 XLA-CPU itself runs the backward's per-neuron sums as one scalar loop: the
 kernels took the benchmark's training step from 1.63x to 1.17x of ReLU's
 (docs/performance.md).
+
+A traced kernel is one primitive (`_KERNEL_OR_REFERENCE`) holding both the
+kernel and the portable function it stands for; its lowering picks one. A
+program lowered for `jax.export` (`model.export`, through jax2tf) gets the
+portable function: an exported program may call no custom call targets of
+its own, which could not run where this library is not loaded (TF Serving).
+Every other lowering (training, `predict`) gets the kernel.
 """
 
 import ctypes
 
 import jax
+from jax.extend import core as jax_core
+from jax.interpreters import batching
+from jax.interpreters import mlir
 import jax.numpy as jnp
 import numpy as np
 
@@ -79,7 +89,9 @@ def call(target, inputs, result_shapes, epsilon=None):
 
 def differentiable(kernel, reference):
     """`kernel` with the derivatives of `reference`, the same function in
-    XLA (a `jax.custom_jvp`): the kernels have no derivative of their own."""
+    XLA (a `jax.custom_jvp`): the kernels have no derivative of their own.
+    Lowered for `jax.export`, `reference` replaces it (`_kernel_or_reference`)."""
+    kernel = _kernel_or_reference(kernel, reference)
     kernel = jax.custom_jvp(kernel)
 
     @kernel.defjvp
@@ -88,3 +100,59 @@ def differentiable(kernel, reference):
         return kernel(*primals), changes
 
     return kernel
+
+
+def _kernel_or_reference(kernel, reference):
+    """`kernel`, a function of arrays calling kernels, as one
+    `_KERNEL_OR_REFERENCE` primitive that lowers to `reference` (a function
+    of the same arrays, returning the same structure) for `jax.export`."""
+
+    def function(*inputs):
+        if not any(isinstance(value, jax.core.Tracer) for value in inputs):
+            return kernel(*inputs)  # run at once: nothing is lowered
+        jaxpr, shapes = jax.make_jaxpr(kernel, return_shape=True)(*inputs)
+        structure = jax.tree.structure(shapes)
+        outputs = _KERNEL_OR_REFERENCE.bind(
+            *inputs, jaxpr=jaxpr, reference=_flat(reference)
+        )
+        return jax.tree.unflatten(structure, outputs)
+
+    return function
+
+
+def _flat(function):
+    return lambda *inputs: jax.tree.leaves(function(*inputs))
+
+
+def _abstract_outputs(*inputs, jaxpr, reference):
+    return jaxpr.out_avals
+
+
+def _run(*inputs, jaxpr, reference):
+    return jax_core.jaxpr_as_fun(jaxpr)(*inputs)
+
+
+def _lowering(context, *inputs, jaxpr, reference):
+    # Set by jax.export (jax2tf, model.export) on exactly the lowerings it checks for custom calls.
+    if getattr(context.module_context.lowering_parameters, "for_export", False):
+        function = reference
+    else:
+        function = jax_core.jaxpr_as_fun(jaxpr)
+    return mlir.lower_fun(function, multiple_results=True)(context, *inputs)
+
+
+def _batched(inputs, axes, *, jaxpr, reference):
+    """Both functions under `jax.vmap` (the kernels run one item at a time,
+    `vmap_method="sequential"`), as one primitive again."""
+    in_axes = tuple(axes)
+    kernel = jax.vmap(_flat(jax_core.jaxpr_as_fun(jaxpr)), in_axes)
+    outputs = _kernel_or_reference(kernel, jax.vmap(reference, in_axes))(*inputs)
+    return outputs, [0] * len(outputs)
+
+
+_KERNEL_OR_REFERENCE = jax_core.Primitive("keras_bernstein_cpu_kernel")
+_KERNEL_OR_REFERENCE.multiple_results = True
+_KERNEL_OR_REFERENCE.def_impl(_run)
+_KERNEL_OR_REFERENCE.def_abstract_eval(_abstract_outputs)
+mlir.register_lowering(_KERNEL_OR_REFERENCE, _lowering)
+batching.primitive_batchers[_KERNEL_OR_REFERENCE] = _batched

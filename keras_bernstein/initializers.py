@@ -39,6 +39,7 @@ class ActivationCoefficients(keras.initializers.Initializer):
         self.activation = "linear" if activation == "identity" else activation
         self._function = keras.activations.get(self.activation)
         self.bounds = check_bounds(bounds)
+        self._checked_degrees = set()
         # The ends are nodes of every degree: an activation that overflows
         # there is refused before any degree is known.
         self._values(np.array(self.bounds), "the ends of")
@@ -57,6 +58,7 @@ class ActivationCoefficients(keras.initializers.Initializer):
                 "their binomials C(n, k) exceed float32's range. Received: "
                 f"bounds={self.bounds}"
             )
+        self._checked_degrees.add(degree)
         return values
 
     def _nodes(self, degree):
@@ -81,9 +83,12 @@ class ActivationCoefficients(keras.initializers.Initializer):
                 "`ActivationCoefficients` needs a last axis of degree + 1 >= 2. "
                 f"Received: shape={shape}"
             )
-        # Tensor ops only, no NumPy round trip: Keras may build a layer inside a
-        # trace (a subclassed model's first `fit`, or its reload), where values
-        # are symbolic. The layer checks them with `coefficients` eagerly.
+        # Checked in NumPy once per degree (a layer does it when constructed),
+        # then computed with tensor ops: Keras may build a layer inside a trace
+        # (a subclassed model's first `fit`, or its reload), where values are
+        # symbolic.
+        if degree not in self._checked_degrees:
+            self.coefficients(degree)
         dtype = dtype or "float32"
         values = self._function(ops.convert_to_tensor(self._nodes(degree), dtype="float32"))
         # A product, not `broadcast_to`: PyTorch's broadcast is a view that the

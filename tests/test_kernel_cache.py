@@ -341,6 +341,29 @@ def test_a_failed_load_falls_back_with_one_warning(built, cache, compiler, monke
     np.testing.assert_array_equal(kernel, portable)
 
 
+@pytest.mark.skipif(not HAS_KERNELS, reason="no CPU kernels on this backend")
+def test_a_front_end_that_cannot_be_imported_falls_back_with_one_warning(cache, monkeypatch):
+    import keras_bernstein._fast as fast
+
+    cpu_kernels = _cpu_kernels()
+    name = {"jax": "jax_cpu_kernel", "tensorflow": "tensorflow_cpu_kernel"}[BACKEND]
+    # A framework release without the APIs the front end uses fails its import.
+    monkeypatch.setitem(sys.modules, f"keras_bernstein._fast.{name}", None)
+    monkeypatch.delattr(fast, name)
+    cpu_kernels._backend.cache_clear()
+    try:
+        with warnings.catch_warnings(record=True) as record:
+            warnings.simplefilter("always")
+            kernel, portable = _kernel_and_portable(monkeypatch)
+        assert len([m for m in _messages(record) if "could not be imported" in m]) == 1
+        assert not cpu_kernels.enabled()
+        np.testing.assert_array_equal(kernel, portable)
+    finally:
+        monkeypatch.undo()
+        cpu_kernels._backend.cache_clear()
+    assert cpu_kernels._backend() is not None
+
+
 # Other processes.
 
 _PROCESS = """

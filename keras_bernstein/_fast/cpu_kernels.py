@@ -95,17 +95,27 @@ _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _DIRECTORY = getattr(os, "O_DIRECTORY", 0)
 
 
+@functools.cache
 def _backend():
-    """The backend's kernel module, or None where it has none."""
+    """The backend's kernel module, or None where it has none or it cannot
+    be imported (a framework release without the APIs it uses: one warning)."""
     backend = keras.backend.backend()
-    if backend == "jax":
-        from keras_bernstein._fast import jax_cpu_kernel
+    try:
+        if backend == "jax":
+            from keras_bernstein._fast import jax_cpu_kernel
 
-        return jax_cpu_kernel
-    if backend == "tensorflow":
-        from keras_bernstein._fast import tensorflow_cpu_kernel
+            return jax_cpu_kernel
+        if backend == "tensorflow":
+            from keras_bernstein._fast import tensorflow_cpu_kernel
 
-        return tensorflow_cpu_kernel
+            return tensorflow_cpu_kernel
+    except Exception as error:
+        warnings.warn(
+            "keras_bernstein: the CPU kernels of the Bernstein activation are off: "
+            f"their {backend} front end could not be imported ({type(error).__name__}: "
+            f"{error}), so the portable code computes it (slower training steps on CPU).",
+            stacklevel=2,
+        )
     return None
 
 

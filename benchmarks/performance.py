@@ -119,6 +119,9 @@ def train_times(models, x, y, repeats, steps):
 def run_backend_child(script, backend, argv, single_thread=True, extra_env=None):
     """Runs `script --child argv` under `backend`; returns its RESULT dict."""
     env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3", **(extra_env or {}))
+    # Steady state: PyTorch compiles at the first call, not once compiling
+    # has paid (the default), which the warm-up steps would not reach.
+    env.setdefault("KERAS_BERNSTEIN_TORCH_COMPILE", "always")
     if single_thread:
         env.update(SINGLE_THREAD_ENV)
         env["CUDA_VISIBLE_DEVICES"] = ""

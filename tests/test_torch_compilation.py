@@ -110,3 +110,93 @@ def test_layer_gradient_penalty_matches_float64_autodiff(layer, training, compil
         assert a.shape == b.shape, index
         scale = np.abs(b).max() + 1.0
         np.testing.assert_allclose(a, b, rtol=0, atol=5e-5 * scale, err_msg=str(index))
+
+
+def small_model(units=4):
+    model = keras.Sequential(
+        [keras.Input((6,)), BernsteinDense(units, degree=3), keras.layers.Dense(1)]
+    )
+    model.compile("adam", "mse")
+    return model
+
+
+def compilations():
+    """Graphs Dynamo has compiled in this process, and signatures that
+    `torch_compilation` compiled."""
+    import torch
+
+    from keras_bernstein._fast import torch_compilation
+
+    return (
+        torch._dynamo.utils.counters["stats"]["unique_graphs"],
+        len(torch_compilation._compile_seconds),
+    )
+
+
+def fail_instead_of_eager(error, *arguments):
+    raise AssertionError("the compiled polynomial failed and ran eagerly") from error
+
+
+def test_a_second_model_of_the_same_degree_compiles_nothing(torch_compiled):
+    """Layers and models of the same degree, width and extrapolation share
+    the compiled functions, whatever their batch size."""
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(32, 6)), rng.normal(size=(32, 1))
+    first = small_model()
+    first.train_on_batch(x, y)
+    first.predict_on_batch(x)
+    assert set(torch_compiled) == {"_evaluate_batch_normalized", "_evaluate_normalized"}
+    before = compilations()
+    second = small_model()
+    second.train_on_batch(x[:20], y[:20])
+    second.train_on_batch(x, y)
+    second.predict_on_batch(x[:7])
+    assert compilations() == before
+
+
+def test_auto_policy_compiles_a_signature_once_it_has_paid(monkeypatch):
+    """`KERAS_BERNSTEIN_TORCH_COMPILE=auto`: the eager kernels run until a
+    signature's eager time exceeds the expected compile time, with the same
+    values; a signature used a few times is never compiled."""
+    import torch
+
+    from keras_bernstein._fast import torch_compilation
+
+    monkeypatch.setenv("KERAS_BERNSTEIN_TORCH_COMPILE", "auto")
+    monkeypatch.setattr(torch_compilation, "_compiler_works", None)
+    monkeypatch.setattr(torch_compilation, "_portable_after", fail_instead_of_eager)
+    monkeypatch.setattr(torch_compilation, "_eager_seconds", {})
+    monkeypatch.setattr(torch_compilation, "_bought", set())
+    monkeypatch.setattr(torch_compilation, "_compile_seconds", [])
+    compiled = []
+    run = torch_compilation._run
+    monkeypatch.setattr(
+        torch_compilation, "_run", lambda *a: compiled.append(a[1]) or run(*a)
+    )
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(size=(32, 6)), rng.normal(size=(32, 1))
+    model = small_model(units=5)
+    before = compilations()
+    for _ in range(3):
+        model.train_on_batch(x, y)
+    model.predict_on_batch(x)
+    assert not compiled and compilations() == before
+    assert torch_compilation._compiler_works is None, "probed without compiling"
+    rented = dict(torch_compilation._eager_seconds)
+    assert len(rented) == 2 and all(seconds > 0 for seconds in rented.values())
+
+    # Once the eager time exceeds the expected compile time, compiled.
+    monkeypatch.setattr(torch_compilation, "FIRST_COMPILE_ESTIMATE", 0.0)
+    # (The signature of the layer test above, compiled there when run first.)
+    polynomial_inputs = [
+        torch.tensor(rng.normal(size=(24, 5)), dtype=torch.float32, requires_grad=True),
+        torch.tensor(rng.normal(size=(5, 4)), dtype=torch.float32, requires_grad=True),
+        torch.tensor([[-1.0, 2.0]] * 5),
+    ]
+    eager = bernstein_ops.bernstein_polynomial(*polynomial_inputs, "clip")
+    assert torch_compilation._bought and not compiled
+    values = bernstein_ops.bernstein_polynomial(*polynomial_inputs, "clip")
+    assert len(compiled) == 1
+    np.testing.assert_allclose(
+        values.detach().numpy(), eager.detach().numpy(), rtol=1e-5, atol=1e-6
+    )

@@ -26,10 +26,13 @@ Two things the speed depends on, both measured:
 Used for CPU tensors when a C++ compiler works (probed once per process);
 otherwise, and on accelerators, the eager kernels of `torch_polynomial` and
 `torch_normalization` run instead. Setting the environment variable
-`KERAS_BERNSTEIN_TORCH_COMPILE=0` turns compilation off. The first call of
-each polynomial (per degree, extrapolation, training or inference) compiles
-for a few seconds, and runs its backward once, so that the backward is
-compiled then too; Inductor caches the result on disk for later processes
+`KERAS_BERNSTEIN_TORCH_COMPILE` says when to compile (`policy`): by default
+(`auto`) a signature runs the eager kernels until they have spent what
+compiling it is expected to cost; `always` compiles at its first call, `0`
+never. Compiling a polynomial (per degree, width, extrapolation, dtype,
+training or inference, shared by every layer and model) takes a few
+seconds, and runs its backward once, so that the backward is compiled then
+too; Inductor caches the result on disk for later processes
 (`$TORCHINDUCTOR_CACHE_DIR`, else a per-user folder in the system's temporary
 folder), which must be the user's alone (`_private_inductor_cache`). Where
 compiling or loading fails at a call (a damaged cache entry), that call and
@@ -40,6 +43,7 @@ warning.
 import functools
 import os
 import pathlib
+import time
 import types
 import warnings
 import weakref
@@ -72,16 +76,67 @@ _tables = {}
 MAX_DEGREE = 16
 
 
+# Where compiling has not yet paid for itself ("auto"), a first guess of
+# what compiling a polynomial's signature costs, in seconds, until one has
+# been measured in this process: the forward and backward of degree 8 took
+# 10-20 s from a cold cache on two CPU cores, 2-4 s from a warm one.
+FIRST_COMPILE_ESTIMATE = 10.0
+# The eager time of a training call's backward, in forward calls (measured
+# 1.5-2.5 for the eager kernels); only the forward is timed.
+BACKWARD_FACTOR = 2.0
+
+_POLICIES = {
+    "0": "off", "false": "off", "no": "off", "off": "off",
+    "auto": "auto", "": "auto",
+    "1": "always", "true": "always", "yes": "always", "on": "always", "always": "always",
+}
+_unknown_policy_warned = False
+# Per signature of `_rental_key`: the eager seconds spent, and those compiled.
+_eager_seconds = {}
+_bought = set()
+# Seconds that compiling a signature took in this process (first calls).
+_compile_seconds = []
+
+
+def policy():
+    """When the polynomial is compiled, from `$KERAS_BERNSTEIN_TORCH_COMPILE`:
+    `"off"` (`0`), never; `"always"` (`1`, `always`), at the first call of
+    each signature; `"auto"` (`auto`, the default), once the eager kernels'
+    time spent on a signature exceeds what compiling it is expected to cost
+    (a ski-rental rule: at most about twice the cost of the better choice
+    made in advance)."""
+    global _unknown_policy_warned
+    value = os.environ.get(_DISABLE_VARIABLE, "auto").strip().lower()
+    chosen = _POLICIES.get(value)
+    if chosen is None:
+        if not _unknown_policy_warned:
+            _unknown_policy_warned = True
+            warnings.warn(
+                f"keras_bernstein: {_DISABLE_VARIABLE}={value!r} is none of 0, auto, "
+                "always; auto is used.",
+                stacklevel=4,
+            )
+        chosen = "auto"
+    return chosen
+
+
 def supports(x, degree):
-    """Whether the compiled polynomial of `degree` takes `x`: a CPU tensor,
-    a degree of at most `MAX_DEGREE`, with compilation on and working."""
-    return x.device.type == "cpu" and 0 < degree <= MAX_DEGREE and _compilation_works()
+    """Whether the compiled polynomial of `degree` may take `x`: a CPU
+    tensor, a degree of at most `MAX_DEGREE`, with compilation on and not
+    found broken (`call` decides when to compile, by `policy`)."""
+    if not (x.device.type == "cpu" and 0 < degree <= MAX_DEGREE):
+        return False
+    chosen = policy()
+    if chosen == "auto":
+        # Probed when a signature is first compiled, not before.
+        return _compiler_works is not False
+    return chosen == "always" and _compilation_works()
 
 
 def _compilation_works():
     global _compiler_works
     if _compiler_works is None:
-        if os.environ.get(_DISABLE_VARIABLE, "1").strip().lower() in ("0", "false", "no"):
+        if policy() == "off":
             _compiler_works = False
             return False
         try:
@@ -144,6 +199,12 @@ def call(formula, *tensors, tabulated=None, **constants):
     """
     if torch.compiler.is_compiling():
         return formula(*tensors, **constants)
+    if policy() == "auto":
+        rental = _rental_key(formula, tensors, constants)
+        if rental not in _bought:
+            return _rent(rental, formula, tensors, constants)
+        if not _compilation_works():
+            return _eager(formula, tensors, constants)
     *inputs, coefficients, bounds = tensors
     degree = coefficients.shape[-1] - 1
     if tabulated is not None and not (
@@ -171,6 +232,7 @@ def call(formula, *tensors, tabulated=None, **constants):
     try:
         if signature in _ran:
             return _run(function, formula, constants, (*inputs, *tables))
+        start = time.perf_counter()
         with warnings.catch_warnings():
             # Compiling traces Keras' dtype helpers, whose `functools` caches
             # Dynamo reports, and imports Inductor modules that use TorchScript.
@@ -181,7 +243,60 @@ def call(formula, *tensors, tabulated=None, **constants):
     except Exception as error:  # A failed compile, a damaged cache entry, ...
         return _portable_after(error, signature, formula, inputs, tables, constants)
     _ran.add(signature)
+    _compile_seconds.append(time.perf_counter() - start)
     return values
+
+
+def _rental_key(formula, tensors, constants):
+    """What the eager time is counted per: the formula, the table shapes,
+    the constants, the dtype, and whether a gradient is taken (training and
+    inference compile apart). Not the batch size, which the compiled
+    function takes as dynamic, nor the layer or the model."""
+    *inputs, coefficients, bounds = tensors
+    gradient = torch.is_grad_enabled() and any(tensor.requires_grad for tensor in tensors)
+    return (
+        formula, tuple(coefficients.shape), tuple(bounds.shape), inputs[0].dtype, gradient
+    ) + tuple(sorted(constants.items()))
+
+
+def _rent(rental, formula, tensors, constants):
+    """The eager kernels' values for a signature not yet worth compiling;
+    marks it for compiling once its eager time exceeds the expected cost."""
+    start = time.perf_counter()
+    values = _eager(formula, tensors, constants)
+    seconds = time.perf_counter() - start
+    if rental[4]:
+        seconds *= 1.0 + BACKWARD_FACTOR
+    spent = _eager_seconds[rental] = _eager_seconds.get(rental, 0.0) + seconds
+    if spent >= expected_compile_seconds():
+        _bought.add(rental)
+    return values
+
+
+def expected_compile_seconds():
+    """What compiling one more signature is expected to cost: the longest
+    compile measured in this process, else `FIRST_COMPILE_ESTIMATE`."""
+    return max(_compile_seconds) if _compile_seconds else FIRST_COMPILE_ESTIMATE
+
+
+def _eager(formula, tensors, constants):
+    """`formula(*tensors, **constants)` by the eager kernels
+    (`torch_polynomial`, `torch_normalization`): the same values, and
+    gradients, differentiable twice."""
+    from keras_bernstein._fast import torch_normalization
+
+    name = formula.__name__
+    if name == "_evaluate":
+        return torch_polynomial.bernstein_polynomial(*tensors, constants["extrapolation"])
+    if name == "_evaluate_normalized":
+        x, mean, inverse_deviation, scale, offset, coefficients, bounds = tensors
+        normalized = torch.addcmul(offset, x - mean, inverse_deviation * scale)
+        return torch_polynomial.bernstein_polynomial(
+            normalized, coefficients, bounds, constants["extrapolation"]
+        )
+    if name == "_evaluate_batch_normalized" and torch_normalization.supports(tensors[0]):
+        return torch_normalization.batch_normalized_polynomial(*tensors, **constants)
+    return formula(*tensors, **constants)
 
 
 def _run(function, formula, constants, tensors):

@@ -109,6 +109,16 @@ def normalized_polynomial(layer, inputs, coefficients, bounds, extrapolation):
     return values
 
 
+def batch_normalized_polynomial(x, scale, offset, coefficients, bounds, epsilon, extrapolation):
+    """`ops.batch_normalized_bernstein_polynomial` as one autograd node, for
+    `x` that `supports`: `(values, mean, variance)`, the statistics without
+    a gradient."""
+    rows = x.reshape(-1, x.shape[-1])
+    return _NormalizedPolynomial.apply(
+        rows, scale, offset, coefficients, bounds, extrapolation, epsilon, x.shape
+    )
+
+
 class _NormalizedPolynomial(torch.autograd.Function):
     @staticmethod
     def forward(ctx, rows, gamma, beta, coefficients, bounds, extrapolation, epsilon, shape):

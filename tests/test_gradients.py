@@ -827,14 +827,6 @@ def test_gradient_penalty_matches_float64_autodiff(
     `create_graph=True`), through each backend's fast path (compiled by
     TorchInductor or not on PyTorch); against autodiff of the plain formula
     in float64."""
-    if function == "normalized" and (
-        BACKEND == "tensorflow" or (BACKEND == "jax" and extrapolation == "clip")
-    ):
-        # TensorFlow: XLA's variadic reduction has no gradient; JAX: its
-        # custom gradient passes a symbolic zero on to a reshape.
-        request.applymarker(
-            pytest.mark.xfail(strict=True, reason="not differentiable twice on this backend")
-        )
     if compiled:
         names = request.getfixturevalue("torch_compiled")
     degree = 3

@@ -145,12 +145,28 @@ def sum_many_to_shape(tensors, shape):
     axes = list(reduced_axes(tensors[0].shape, shape))
     dtype = tensors[0].dtype
     accumulate = tf.float32 if dtype.size < 4 else dtype
-    operands = [tf.cast(tensor, accumulate) for tensor in tensors]
-    sums = []
-    for start in range(0, len(operands), MAX_SUM_OPERANDS):
-        group = operands[start : start + MAX_SUM_OPERANDS]
-        zeros = [tf.zeros([], accumulate)] * len(group)
-        sums += xla.variadic_reduce(
-            group, zeros, dimensions_to_reduce=axes, reducer=_adder(len(group), accumulate)
-        )
-    return [tf.cast(tf.reshape(total, shape), dtype) for total in sums]
+
+    # XLA's variadic reduction has no gradient of its own; a sum's is the
+    # upstream broadcast back (a gradient penalty differentiates these sums).
+    @tf.custom_gradient
+    def summed(*tensors):
+        operands = [tf.cast(tensor, accumulate) for tensor in tensors]
+        sums = []
+        for start in range(0, len(operands), MAX_SUM_OPERANDS):
+            group = operands[start : start + MAX_SUM_OPERANDS]
+            zeros = [tf.zeros([], accumulate)] * len(group)
+            sums += xla.variadic_reduce(
+                group, zeros, dimensions_to_reduce=axes, reducer=_adder(len(group), accumulate)
+            )
+
+        def gradient(*upstream):
+            return [
+                tf.zeros_like(tensor)
+                if grad is None
+                else tf.broadcast_to(tf.cast(grad, tensor.dtype), tf.shape(tensor))
+                for tensor, grad in zip(tensors, upstream)
+            ]
+
+        return [tf.cast(tf.reshape(total, shape), dtype) for total in sums], gradient
+
+    return summed(*tensors)

@@ -228,17 +228,22 @@ def test_subclassed_model_builds_in_fit_and_reloads_its_weights(
 ):
     # `fit` builds the model itself (nothing calls it first), as with ReLU.
     model = SubclassedBernsteinNetwork(activation, coefficient_initializer)
-    model.compile(optimizer="adam", loss="mse")
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((32, 5)).astype("float32")
-    model.fit(x, x[:, :1], epochs=1, batch_size=8, verbose=0)
-    path = os.path.join(tmp_path, "subclassed.keras")
-    model.save(path)
-    loaded = keras.saving.load_model(path)
+    model, loaded, x = _trained_and_reloaded(model, tmp_path)
     assert loaded.built
     for original, revived in zip(model.weights, loaded.weights):
         np.testing.assert_array_equal(_numpy(revived), _numpy(original))
     np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
+
+
+def _trained_and_reloaded(model, folder):
+    """`(model, loaded, x)`: `model` fitted for an epoch on `x`, saved as
+    `.keras` and loaded again."""
+    model.compile(optimizer="adam", loss="mse")
+    x = np.random.default_rng(0).standard_normal((32, 5)).astype("float32")
+    model.fit(x, x[:, :1], epochs=1, batch_size=8, verbose=0)
+    path = os.path.join(folder, "model.keras")
+    model.save(path)
+    return model, keras.saving.load_model(path), x
 
 
 def _sequential_network():
@@ -253,14 +258,9 @@ def _functional_network():
     return keras.Model(inputs, keras.layers.Dense(1)(hidden))
 
 
-@pytest.mark.parametrize("build", [_sequential_network, _functional_network], ids=["sequential", "functional"])
+@pytest.mark.parametrize(
+    "build", [_sequential_network, _functional_network], ids=["sequential", "functional"]
+)
 def test_trained_model_reloads_with_identical_predictions(build, tmp_path):
-    model = build()
-    model.compile(optimizer="adam", loss="mse")
-    rng = np.random.default_rng(1)
-    x = rng.standard_normal((32, 5)).astype("float32")
-    model.fit(x, x[:, :1], epochs=1, batch_size=8, verbose=0)
-    path = os.path.join(tmp_path, "model.keras")
-    model.save(path)
-    loaded = keras.saving.load_model(path)
+    model, loaded, x = _trained_and_reloaded(build(), tmp_path)
     np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))

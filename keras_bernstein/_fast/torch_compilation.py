@@ -23,14 +23,18 @@ Two things the speed depends on, both measured:
   took 1.9 ms to store a `(256, 512)` mask that a float pass writes in 0.06
   (hence `ops._evaluate_at`'s relu form of the linear extrapolation).
 
-Used for CPU tensors when a C++ compiler works (probed once per process);
-otherwise, and on accelerators, the eager kernels of `torch_polynomial` and
-`torch_normalization` run instead. Setting the environment variable
+Used for CPU tensors when a C++ compiler works (probed once per process,
+or by the first compile under `auto`); otherwise, and on accelerators, the
+eager kernels of `torch_polynomial` and `torch_normalization` run instead.
+Inside an enclosing `torch.compile` (Keras' `jit_compile=True`) the formula
+is traced into that graph as plain ops, whatever the policy. Setting the environment variable
 `KERAS_BERNSTEIN_TORCH_COMPILE` says when to compile (`policy`): by default
 (`auto`) a signature runs the eager kernels until they have spent what
 compiling it is expected to cost; `always` compiles at its first call, `0`
 never. Compiling a polynomial (per degree, width, extrapolation, dtype,
-training or inference, shared by every layer and model) takes a few
+training or inference, input shape but the batch size, and a single row
+apart; shared by every layer and model; each its own code object, so Dynamo
+never recompiles one up to its `recompile_limit`) takes a few
 seconds, and runs its backward once, so that the backward is compiled then
 too; Inductor caches the result on disk for later processes
 (`$TORCHINDUCTOR_CACHE_DIR`, else a per-user folder in the system's temporary
@@ -126,6 +130,10 @@ def supports(x, degree):
     found broken (`call` decides when to compile, by `policy`)."""
     if not (x.device.type == "cpu" and 0 < degree <= MAX_DEGREE):
         return False
+    if torch.compiler.is_compiling():
+        # Traced inline into the enclosing graph (`call`), whatever the
+        # policy: the eager kernels would only break that graph.
+        return True
     chosen = policy()
     if chosen == "auto":
         # Probed when a signature is first compiled, not before.
@@ -203,8 +211,10 @@ def call(formula, *tensors, tabulated=None, **constants):
         rental = _rental_key(formula, tensors, constants)
         if rental not in _bought:
             return _rent(rental, formula, tensors, constants)
-        if not _compilation_works():
+        if _compiler_works is False:
             return _eager(formula, tensors, constants)
+        # No probe: the first compile is one (`_portable_after`).
+        _private_inductor_cache()
     *inputs, coefficients, bounds = tensors
     degree = coefficients.shape[-1] - 1
     if tabulated is not None and not (
@@ -214,19 +224,28 @@ def call(formula, *tensors, tabulated=None, **constants):
         inputs, tables = inputs[:1], _kept_tables(tabulate, tensors[1:])
     else:
         tables = (_static_table(coefficients), _static_table(bounds))
+    batched = inputs[0].dim() >= coefficients.dim()
     # Per table shape too: Dynamo would otherwise make a second layer's
     # table sizes symbolic, the degree among them.
     key = (formula,) + tuple(tuple(table.shape) for table in tables)
     key += tuple(sorted(constants.items()))
-    function = _compiled.get(key)
+    # What Dynamo's guards tell apart, each its own compiled function (and
+    # code object), so that no mix of models, modes and batch sizes reaches
+    # Dynamo's limit of compiled graphs per code object (`recompile_limit`):
+    # a single row is a static size of its own.
+    signature = key + (
+        torch.is_grad_enabled(),
+        inputs[0].dtype,
+        tuple(inputs[0].shape[1:]) if batched else tuple(inputs[0].shape),
+        batched and inputs[0].shape[0] <= 1,
+    )
+    signature += tuple(tensor.requires_grad for tensor in (*inputs, *tables))
+    function = _compiled.get(signature)
     if function is None:
-        function = _compiled[key] = _compile(formula, constants, degree)
-    if inputs[0].dim() >= coefficients.dim():
+        function = _compiled[signature] = _compile(formula, constants, degree)
+    if batched:
         # One compiled graph for every batch size, not one per size.
         torch._dynamo.maybe_mark_dynamic(inputs[0], 0)
-    # What Dynamo's guards tell apart; a new signature may compile.
-    signature = (key, torch.is_grad_enabled(), inputs[0].dtype)
-    signature += tuple(tensor.requires_grad for tensor in (*inputs, *tables))
     if signature in _failed:
         return formula(*inputs, *tables, **constants)
     try:
@@ -399,8 +418,12 @@ def _portable_after(error, signature, formula, inputs, tables, constants):
     """`formula` run eagerly, for this call and every later one of
     `signature`, after the compiled function raised `error`; one warning per
     process."""
-    global _failure_warned
+    global _compiler_works, _failure_warned
     _failed.add(signature)
+    if _compiler_works is None and not _ran:
+        # The first compile of an unprobed process ("auto"): later
+        # signatures would fail alike, so they run eagerly without trying.
+        _compiler_works = False
     if not _failure_warned:
         _failure_warned = True
         warnings.warn(

@@ -364,9 +364,9 @@ def peak_memories(args, backend):
     """`{model: [peak bytes, one per repeat]}`, each from a fresh process, the
     models taken in turn in every repeat.
 
-    One process per figure is noisy: in the thirteenth session TensorFlow's
-    ReLU model read 74 to 90 MiB in four runs of the same code, which alone
-    moved the ratio between 1.50x and 1.71x.
+    One process per figure is noisy: TensorFlow's ReLU model has read 74 to
+    90 MiB in four runs of the same code, which alone moved the ratio between
+    1.50x and 1.71x.
     """
     names = ("relu", "bernstein", "bernstein_no_bn")
     peaks = {name: [] for name in names}

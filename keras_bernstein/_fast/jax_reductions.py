@@ -8,8 +8,8 @@ Three things, all measured on a training step (docs/performance.md):
   materialised the powers of `t` they share (a `(4096, 512)` activation's
   gradient: 176 MiB and 162 ms of temporaries before, 0 and 50 ms after). On
   GPU they stay separate sums. XLA-GPU computes all the products in one
-  kernel, stores them and then reduces them, in every form tried on an H100
-  (ninth session): grouped variadic reductions measured mixed (a (4096,
+  kernel, stores them and then reduces them, in every form tried on an
+  H100: grouped variadic reductions measured mixed (a (4096,
   2048) activation at degree 8: 0.71-0.75 against 0.65 ms; batch-normalized
   0.83-1.07 against 1.05 ms; one step run 1.13x against 1.21x of ReLU's
   with BN, 1.20-1.22x against 1.16x without), not adopted without a repeat;

@@ -6,7 +6,7 @@ Trains an MNIST MLP (784 → 4×128 → 10, Bernstein or ReLU) for one epoch on
 The overhead is the callback's work at the end of an epoch (the median of
 timed `on_epoch_end` calls, which is all it adds to `fit`) over the median
 epoch time without it. (Timing whole epochs with and without the callback
-and subtracting drowned a ~1% effect in the noise of a shared machine.)
+and subtracting loses an effect this small in the noise of a shared machine.)
 Single-threaded, one child process per backend.
 
 Usage:

@@ -36,7 +36,7 @@ SINGLE_THREAD_ENV = {
 # a process' resident set is what it holds live (peak-memory children only).
 MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "65536"}
 
-# Peak DRAM bandwidth of the GPUs we were lent, for the "fraction of peak" column.
+# Peak DRAM bandwidth of known GPUs, for the "fraction of peak" column.
 PEAK_BANDWIDTH = {"H100 80GB HBM3": 3.35e12, "H100": 3.35e12, "H200": 4.8e12}
 
 
@@ -84,10 +84,10 @@ def interleaved(functions, repeats, steps):
     """Seconds per call of each function, one timing per repeat, timed
     round-robin in a new random order every repeat.
 
-    A function runs slower right after one with large temporaries: timed
-    always after the power form, JAX's ReLU step read 15.2-15.5 ms against
-    13.6-13.7 ms without it (the ratios to it 0.12-0.15 too low). A shuffled
-    order spreads that over every function.
+    A function runs slower right after one with large temporaries (timed
+    always after the power form, the ReLU model's step is slower and every
+    ratio to it too low; docs/design-notes.md). A shuffled order spreads
+    that over every function.
     """
     import numpy as np
 
@@ -364,9 +364,9 @@ def peak_memories(args, backend):
     """`{model: [peak bytes, one per repeat]}`, each from a fresh process, the
     models taken in turn in every repeat.
 
-    One process per figure is noisy: TensorFlow's ReLU model has read 74 to
-    90 MiB in four runs of the same code, which alone moved the ratio between
-    1.50x and 1.71x.
+    One process per figure is noisy: the same model's peak varies between
+    processes (most on TensorFlow), enough to move a ratio by more than the
+    differences being measured.
     """
     names = ("relu", "bernstein", "bernstein_no_bn")
     peaks = {name: [] for name in names}

@@ -1,8 +1,8 @@
 """Training-step time of Bernstein MLPs relative to ReLU MLPs, per backend.
 
-The headline table of the README: one child process per backend (a Keras
-backend cannot change inside a process), each single-threaded; inside a
-child the models are timed interleaved (a new random order in every repeat,
+The training-step rows of docs/performance.md: one child process per
+backend (a Keras backend cannot change inside a process), each
+single-threaded; inside a child the models are timed interleaved (a new random order in every repeat,
 the power form in a round of its own) and the median over repeats of the
 per-repeat ratio to the ReLU MLP is reported, so slow drifts of a shared
 machine cancel. `benchmarks/performance.py` adds predict, degree,

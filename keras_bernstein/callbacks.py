@@ -1,39 +1,23 @@
-"""Monitoring of activation health: dead neurons and bounds coverage.
+"""Monitoring of activation health during `fit`, and the bounds update.
 
-Everything here reads a model through one probing helper, `_forward`, which
-runs the model's graph in inference mode and, at every monitored layer, splits
-the layer into its *pre-activation* `z` (the tensor fed to the elementwise
-nonlinearity) and the nonlinearity `σ(z)`:
-
-- `BernsteinDense`: `z = layer.pre_activation(inputs)`, `σ = layer.bernstein`;
-- `Bernstein`, `Activation`, `ReLU`, `LeakyReLU`, `PReLU`, `ELU`: `z` is the
-  layer's input, `σ` the layer itself;
-- `Dense`, `Conv*` and any other layer with an `activation=`: `z` is the
-  layer's output before the activation (computed by a weightless twin of the
-  layer with a linear activation, on the layer's own variables; the layer is
-  not modified), `σ = layer.activation`.
+The measures read the model through `keras_bernstein._probing`, which runs
+the model's graph in inference mode and records, at every monitored layer,
+the *pre-activation* `z` fed to its elementwise nonlinearity `σ(z)` (see
+that module for how each kind of layer is split, and what a unit is).
 
 On top of it sit `collect_pre_activations` (the raw `z`, e.g. to fit bounds to
 observed quantiles), `dead_units` / `dead_neuron_ratio` and
 `out_of_bounds_ratio`, and the callbacks `DeadNeuronRatio` and
 `BoundsCoverage` that write those figures into the `logs` of `model.fit`.
+`BoundsUpdate` widens the Bernstein intervals toward the probed `z` with
+`keras_bernstein.transforms.rebound`.
 
 Probing never changes training: layers run with `training=False` (batch
 normalization statistics are not updated, dropout draws no random numbers),
 no variable is assigned, and gradients are taken with respect to the probe's
-own tensors only (see `keras_bernstein._autodiff`).
-
-A *unit* (neuron) is one feature along the channel axis (the last axis, or
-axis 1 for `data_format="channels_first"` layers); the other axes (spatial
-positions, time steps) count as further samples of the same unit. Layers with
-per-neuron activation parameters (`Bernstein`, `PReLU`) use their own neuron
-grid instead: one unit per set of coefficients (or `alpha`), with
-`shared_axes` counting as samples.
+own tensors only.
 """
 
-import functools
-import inspect
-import itertools
 import numbers
 
 import keras
@@ -41,581 +25,25 @@ import numpy as np
 from keras import ops
 
 from keras_bernstein import _autodiff
+from keras_bernstein._arguments import check_interval
 from keras_bernstein._arguments import check_nonnegative_number
 from keras_bernstein._arguments import check_positive_integer
-from keras_bernstein.layers.bernstein import Bernstein
-from keras_bernstein.layers.bernstein_dense import BernsteinDense
+from keras_bernstein._probing import ACTIVATION_LAYERS  # noqa: F401
+from keras_bernstein._probing import DEFAULT_BATCH_SIZE
+from keras_bernstein._probing import DEFAULT_MAX_BATCHES
+from keras_bernstein._probing import ELEMENTWISE_ACTIVATIONS  # noqa: F401
+from keras_bernstein._probing import _check_layers
+from keras_bernstein._probing import _compile
+from keras_bernstein._probing import _forward
+from keras_bernstein._probing import _pre_activations_in_batches
+from keras_bernstein._probing import _resolve_layers
+from keras_bernstein._probing import bernstein_layers
+from keras_bernstein._probing import collect_pre_activations  # noqa: F401
+from keras_bernstein._probing import monitored_layers
+from keras_bernstein._probing import probe_batches
+from keras_bernstein.transforms import _widen_toward_data
 
 CRITERIA = ("derivative", "gradient")
-
-# Activations applied entry by entry (so that `d sum σ(z) / dz = σ'(z)`) and
-# not linear. `linear`, `softmax`, `log_softmax`, `sparsemax` and `glu` are
-# excluded: the first is not a nonlinearity, the others mix entries.
-ELEMENTWISE_ACTIVATIONS = frozenset(
-    {
-        "celu",
-        "elu",
-        "exponential",
-        "gelu",
-        "hard_shrink",
-        "hard_sigmoid",
-        "hard_silu",
-        "hard_swish",
-        "hard_tanh",
-        "leaky_relu",
-        "log_sigmoid",
-        "mish",
-        "relu",
-        "relu6",
-        "selu",
-        "sigmoid",
-        "silu",
-        "soft_shrink",
-        "softplus",
-        "softsign",
-        "sparse_plus",
-        "sparse_sigmoid",
-        "squareplus",
-        "swish",
-        "tanh",
-        "tanh_shrink",
-        "threshold",
-    }
-)
-
-# Activation layers that always apply an elementwise nonlinearity.
-ACTIVATION_LAYERS = (
-    keras.layers.ReLU,
-    keras.layers.LeakyReLU,
-    keras.layers.PReLU,
-    keras.layers.ELU,
-)
-
-DEFAULT_BATCH_SIZE = 256
-# Batches read from an iterable probe: it may be endless (a repeated dataset).
-DEFAULT_MAX_BATCHES = 32
-
-
-def _activation_name(activation):
-    """The registered name of a Keras activation function, or `None`."""
-    try:
-        name = keras.activations.serialize(activation)
-    except (ValueError, TypeError):
-        return None
-    return name if isinstance(name, str) else None
-
-
-def _is_bernstein(layer):
-    return isinstance(layer, (Bernstein, BernsteinDense))
-
-
-def _has_elementwise_activation(layer):
-    """Whether `layer` ends in a known elementwise nonlinearity."""
-    if _is_bernstein(layer) or isinstance(layer, ACTIVATION_LAYERS):
-        return True
-    activation = getattr(layer, "activation", None)
-    return callable(activation) and (
-        _activation_name(activation) in ELEMENTWISE_ACTIVATIONS
-    )
-
-
-class _MonitoredLayer:
-    """A layer seen as `σ(z)`: how to get its pre-activation `z` and `σ'(z)`."""
-
-    def __init__(self, layer):
-        self.layer = layer
-        self.name = layer.name
-        if isinstance(layer, BernsteinDense):
-            self.bernstein = layer.bernstein
-        elif isinstance(layer, Bernstein):
-            self.bernstein = layer
-        else:
-            self.bernstein = None
-        self._uses_own_input = self.bernstein is layer or isinstance(
-            layer, (keras.layers.Activation,) + ACTIVATION_LAYERS
-        )
-        self._linear_twin = None
-        if not (
-            self.bernstein is not None
-            or self._uses_own_input
-            or callable(getattr(layer, "activation", None))
-        ):
-            raise ValueError(
-                "`layers` must name layers with an activation (Bernstein, "
-                "BernsteinDense, activation layers, or layers with an "
-                "`activation` argument). "
-                f"Received: layers=[..., {layer.name!r} "
-                f"({layer.__class__.__name__}), ...]"
-            )
-
-    def _twin(self):
-        """The layer with a linear activation and no weights of its own.
-
-        It is called with `stateless_call` on the layer's variables, so it
-        computes exactly the layer's pre-activation without touching the
-        layer. Its initializers are zeros so that building it draws no random
-        numbers.
-        """
-        if self._linear_twin is None:
-            config = self.layer.get_config()
-            config["activation"] = "linear"
-            for key in config:
-                if key.endswith("_initializer"):
-                    config[key] = "zeros"
-            twin = self.layer.__class__.from_config(config)
-            twin.build_from_config(self.layer.get_build_config())
-            if [v.shape for v in twin.variables] != [
-                v.shape for v in self.layer.variables
-            ]:
-                raise ValueError(
-                    "Cannot compute the pre-activation of layer "
-                    f"{self.name!r}: its variables are not re-created from "
-                    "its config. Monitor the layer's input instead, with a "
-                    "separate `Activation` layer. "
-                    f"Received: layers=[..., {self.name!r}, ...]"
-                )
-            self._linear_twin = twin
-        return self._linear_twin
-
-    def prepare(self):
-        """Creates what `pre_activation` needs, before any tracing."""
-        if not (self.bernstein is not None or self._uses_own_input):
-            self._twin()
-
-    def pre_activation(self, inputs):
-        if isinstance(self.layer, BernsteinDense):
-            return self.layer.pre_activation(inputs, training=False)
-        if self._uses_own_input:
-            return inputs
-        twin = self._twin()
-        outputs, _ = twin.stateless_call(
-            [v.value for v in self.layer.trainable_variables],
-            [v.value for v in self.layer.non_trainable_variables],
-            inputs,
-        )
-        return outputs
-
-    def activation(self, pre_activation):
-        if self.bernstein is not None:
-            return self.bernstein(pre_activation)
-        if self._uses_own_input:
-            return self.layer(pre_activation)
-        return self.layer.activation(pre_activation)
-
-    def derivative(self, pre_activation):
-        """`σ'(z)` elementwise, in float32."""
-        if self.bernstein is not None:
-            return self.bernstein.derivative(pre_activation)
-        z = ops.cast(pre_activation, "float32")
-        (slope,) = _autodiff.gradients(
-            lambda z: ops.sum(ops.cast(self.activation(z), "float32")), [z]
-        )
-        return slope
-
-    def _parameter_shape(self):
-        """Per-neuron parameter grid (without the batch axis), or `None`."""
-        if self.bernstein is not None:
-            return tuple(self.bernstein.coefficients.shape[:-1])
-        if isinstance(self.layer, keras.layers.PReLU):
-            return tuple(self.layer.alpha.shape)
-        return None
-
-    def sample_axes(self, ndim):
-        """Axes of a `ndim`-D pre-activation that hold samples of one unit."""
-        parameter_shape = self._parameter_shape()
-        if parameter_shape is not None:
-            return tuple(
-                [0]
-                + [
-                    axis + 1
-                    for axis, size in enumerate(parameter_shape)
-                    if size == 1
-                ]
-            )
-        channels_first = getattr(self.layer, "data_format", None) == (
-            "channels_first"
-        )
-        channel_axis = 1 if channels_first and ndim > 2 else ndim - 1
-        return tuple(axis for axis in range(ndim) if axis != channel_axis)
-
-    def outside_bounds(self, pre_activation):
-        """Boolean tensor: `z` outside its neuron's `[l, u]` (Bernstein only)."""
-        z = ops.cast(pre_activation, self.bernstein.variable_dtype)
-        bounds = self.bernstein.bounds
-        return ops.logical_or(
-            ops.less(z, bounds[..., 0]), ops.greater(z, bounds[..., 1])
-        )
-
-
-# --- Model inspection -------------------------------------------------------
-
-
-def _check_model(model):
-    if not isinstance(model, keras.Model) or not model.built:
-        raise ValueError(
-            "`model` must be a built Keras `Model` (Sequential or functional; "
-            f"call it once or give it an `Input`). Received: model={model!r}"
-        )
-
-
-def _output_layers(model):
-    """The top-level layers whose outputs are outputs of `model`."""
-    if isinstance(model, keras.Sequential):
-        return {id(model.layers[-1])} if model.layers else set()
-    try:
-        model_outputs = keras.tree.flatten(model.outputs)
-    except (AttributeError, ValueError):
-        return set()
-    result = set()
-    for layer in model.layers:
-        try:
-            layer_outputs = keras.tree.flatten(layer.output)
-        except (AttributeError, ValueError):
-            continue
-        if any(o is t for o in layer_outputs for t in model_outputs):
-            result.add(id(layer))
-    return result
-
-
-def monitored_layers(model):
-    """The layers monitored by default: hidden layers with a nonlinearity.
-
-    These are the top-level layers of `model` that apply an elementwise
-    nonlinear activation: every `Bernstein` and `BernsteinDense` layer, every
-    layer with a nonlinear elementwise `activation=` (relu, leaky_relu, elu,
-    selu, gelu, silu, tanh, sigmoid, softplus, ...), and the activation layers
-    `Activation` (with such an activation), `ReLU`, `LeakyReLU`, `PReLU`,
-    `ELU`. The layers producing the model's outputs are left out.
-
-    Args:
-        model: A built Sequential or functional Keras model.
-
-    Returns:
-        A list of layers, in the order of `model.layers`.
-
-    Example:
-        >>> model = keras.Sequential([keras.Input((4,)),
-        ...     keras.layers.Dense(8, activation="relu"),
-        ...     keras.layers.Dense(2, activation="softmax")])
-        >>> [layer.name for layer in monitored_layers(model)] == ["dense"]
-        True
-    """
-    _check_model(model)
-    outputs = _output_layers(model)
-    return [
-        layer
-        for layer in model.layers
-        if id(layer) not in outputs and _has_elementwise_activation(layer)
-    ]
-
-
-def _check_layers(layers):
-    """`layers` as `None` or a non-empty list of layer names or objects."""
-    if layers is None:
-        return None
-    if isinstance(layers, (str, keras.layers.Layer)):
-        return [layers]
-    try:
-        items = list(layers)
-    except TypeError:
-        items = []
-    if not items or not all(isinstance(i, (str, keras.layers.Layer)) for i in items):
-        raise ValueError(
-            "`layers` must be None or a non-empty list of layer names or "
-            f"layer objects. Received: layers={layers!r}"
-        )
-    return items
-
-
-def _resolve_layers(model, layers, default):
-    """`_MonitoredLayer`s for `layers` (names or layer objects) or `default`."""
-    _check_model(model)
-    if layers is None:
-        return [_MonitoredLayer(layer) for layer in default(model)]
-    if isinstance(layers, (str, keras.layers.Layer)):
-        layers = [layers]
-    by_name = {layer.name: layer for layer in model.layers}
-    by_id = {id(layer) for layer in model.layers}
-    resolved = []
-    for item in layers:
-        if isinstance(item, str):
-            if item not in by_name:
-                raise ValueError(
-                    f"`layers` names a layer that is not in the model "
-                    f"(top-level layers: {sorted(by_name)}). "
-                    f"Received: layers={layers!r}"
-                )
-            item = by_name[item]
-        elif not isinstance(item, keras.layers.Layer) or id(item) not in by_id:
-            raise ValueError(
-                "`layers` must hold names or top-level layer objects of the "
-                f"model. Received: layers={layers!r}"
-            )
-        resolved.append(_MonitoredLayer(item))
-    if not resolved:
-        raise ValueError(f"`layers` must not be empty. Received: layers={layers!r}")
-    return resolved
-
-
-# --- Probe data -------------------------------------------------------------
-
-
-def _to_numpy(structure):
-    return keras.tree.map_structure(
-        lambda value: np.asarray(ops.convert_to_numpy(value)), structure
-    )
-
-
-def _num_samples(structure):
-    leaves = keras.tree.flatten(structure)
-    if not leaves:
-        return 0
-    return int(np.shape(leaves[0])[0]) if np.ndim(leaves[0]) else 0
-
-
-def _is_array_like(value):
-    leaves = keras.tree.flatten(value)
-    return bool(leaves) and all(
-        isinstance(leaf, np.ndarray) or ops.is_tensor(leaf) for leaf in leaves
-    )
-
-
-def probe_batches(
-    x, y=None, batch_size=DEFAULT_BATCH_SIZE, max_batches=DEFAULT_MAX_BATCHES
-):
-    """The probe data as a list of `(x_batch, y_batch)` NumPy pairs.
-
-    Args:
-        x: Inputs: an array or tensor (or a list/dict of them for a
-            multi-input model), or an iterable of batches such as a
-            `tf.data.Dataset`, each batch `x` or `(x, y)` (Keras' usual
-            `(x, y, sample_weight)` unpacking). The iterable is read once,
-            at most `max_batches` batches of it (it may be endless).
-        y: Targets for array inputs (needed only by the `"gradient"`
-            criterion); must be `None` when `x` yields batches.
-        batch_size: Positive integer, size of the batches cut from arrays.
-        max_batches: Positive integer, the most batches read from an
-            iterable `x` (arrays are used whole).
-
-    Returns:
-        A non-empty list of `(x_batch, y_batch)`, `y_batch` `None` when there
-        are no targets.
-    """
-    batch_size = check_positive_integer(batch_size, "batch_size")
-    max_batches = check_positive_integer(max_batches, "max_batches")
-    if _is_array_like(x):
-        x = _to_numpy(x)
-        count = _num_samples(x)
-        if count == 0:
-            raise ValueError(
-                "`x` must hold at least one probe sample. "
-                f"Received: x with {count} samples"
-            )
-        if y is not None:
-            y = _to_numpy(y)
-            if _num_samples(y) != count:
-                raise ValueError(
-                    f"`y` must have as many samples as `x` ({count}). "
-                    f"Received: y with {_num_samples(y)} samples"
-                )
-        batches = []
-        for start in range(0, count, batch_size):
-            window = slice(start, start + batch_size)
-            x_batch = keras.tree.map_structure(lambda v: v[window], x)
-            y_batch = (
-                None if y is None else keras.tree.map_structure(lambda v: v[window], y)
-            )
-            batches.append((x_batch, y_batch))
-        return batches
-    if y is not None:
-        raise ValueError(
-            "`y` must be None when `x` is a dataset or iterable of batches "
-            f"(give `(x, y)` batches instead). Received: y of type {type(y)}"
-        )
-    if x is None or isinstance(x, (str, bytes, numbers.Number)):
-        raise ValueError(
-            "`x` must be an array, a tensor or an iterable of batches. "
-            f"Received: x={x!r}"
-        )
-    iterator = x.as_numpy_iterator() if hasattr(x, "as_numpy_iterator") else x
-    batches = []
-    for data in itertools.islice(iterator, max_batches):
-        x_batch, y_batch, _ = keras.utils.unpack_x_y_sample_weight(data)
-        x_batch = _to_numpy(x_batch)
-        if _num_samples(x_batch) == 0:
-            continue
-        batches.append((x_batch, None if y_batch is None else _to_numpy(y_batch)))
-    if not batches:
-        raise ValueError(
-            "`x` must hold at least one probe sample. Received: x yielding "
-            "no samples"
-        )
-    return batches
-
-
-# --- The probing helper -----------------------------------------------------
-
-
-@functools.lru_cache(maxsize=None)
-def _call_accepts_training(layer_class):
-    return "training" in inspect.signature(layer_class.call).parameters
-
-
-def _run_graph(model, inputs, call_layer):
-    """Runs `model` on `inputs`, calling each top-level layer via `call_layer`."""
-    graph = model
-    if isinstance(model, keras.Sequential) and model._functional is not None:
-        graph = model._functional
-    if hasattr(graph, "_run_through_graph"):
-        # A functional graph: the same traversal as `Functional.call`, with
-        # our own call for each node (Keras has no public hook for that).
-        outputs = graph._run_through_graph(
-            graph._standardize_inputs(inputs),
-            operation_fn=lambda layer: functools.partial(call_layer, layer),
-        )
-    elif isinstance(model, keras.Sequential):
-        outputs = keras.tree.map_structure(ops.convert_to_tensor, inputs)
-        for layer in model.layers:
-            outputs = call_layer(layer, outputs)
-    else:
-        raise ValueError(
-            "`model` must be a Sequential or functional model; subclassed "
-            f"models have no inspectable graph. Received: model={model!r}"
-        )
-    flat = keras.tree.flatten(outputs)
-    return flat[0] if len(flat) == 1 else outputs
-
-
-def _forward(model, monitored, inputs, perturbations=None):
-    """One inference pass of `model` that records pre-activations.
-
-    Args:
-        model: A built Sequential or functional model.
-        monitored: List of `_MonitoredLayer`.
-        inputs: One batch of model inputs.
-        perturbations: Optional list of tensors added to the pre-activations
-            in the order they are recorded (zeros, to differentiate at them).
-
-    Returns:
-        `(outputs, records)`: the model outputs and a list of
-        `(monitored_layer, pre_activation)` in call order (a layer called
-        twice appears twice).
-    """
-    by_id = {id(m.layer): m for m in monitored}
-    records = []
-    remaining = None if perturbations is None else iter(perturbations)
-
-    def call_layer(layer, *args, **kwargs):
-        site = by_id.get(id(layer))
-        if site is None:
-            if _call_accepts_training(type(layer)):
-                kwargs["training"] = False
-            return layer(*args, **kwargs)
-        z = site.pre_activation(args[0])
-        if remaining is not None:
-            z = ops.add(z, next(remaining))
-        records.append((site, z))
-        return site.activation(z)
-
-    outputs = _run_graph(model, inputs, call_layer)
-    return outputs, records
-
-
-def _compile(model, monitored, batch_function):
-    """`batch_function(x, y) -> [(name, tensors)]`, compiled for the backend.
-
-    JAX: `jax.jit` of a stateless version (the model's variable values are
-    arguments, mapped in with `keras.StatelessScope`, so each call sees the
-    current weights). TensorFlow: `tf.function`. PyTorch: eager, which is
-    fast there. The names are plain Python, recorded while tracing.
-    """
-    for site in monitored:
-        site.prepare()  # Builds twin layers outside any trace.
-    names = []
-
-    def tensors_only(x, y):
-        results = batch_function(x, y)
-        names[:] = [name for name, _ in results]
-        return [tensors for _, tensors in results]
-
-    backend = keras.backend.backend()
-    if backend == "jax":
-        import jax
-
-        variables = list(model.variables)
-
-        @jax.jit
-        def stateless(values, x, y):
-            mapping = list(zip(variables, values))
-            with keras.StatelessScope(state_mapping=mapping):
-                return tensors_only(x, y)
-
-        def run(x, y):
-            return stateless([v.value for v in variables], x, y)
-
-    elif backend == "tensorflow":
-        import tensorflow as tf
-
-        run = tf.function(tensors_only, reduce_retracing=True)
-    else:
-        run = tensors_only
-
-    def call(x, y):
-        outputs = run(x, y)
-        return list(zip(names, outputs))
-
-    return call
-
-
-def collect_pre_activations(
-    model, x, layers=None, batch_size=DEFAULT_BATCH_SIZE, max_batches=DEFAULT_MAX_BATCHES
-):
-    """The pre-activations of monitored layers on probe inputs.
-
-    The pre-activation of a layer is the tensor its elementwise nonlinearity
-    is applied to: `layer.pre_activation(inputs)` for `BernsteinDense`, the
-    input of a `Bernstein` or activation layer, the output before the
-    activation for a `Dense`/`Conv` layer with `activation=`. The model runs
-    in inference mode (`training=False`) batch by batch; nothing in the model
-    changes.
-
-    Args:
-        model: A built Sequential or functional Keras model.
-        x: Probe inputs: an array (or a list/dict of arrays), or an iterable
-            of batches such as a `tf.data.Dataset`; see `probe_batches`.
-        layers: Layers to probe, as names or layer objects of `model`;
-            default `monitored_layers(model)`.
-        batch_size: Batch size used to cut arrays.
-        max_batches: The most batches read from an iterable `x`.
-
-    Returns:
-        A dict `{layer name: NumPy float32 array}`, each of shape
-        `(num_samples, ...)` like the layer's output (batches concatenated;
-        a layer called several times contributes each call in turn).
-
-    Example:
-        >>> z = collect_pre_activations(model, x_train[:1024])
-        >>> np.quantile(z["bernstein_dense"], [0.01, 0.99], axis=0)
-    """
-    monitored = _resolve_layers(model, layers, monitored_layers)
-    batches = probe_batches(x, batch_size=batch_size, max_batches=max_batches)
-    return _pre_activations_in_batches(model, monitored, batches)
-
-
-def _pre_activations_in_batches(model, monitored, batches):
-    """`collect_pre_activations` on batches from `probe_batches`."""
-    collected = {m.name: [] for m in monitored}
-    for x_batch, _ in batches:
-        _, records = _forward(model, monitored, x_batch)
-        for site, z in records:
-            collected[site.name].append(
-                np.asarray(ops.convert_to_numpy(ops.cast(z, "float32")))
-            )
-    return {
-        name: np.concatenate(parts, axis=0)
-        for name, parts in collected.items()
-        if parts
-    }
 
 
 # --- Dead units -------------------------------------------------------------
@@ -855,12 +283,6 @@ def _dead_ratios(dead):
 # --- Bounds coverage --------------------------------------------------------
 
 
-def bernstein_layers(model):
-    """The top-level `Bernstein` and `BernsteinDense` layers of `model`."""
-    _check_model(model)
-    return [layer for layer in model.layers if _is_bernstein(layer)]
-
-
 def out_of_bounds_ratio(
     model, x, layers=None, batch_size=DEFAULT_BATCH_SIZE, max_batches=DEFAULT_MAX_BATCHES
 ):
@@ -967,33 +389,72 @@ def _summary(epoch, key, logs):
 
 
 class _ProbeCallback(keras.callbacks.Callback):
-    """Shared epoch logic: measure every `frequency` epochs, NaN otherwise."""
+    """A callback that probes the model every `frequency` epochs.
 
-    key = None
+    Subclasses check their own arguments between `__init__` and
+    `_read_probe`, which reads the probe data once, and name the layers
+    they probe in `monitored`; attaching a built model without such layers
+    raises.
+    """
 
     def __init__(self, frequency, verbose):
         super().__init__()
         self.frequency, self.verbose = _check_frequency_and_verbose(frequency, verbose)
-        self._keys = None
-        self._monitored = None
-        self._counter = None
 
-    def measure(self):
-        raise NotImplementedError
+    def _read_probe(self, x, y, layers, batch_size, max_batches):
+        # Layers are checked first: a one-shot iterable is read only once
+        # every argument is known to be valid.
+        self.layers = _check_layers(layers)
+        self.batches = probe_batches(x, y, batch_size=batch_size, max_batches=max_batches)
+        self.batch_size = int(batch_size)
 
     def monitored(self):
-        """The `_MonitoredLayer`s measured on `self.model`."""
+        """The `_MonitoredLayer`s probed on `self.model`."""
         raise NotImplementedError
+
+    def _checked_monitored(self):
+        return _check_has_layers(self, self.monitored(), self.model)
+
+    def _is_due(self, epoch):
+        return (epoch + 1) % self.frequency == 0
 
     def set_model(self, model):
         super().set_model(model)
         if getattr(model, "built", False):
-            _check_has_layers(self, self.monitored(), model)
+            self._checked_monitored()
+
+
+class _RatioCallback(_ProbeCallback):
+    """Logs `key` and `key/<layer>` when due, NaN on the epochs in between."""
+
+    key = None
+
+    def __init__(self, frequency, verbose):
+        super().__init__(frequency, verbose)
+        self._keys = None
+        self._monitored = None
+        self._counter = None
+
+    def _make_counter(self):
+        """The compiled per-batch count of `self._monitored`."""
+        raise NotImplementedError
+
+    def _figures(self):
+        """The `logs` entries, from `self._counter` on the probe batches."""
+        raise NotImplementedError
+
+    def measure(self):
+        """Probes the model now; returns the entries written into `logs`."""
+        if self._keys is None:
+            self.on_train_begin()
+        if self._counter is None:
+            self._counter = self._make_counter()
+        return self._figures()
 
     def on_train_begin(self, logs=None):
         # Known before the first measurement, so that every epoch (measured
         # or not) carries the same keys.
-        self._monitored = _check_has_layers(self, self.monitored(), self.model)
+        self._monitored = self._checked_monitored()
         self._keys = [self.key] + [f"{self.key}/{site.name}" for site in self._monitored]
         self._counter = None  # Compiled on first use, then reused.
 
@@ -1002,7 +463,7 @@ class _ProbeCallback(keras.callbacks.Callback):
             return
         if self._keys is None:
             self.on_train_begin()
-        if (epoch + 1) % self.frequency == 0:
+        if self._is_due(epoch):
             figures = self.measure()
             if self.verbose:
                 print(_summary(epoch, self.key, figures))
@@ -1013,7 +474,7 @@ class _ProbeCallback(keras.callbacks.Callback):
         logs.update(figures)
 
 
-class DeadNeuronRatio(_ProbeCallback):
+class DeadNeuronRatio(_RatioCallback):
     """Logs the fraction of dead units of the hidden activations during `fit`.
 
     At the end of every `frequency`-th epoch the callback probes the model on
@@ -1085,10 +546,7 @@ class DeadNeuronRatio(_ProbeCallback):
     ):
         super().__init__(frequency, verbose)
         _check_criterion(criterion, threshold, tolerance)
-        layers = _check_layers(layers)
-        self.batches = probe_batches(
-            x, y, batch_size=batch_size, max_batches=max_batches
-        )
+        self._read_probe(x, y, layers, batch_size, max_batches)
         if criterion == "gradient" and self.batches[0][1] is None:
             raise ValueError(
                 "`criterion='gradient'` needs probe targets: pass `y` (or "
@@ -1097,24 +555,21 @@ class DeadNeuronRatio(_ProbeCallback):
         self.criterion = criterion
         self.threshold = float(threshold)
         self.tolerance = float(tolerance)
-        self.layers = layers
-        self.batch_size = int(batch_size)
 
     def monitored(self):
         return _resolve_layers(self.model, self.layers, monitored_layers)
 
-    def measure(self):
-        if self._keys is None:
-            self.on_train_begin()
-        if self._counter is None:
-            self._counter = _dead_unit_counter(
-                self.model,
-                self._monitored,
-                self.criterion,
-                self.threshold,
-                loss=None,
-                jit=True,
-            )
+    def _make_counter(self):
+        return _dead_unit_counter(
+            self.model,
+            self._monitored,
+            self.criterion,
+            self.threshold,
+            loss=None,
+            jit=True,
+        )
+
+    def _figures(self):
         return _dead_ratios(
             _dead_units_in_batches(
                 self._monitored, self._counter, self.batches, self.tolerance
@@ -1122,7 +577,7 @@ class DeadNeuronRatio(_ProbeCallback):
         )
 
 
-class BoundsCoverage(_ProbeCallback):
+class BoundsCoverage(_RatioCallback):
     """Logs the fraction of Bernstein pre-activations outside `[l, u]`.
 
     At the end of every `frequency`-th epoch writes `out_of_bounds_ratio`
@@ -1158,24 +613,146 @@ class BoundsCoverage(_ProbeCallback):
         max_batches=DEFAULT_MAX_BATCHES,
     ):
         super().__init__(frequency, verbose)
-        layers = _check_layers(layers)
-        self.batches = probe_batches(x, batch_size=batch_size, max_batches=max_batches)
-        self.layers = layers
-        self.batch_size = int(batch_size)
+        self._read_probe(x, None, layers, batch_size, max_batches)
 
     def monitored(self):
         return _bounds_monitored(self.model, self.layers)
 
-    def measure(self):
-        if self._keys is None:
-            self.on_train_begin()
-        if self._counter is None:
-            self._counter = _out_of_bounds_counter(
-                self.model, self._monitored, jit=True
-            )
+    def _make_counter(self):
+        return _out_of_bounds_counter(self.model, self._monitored, jit=True)
+
+    def _figures(self):
         return _out_of_bounds_in_batches(self._counter, self.batches)
 
 
-# The bounds-widening callback lives beside `rebound`, the transform it
-# applies; it is re-exported here so every callback has one home to import from.
-from keras_bernstein.transforms import BoundsUpdate  # noqa: E402,F401
+def _check_quantiles(quantiles):
+    try:
+        low, high = check_interval(quantiles, "quantiles")
+    except ValueError:
+        low = high = None
+    if low is None or not 0.0 <= low < high <= 1.0:
+        raise ValueError(
+            "`quantiles` must be (low, high) with 0 <= low < high <= 1. "
+            f"Received: quantiles={quantiles!r}"
+        )
+    return low, high
+
+
+class BoundsUpdate(_ProbeCallback):
+    """Widens Bernstein intervals toward the observed pre-activation range during `fit`.
+
+    Every `frequency` epochs the callback runs the model (inference mode) on
+    the probe data, takes per-neuron quantiles `quantiles` of each Bernstein
+    layer's pre-activations and, where they fall outside a neuron's
+    `[l, u]`, widens that neuron's interval toward them (plus `margin` ×
+    the quantile range) with `rebound`. Intervals are never narrowed.
+    The Bernstein answer to KAN's grid update: the basis follows the data.
+
+    One update extends each side of an interval by at most its width, and
+    less where needed: each side's extension is halved until it passes (up
+    to 12 times, else that side stays), so that for every neuron:
+
+    - on its old interval the output changes by at most `REBOUND_TOLERANCE`
+      (`1e-4`) times the neuron's coefficient range `max c - min c`, plus
+      float32 rounding (the guarantee of `rebound`);
+    - between the smallest and largest probe pre-activation the output
+      changes by at most `max_change` times that range, plus float32
+      rounding (inputs the old layer extrapolated now see the polynomial's
+      continuation, see `rebound`), so the probe loss moves by at most what
+      such a change of each activation can cause;
+    - the coefficients satisfy the layer's coefficient constraint (it is
+      applied to them, e.g. `MonotonicCoefficients`), and a positive
+      derivative certificate (`verification.derivative_certificate`) stays
+      positive.
+
+    Both changes are measured in float64 on 257 points spanning each range.
+    A capped widening warns, naming the layer; later updates widen further
+    as training adapts. The probe data is read once, at construction.
+
+    Args:
+        probe_x: Probe inputs: an array (or list/dict of arrays), or an
+            iterable of batches (read once, at most `max_batches` of them),
+            e.g. 1,000 training samples.
+        frequency: Positive integer: update after every `frequency`-th epoch.
+        quantiles: `(low, high)` with `0 <= low < high <= 1`, the per-neuron
+            quantiles of the pre-activations to cover; `(0, 1)` covers the
+            observed min and max.
+        margin: Finite number `>= 0`: the fraction of the covered range added
+            on each widened side.
+        layers: Names or layer objects of the `Bernstein`/`BernsteinDense`
+            layers to update; default all top-level ones.
+        batch_size: Positive integer, the batch size for probing.
+        verbose: 0 or 1 (one line per update).
+        max_batches: Positive integer, the most batches read from an
+            iterable `probe_x` (it may be endless); default 32.
+        max_change: Finite number `>= 0`: the largest change of an activation
+            on the probe range allowed by one update, relative to its
+            coefficient range; default `0.05`.
+
+    Attributes:
+        updates: A list with one dict per update: `epoch`, per layer name
+            the number of neurons whose interval was widened, and
+            `"capped"`: per layer name the number of neurons widened less
+            than asked.
+
+    Raises:
+        ValueError: at construction for invalid arguments; when the model is
+            set, for a model without Bernstein layers to update; at an
+            update, for probe pre-activations that are NaN or infinite.
+
+    Example:
+        >>> model.fit(x, y, epochs=20,
+        ...           callbacks=[BoundsUpdate(x[:1000], frequency=5)])
+    """
+
+    def __init__(
+        self,
+        probe_x,
+        frequency=1,
+        quantiles=(0.001, 0.999),
+        margin=0.0,
+        layers=None,
+        batch_size=DEFAULT_BATCH_SIZE,
+        verbose=0,
+        max_batches=DEFAULT_MAX_BATCHES,
+        max_change=0.05,
+    ):
+        super().__init__(frequency, verbose)
+        self.quantiles = _check_quantiles(quantiles)
+        self.margin = check_nonnegative_number(margin, "margin")
+        self.max_change = check_nonnegative_number(max_change, "max_change")
+        self._read_probe(probe_x, None, layers, batch_size, max_batches)
+        self.updates = []
+
+    def monitored(self):
+        return _bounds_monitored(self.model, self.layers)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self._is_due(epoch):
+            self.update(epoch)
+
+    def update(self, epoch=None):
+        """Probes the model and widens the intervals now; returns the update's dict."""
+        monitored = self._checked_monitored()
+        pre_activations = _pre_activations_in_batches(
+            self.model, monitored, self.batches
+        )
+        record = {"epoch": epoch}
+        capped = {}
+        for site in monitored:
+            if site.name in pre_activations and site.name not in record:
+                record[site.name], capped[site.name] = _widen_toward_data(
+                    site.layer,
+                    pre_activations[site.name],
+                    self.quantiles,
+                    self.margin,
+                    self.max_change,
+                )
+        record["capped"] = capped
+        self.updates.append(record)
+        if self.verbose:
+            widened = ", ".join(
+                f"{name}: {record[name]} ({capped[name]} capped)" for name in capped
+            )
+            print(f"BoundsUpdate (epoch {epoch}): widened neurons {widened}")
+        return record

@@ -9,14 +9,12 @@ headless and leave no global figure state behind.
 import math
 import numbers
 
-import keras
 import numpy as np
 from keras import ops
 
 from keras_bernstein import ops as bernstein_ops
 from keras_bernstein._arguments import check_positive_integer
-from keras_bernstein.layers.bernstein import Bernstein
-from keras_bernstein.layers.bernstein_dense import BernsteinDense
+from keras_bernstein._model_layers import bernstein_activations
 
 
 def _new_figure(figsize):
@@ -34,19 +32,6 @@ def _save(figure, path):
     if path is not None:
         figure.savefig(path, dpi=120)
     return figure
-
-
-def _bernstein_layers(layer_or_model):
-    if isinstance(layer_or_model, BernsteinDense):
-        return [(layer_or_model.name, layer_or_model.bernstein)]
-    if isinstance(layer_or_model, Bernstein):
-        return [(layer_or_model.name, layer_or_model)]
-    if isinstance(layer_or_model, keras.Model):
-        found = []
-        for layer in layer_or_model.layers:
-            found.extend(_bernstein_layers(layer))
-        return found
-    return []
 
 
 def plot_activations(
@@ -67,7 +52,7 @@ def plot_activations(
 
     Args:
         layer_or_model: A `Bernstein` or `BernsteinDense` layer, or a model
-            whose top-level layers include some (built).
+            that holds some, nested ones included (built).
         neurons_per_layer: Positive integer: how many neurons to draw per
             layer, evenly spread over the layer's neurons.
         margin: Nonnegative float: the plotted range extends `[l, u]` by this
@@ -85,7 +70,7 @@ def plot_activations(
         >>> model = keras.saving.load_model("model.keras")
         >>> plot_activations(model, path="activations.png")
     """
-    layers = _bernstein_layers(layer_or_model)
+    layers = bernstein_activations(layer_or_model)
     if not layers:
         raise ValueError(
             "`layer_or_model` must be a Bernstein or BernsteinDense layer, or "

@@ -5,9 +5,9 @@ A Bernstein polynomial can be written in the basis of any higher degree
 subdivision / blossoming) without changing the polynomial. These transforms
 let a model grow capacity or move its activation intervals mid-training at
 the function it has learned (to float32 rounding, which bounds how far one
-rebound may widen); `BoundsUpdate` uses `rebound` to widen the intervals
-toward the observed pre-activation range, the Bernstein counterpart of KAN's
-grid update.
+rebound may widen); `keras_bernstein.callbacks.BoundsUpdate` uses `rebound`
+to widen the intervals toward the observed pre-activation range, the
+Bernstein counterpart of KAN's grid update.
 
 After a transform, compile the model again before training further: the
 optimizer's slots belong to the old variables (`elevate_degree`) or to the
@@ -21,23 +21,21 @@ import numpy as np
 
 from keras_bernstein import ops as bernstein_ops
 from keras_bernstein._arguments import bounds_problem
-from keras_bernstein._arguments import check_interval
-from keras_bernstein._arguments import check_nonnegative_number
-from keras_bernstein.layers import Bernstein
-from keras_bernstein.layers import BernsteinDense
+from keras_bernstein._model_layers import as_float64
+from keras_bernstein._model_layers import bernstein_activation
+from keras_bernstein._model_layers import is_bernstein
 from keras_bernstein.layers.bernstein import check_degree
 
 
 def _activation_of(layer):
     """The `Bernstein` layer that holds `layer`'s coefficients and bounds."""
-    if isinstance(layer, BernsteinDense):
-        return layer.bernstein
-    if isinstance(layer, Bernstein):
-        return layer
-    raise ValueError(
-        "Expected a `Bernstein` or `BernsteinDense` layer. "
-        f"Received: layer={layer!r}"
-    )
+    bernstein = bernstein_activation(layer)
+    if bernstein is None:
+        raise ValueError(
+            "Expected a `Bernstein` or `BernsteinDense` layer. "
+            f"Received: layer={layer!r}"
+        )
+    return bernstein
 
 
 def _check_built(layer):
@@ -46,10 +44,6 @@ def _check_built(layer):
             f"Layer {layer.name!r} must be built before it is transformed "
             "(call it on data or build the model)."
         )
-
-
-# Weights and boxes as float64 NumPy arrays.
-_numpy = bernstein_ops._as_float64
 
 
 def _with_degree(layer, new_degree):
@@ -85,7 +79,7 @@ def _copy_weights(source, target, replacements):
 
 def _elevated(bernstein, new_degree):
     return bernstein_ops.elevate_coefficients(
-        _numpy(bernstein.coefficients), new_degree
+        as_float64(bernstein.coefficients), new_degree
     )
 
 
@@ -140,7 +134,7 @@ def _elevate_model(model, new_degree):
     replacements = {}
 
     def clone(layer):
-        if isinstance(layer, (Bernstein, BernsteinDense)):
+        if is_bernstein(layer):
             bernstein = _activation_of(layer)
             if bernstein.degree < new_degree:
                 replacements[id(bernstein.coefficients)] = _elevated(
@@ -181,6 +175,10 @@ def _check_new_bounds(new_bounds, shape):
     return new_bounds
 
 
+def _de_casteljau_step(coefficients, t):
+    return (1.0 - t) * coefficients[..., :-1] + t * coefficients[..., 1:]
+
+
 def _values(x, coefficients, bounds, extrapolation):
     """The activation at `x` `(points, neurons)`, in float64 (de Casteljau).
 
@@ -192,7 +190,7 @@ def _values(x, coefficients, bounds, extrapolation):
         inner = t if extrapolation == "polynomial" else np.clip(t, 0.0, 1.0)
         values = np.broadcast_to(coefficients, inner.shape + (degree + 1,))
         for _ in range(degree):
-            values = bernstein_ops._de_casteljau_step(values, inner[..., None])
+            values = _de_casteljau_step(values, inner[..., None])
         values = values[..., 0]
         if extrapolation == "linear" and degree:
             slope_lower, slope_upper = bernstein_ops.end_slopes(coefficients)
@@ -240,10 +238,10 @@ class _Rebound:
         self.shape = tuple(bernstein.coefficients.shape)
         self.dtype = bernstein.coefficients.dtype
         self.degree = self.shape[-1] - 1
-        all_coefficients = _numpy(bernstein.coefficients).reshape(-1, self.degree + 1)
+        all_coefficients = as_float64(bernstein.coefficients).reshape(-1, self.degree + 1)
         self.rows = np.arange(len(all_coefficients)) if rows is None else rows
         self.old_coefficients = all_coefficients[self.rows]
-        self.old_bounds = _numpy(bernstein.bounds).reshape(-1, 2)[self.rows]
+        self.old_bounds = as_float64(bernstein.bounds).reshape(-1, 2)[self.rows]
         stored = np.asarray(new_bounds, "float64").reshape(-1, 2)
         self.new_bounds = stored.astype(bernstein.bounds.dtype).astype("float64")
         width = self.old_bounds[:, 1] - self.old_bounds[:, 0]
@@ -319,8 +317,8 @@ class _Rebound:
 
     def assign(self):
         """Writes the rows' coefficients and bounds into the layer."""
-        coefficients = _numpy(self.bernstein.coefficients).reshape(-1, self.degree + 1)
-        bounds = _numpy(self.bernstein.bounds).reshape(-1, 2)
+        coefficients = as_float64(self.bernstein.coefficients).reshape(-1, self.degree + 1)
+        bounds = as_float64(self.bernstein.bounds).reshape(-1, 2)
         coefficients[self.rows] = self.coefficients
         bounds[self.rows] = self.new_bounds
         self.bernstein.coefficients.assign(coefficients.reshape(self.shape).astype(self.dtype))
@@ -380,7 +378,7 @@ def rebound(layer, new_bounds):
     """
     bernstein = _activation_of(layer)
     _check_built(layer)
-    bounds = _numpy(bernstein.bounds)
+    bounds = as_float64(bernstein.bounds)
     requested = new_bounds
     new_bounds = _check_new_bounds(new_bounds, bounds.shape)
     plan = _Rebound(bernstein, new_bounds)
@@ -411,277 +409,140 @@ def _summary(values):
 _MAX_HALVINGS = 12
 
 
-def _check_quantiles(quantiles):
-    try:
-        low, high = check_interval(quantiles, "quantiles")
-    except ValueError:
-        low = high = None
-    if low is None or not 0.0 <= low < high <= 1.0:
-        raise ValueError(
-            "`quantiles` must be (low, high) with 0 <= low < high <= 1. "
-            f"Received: quantiles={quantiles!r}"
-        )
-    return low, high
+def _widen_toward_data(layer, z, quantiles, margin, max_change):
+    """Widens `layer`'s intervals toward its pre-activations `z`, in place.
 
+    The widening of `keras_bernstein.callbacks.BoundsUpdate`, which states
+    its promises: per neuron, toward the `quantiles` of `z` plus `margin`
+    times their range, each side by at most the interval's width, halved
+    until `_keeps_promises` holds.
 
-class BoundsUpdate(keras.callbacks.Callback):
-    """Widens Bernstein intervals toward the observed pre-activation range during `fit`.
-
-    Every `frequency` epochs the callback runs the model (inference mode) on
-    the probe data, takes per-neuron quantiles `quantiles` of each Bernstein
-    layer's pre-activations and, where they fall outside a neuron's
-    `[l, u]`, widens that neuron's interval toward them (plus `margin` ×
-    the quantile range) with `rebound`. Intervals are never narrowed.
-    The Bernstein answer to KAN's grid update: the basis follows the data.
-
-    One update extends each side of an interval by at most its width, and
-    less where needed: each side's extension is halved until it passes (up
-    to 12 times, else that side stays), so that for every neuron:
-
-    - on its old interval the output changes by at most `REBOUND_TOLERANCE`
-      (`1e-4`) times the neuron's coefficient range `max c - min c`, plus
-      float32 rounding (the guarantee of `rebound`);
-    - between the smallest and largest probe pre-activation the output
-      changes by at most `max_change` times that range, plus float32
-      rounding (inputs the old layer extrapolated now see the polynomial's
-      continuation, see `rebound`), so the probe loss moves by at most what
-      such a change of each activation can cause;
-    - the coefficients satisfy the layer's coefficient constraint (it is
-      applied to them, e.g. `MonotonicCoefficients`), and a positive
-      derivative certificate (`verification.derivative_certificate`) stays
-      positive.
-
-    Both changes are measured in float64 on 257 points spanning each range.
-    A capped widening warns, naming the layer; later updates widen further
-    as training adapts. The probe data is read once, at construction.
-
-    Args:
-        probe_x: Probe inputs: an array (or list/dict of arrays), or an
-            iterable of batches (read once, at most `max_batches` of them),
-            e.g. 1,000 training samples.
-        frequency: Positive integer: update after every `frequency`-th epoch.
-        quantiles: `(low, high)` with `0 <= low < high <= 1`, the per-neuron
-            quantiles of the pre-activations to cover; `(0, 1)` covers the
-            observed min and max.
-        margin: Finite number `>= 0`: the fraction of the covered range added
-            on each widened side.
-        layers: Names or layer objects of the `Bernstein`/`BernsteinDense`
-            layers to update; default all top-level ones.
-        batch_size: Positive integer, the batch size for probing.
-        verbose: 0 or 1 (one line per update).
-        max_batches: Positive integer, the most batches read from an
-            iterable `probe_x` (it may be endless); default 32.
-        max_change: Finite number `>= 0`: the largest change of an activation
-            on the probe range allowed by one update, relative to its
-            coefficient range; default `0.05`.
-
-    Attributes:
-        updates: A list with one dict per update: `epoch`, per layer name
-            the number of neurons whose interval was widened, and
-            `"capped"`: per layer name the number of neurons widened less
-            than asked.
-
-    Raises:
-        ValueError: at construction for invalid arguments; when the model is
-            set, for a model without Bernstein layers to update; at an
-            update, for probe pre-activations that are NaN or infinite.
-
-    Example:
-        >>> model.fit(x, y, epochs=20,
-        ...           callbacks=[BoundsUpdate(x[:1000], frequency=5)])
+    Returns:
+        `(widened, capped)`: how many neurons got a wider interval, and how
+        many of the neurons that asked for one got less than asked.
     """
-
-    def __init__(
-        self,
-        probe_x,
-        frequency=1,
-        quantiles=(0.001, 0.999),
-        margin=0.0,
-        layers=None,
-        batch_size=256,
-        verbose=0,
-        max_batches=32,
-        max_change=0.05,
-    ):
-        super().__init__()
-        # Imported here: `keras_bernstein.callbacks` re-exports this class.
-        from keras_bernstein import callbacks
-
-        self.frequency, self.verbose = callbacks._check_frequency_and_verbose(
-            frequency, verbose
+    bernstein = _activation_of(layer)
+    parameter_shape = tuple(bernstein.coefficients.shape[:-1])
+    # Samples of one neuron: the batch axis and the shared axes.
+    sample_axes = (0,) + tuple(
+        axis + 1 for axis, size in enumerate(parameter_shape) if size == 1
+    )
+    z = z.astype("float64")
+    if not np.all(np.isfinite(z)):
+        raise ValueError(
+            f"`BoundsUpdate`: the pre-activations of layer {layer.name!r} on "
+            "the probe data hold NaN or infinite values (non-finite probe "
+            "inputs, or a diverged model); no interval can cover them. "
+            f"Received: {int(np.sum(~np.isfinite(z)))} non-finite entries"
         )
-        self.quantiles = _check_quantiles(quantiles)
-        self.margin = check_nonnegative_number(margin, "margin")
-        self.max_change = check_nonnegative_number(max_change, "max_change")
-        self.layers = callbacks._check_layers(layers)
-        self.batches = callbacks.probe_batches(
-            probe_x, batch_size=batch_size, max_batches=max_batches
-        )
-        self.batch_size = int(batch_size)
-        self.updates = []
 
-    def _monitored(self, model):
-        from keras_bernstein import callbacks
+    def per_neuron(values):
+        return np.reshape(values, -1)
 
-        monitored = callbacks._bounds_monitored(model, self.layers)
-        return callbacks._check_has_layers(self, monitored, model)
+    low, high = np.quantile(z, quantiles, axis=sample_axes, keepdims=True)
+    low, high = per_neuron(low), per_neuron(high)
+    data_lower = per_neuron(z.min(axis=sample_axes, keepdims=True))
+    data_upper = per_neuron(z.max(axis=sample_axes, keepdims=True))
+    padding = margin * (high - low)
+    bounds = as_float64(bernstein.bounds).reshape(-1, 2)
+    target = np.stack([low - padding, high + padding], -1)
+    # One update extends each side by at most the interval's width: beyond
+    # that float32 rarely keeps the function (see `rebound`), and halving
+    # a step toward a far outlier would never reach a usable size.
+    width = bounds[:, 1] - bounds[:, 0]
+    target = np.stack(
+        [
+            np.clip(target[:, 0], bounds[:, 0] - width, bounds[:, 0]),
+            np.clip(target[:, 1], bounds[:, 1], bounds[:, 1] + width),
+        ],
+        axis=-1,
+    ).astype(bernstein.bounds.dtype).astype("float64")
+    # Compared in the variable's dtype, so that rounding alone never
+    # counts as widening.
+    wanted = np.any(target != bounds, axis=-1)
+    if not np.any(wanted):
+        return 0, 0
+    chosen_bounds = bounds.copy()
+    chosen_coefficients = as_float64(bernstein.coefficients).reshape(bounds.shape[0], -1)
+    # Per side, the fraction of the asked widening tried; the two sides
+    # are capped separately, so one side's trouble does not block the other.
+    wants_lower = target[:, 0] != bounds[:, 0]
+    wants_upper = target[:, 1] != bounds[:, 1]
+    lower_step = wants_lower.astype("float64")
+    upper_step = wants_upper.astype("float64")
+    smallest = 0.5**_MAX_HALVINGS
 
-    def set_model(self, model):
-        super().set_model(model)
-        if getattr(model, "built", False):
-            self._monitored(model)
-
-    def on_epoch_end(self, epoch, logs=None):
-        if (epoch + 1) % self.frequency == 0:
-            self.update(epoch)
-
-    def update(self, epoch=None):
-        """Probes the model and widens the intervals now; returns the update's dict."""
-        from keras_bernstein import callbacks
-
-        monitored = self._monitored(self.model)
-        pre_activations = callbacks._pre_activations_in_batches(
-            self.model, monitored, self.batches
-        )
-        record = {"epoch": epoch}
-        capped = {}
-        for site in monitored:
-            if site.name in pre_activations and site.name not in record:
-                record[site.name], capped[site.name] = self._widen(
-                    site.layer, pre_activations[site.name]
-                )
-        record["capped"] = capped
-        self.updates.append(record)
-        if self.verbose:
-            widened = ", ".join(
-                f"{name}: {record[name]} ({capped[name]} capped)" for name in capped
-            )
-            print(f"BoundsUpdate (epoch {epoch}): widened neurons {widened}")
-        return record
-
-    def _widen(self, layer, z):
-        """Widens `layer`'s intervals toward the probe's `z`; `(widened, capped)`."""
-        bernstein = _activation_of(layer)
-        parameter_shape = tuple(bernstein.coefficients.shape[:-1])
-        # Samples of one neuron: the batch axis and the shared axes.
-        sample_axes = (0,) + tuple(
-            axis + 1 for axis, size in enumerate(parameter_shape) if size == 1
-        )
-        z = z.astype("float64")
-        if not np.all(np.isfinite(z)):
-            raise ValueError(
-                f"`BoundsUpdate`: the pre-activations of layer {layer.name!r} on "
-                "the probe data hold NaN or infinite values (non-finite probe "
-                "inputs, or a diverged model); no interval can cover them. "
-                f"Received: {int(np.sum(~np.isfinite(z)))} non-finite entries"
-            )
-
-        def per_neuron(values):
-            return np.reshape(values, -1)
-
-        low, high = np.quantile(z, self.quantiles, axis=sample_axes, keepdims=True)
-        low, high = per_neuron(low), per_neuron(high)
-        data_lower = per_neuron(z.min(axis=sample_axes, keepdims=True))
-        data_upper = per_neuron(z.max(axis=sample_axes, keepdims=True))
-        padding = self.margin * (high - low)
-        bounds = _numpy(bernstein.bounds).reshape(-1, 2)
-        target = np.stack([low - padding, high + padding], -1)
-        # One update extends each side by at most the interval's width: beyond
-        # that float32 rarely keeps the function (see `rebound`), and halving
-        # a step toward a far outlier would never reach a usable size.
-        width = bounds[:, 1] - bounds[:, 0]
-        target = np.stack(
+    def passes(rows, lower, upper):
+        old = bounds[rows]
+        candidate = np.stack(
             [
-                np.clip(target[:, 0], bounds[:, 0] - width, bounds[:, 0]),
-                np.clip(target[:, 1], bounds[:, 1], bounds[:, 1] + width),
+                old[:, 0] + lower * (target[rows, 0] - old[:, 0]),
+                old[:, 1] + upper * (target[rows, 1] - old[:, 1]),
             ],
             axis=-1,
-        ).astype(bernstein.bounds.dtype).astype("float64")
-        # Compared in the variable's dtype, so that rounding alone never
-        # counts as widening.
-        wanted = np.any(target != bounds, axis=-1)
-        if not np.any(wanted):
-            return 0, 0
-        chosen_bounds = bounds.copy()
-        chosen_coefficients = _numpy(bernstein.coefficients).reshape(bounds.shape[0], -1)
-        # Per side, the fraction of the asked widening tried; the two sides
-        # are capped separately, so one side's trouble does not block the other.
-        wants_lower = target[:, 0] != bounds[:, 0]
-        wants_upper = target[:, 1] != bounds[:, 1]
-        lower_step = wants_lower.astype("float64")
-        upper_step = wants_upper.astype("float64")
-        smallest = 0.5**_MAX_HALVINGS
-
-        def passes(rows, lower, upper):
-            old = bounds[rows]
-            candidate = np.stack(
-                [
-                    old[:, 0] + lower * (target[rows, 0] - old[:, 0]),
-                    old[:, 1] + upper * (target[rows, 1] - old[:, 1]),
-                ],
-                axis=-1,
-            )
-            plan = _Rebound(bernstein, candidate, rows)
-            return plan, self._keeps_promises(plan, data_lower[rows], data_upper[rows])
-
-        done = ~wanted
-        while not np.all(done):
-            rows = np.flatnonzero(~done)
-            lower, upper = lower_step[rows], upper_step[rows]
-            plan, passed = passes(rows, lower, upper)
-            chosen_bounds[rows[passed]] = plan.new_bounds[passed]
-            chosen_coefficients[rows[passed]] = plan.coefficients[passed]
-            done[rows[passed]] = True
-            rows, lower, upper = rows[~passed], lower[~passed], upper[~passed]
-            if not len(rows):
-                break
-            _, lower_alone = passes(rows, lower, 0.0 * upper)
-            _, upper_alone = passes(rows, 0.0 * lower, upper)
-            lower = np.where(lower_alone & ~upper_alone, lower, 0.5 * lower)
-            upper = np.where(upper_alone & ~lower_alone, upper, 0.5 * upper)
-            lower[lower < smallest] = 0.0
-            upper[upper < smallest] = 0.0
-            lower_step[rows], upper_step[rows] = lower, upper
-            # Nothing left to widen: the neuron keeps its interval.
-            done[rows[(lower == 0.0) & (upper == 0.0)]] = True
-        widened = np.any(chosen_bounds != bounds, axis=-1)
-        capped = int(
-            np.sum((wants_lower & (lower_step < 1.0)) | (wants_upper & (upper_step < 1.0)))
         )
-        if np.any(widened):
-            rows = np.flatnonzero(widened)
-            plan = _Rebound(bernstein, chosen_bounds[rows], rows)
-            plan.coefficients = chosen_coefficients[rows]
-            plan.assign()
-        kept = wanted & ~widened
-        if capped:
-            warnings.warn(
-                f"`BoundsUpdate` widened {capped} of {bounds.shape[0]} neurons of "
-                f"layer {layer.name!r} less than the probe data asks "
-                f"({int(kept.sum())} not at all), to keep its function on the "
-                "old interval (float32), its change on the probe range "
-                f"(max_change={self.max_change}), its coefficient constraint "
-                "and its derivative certificate.",
-                stacklevel=2,
-            )
-        return int(widened.sum()), capped
+        plan = _Rebound(bernstein, candidate, rows)
+        return plan, _keeps_promises(plan, data_lower[rows], data_upper[rows], max_change)
 
-    def _keeps_promises(self, plan, data_lower, data_upper):
-        """Per neuron: whether `plan` keeps every promise of the class docstring."""
-        error, allowed = plan.interval_error()
-        rounding = plan.rounding_floor(float(np.finfo(plan.dtype).eps))
-        # Outside the new interval both functions are affine (or constant):
-        # the data range's ends and the new interval inside it see the most.
-        on_data = np.maximum(
-            plan.change(data_lower, data_upper),
-            plan.change(
-                np.maximum(plan.new_bounds[:, 0], data_lower),
-                np.minimum(plan.new_bounds[:, 1], data_upper),
-            ),
+    done = ~wanted
+    while not np.all(done):
+        rows = np.flatnonzero(~done)
+        lower, upper = lower_step[rows], upper_step[rows]
+        plan, passed = passes(rows, lower, upper)
+        chosen_bounds[rows[passed]] = plan.new_bounds[passed]
+        chosen_coefficients[rows[passed]] = plan.coefficients[passed]
+        done[rows[passed]] = True
+        rows, lower, upper = rows[~passed], lower[~passed], upper[~passed]
+        if not len(rows):
+            break
+        _, lower_alone = passes(rows, lower, 0.0 * upper)
+        _, upper_alone = passes(rows, 0.0 * lower, upper)
+        lower = np.where(lower_alone & ~upper_alone, lower, 0.5 * lower)
+        upper = np.where(upper_alone & ~lower_alone, upper, 0.5 * upper)
+        lower[lower < smallest] = 0.0
+        upper[upper < smallest] = 0.0
+        lower_step[rows], upper_step[rows] = lower, upper
+        # Nothing left to widen: the neuron keeps its interval.
+        done[rows[(lower == 0.0) & (upper == 0.0)]] = True
+    widened = np.any(chosen_bounds != bounds, axis=-1)
+    capped = int(
+        np.sum((wants_lower & (lower_step < 1.0)) | (wants_upper & (upper_step < 1.0)))
+    )
+    if np.any(widened):
+        rows = np.flatnonzero(widened)
+        plan = _Rebound(bernstein, chosen_bounds[rows], rows)
+        plan.coefficients = chosen_coefficients[rows]
+        plan.assign()
+    kept = wanted & ~widened
+    if capped:
+        warnings.warn(
+            f"`BoundsUpdate` widened {capped} of {bounds.shape[0]} neurons of "
+            f"layer {layer.name!r} less than the probe data asks "
+            f"({int(kept.sum())} not at all), to keep its function on the "
+            "old interval (float32), its change on the probe range "
+            f"(max_change={max_change}), its coefficient constraint "
+            "and its derivative certificate.",
+            stacklevel=2,
         )
-        return (
-            (error <= allowed)
-            & (on_data <= self.max_change * plan.scale() + rounding)
-            & plan.slope_sign_kept()
-            & np.all(np.isfinite(plan.coefficients), axis=-1)
-        )
+    return int(widened.sum()), capped
+
+
+def _keeps_promises(plan, data_lower, data_upper, max_change):
+    """Per neuron: whether `plan` keeps every promise of `BoundsUpdate`."""
+    error, allowed = plan.interval_error()
+    rounding = plan.rounding_floor(float(np.finfo(plan.dtype).eps))
+    # Outside the new interval both functions are affine (or constant):
+    # the data range's ends and the new interval inside it see the most.
+    on_data = np.maximum(
+        plan.change(data_lower, data_upper),
+        plan.change(
+            np.maximum(plan.new_bounds[:, 0], data_lower),
+            np.minimum(plan.new_bounds[:, 1], data_upper),
+        ),
+    )
+    return (
+        (error <= allowed)
+        & (on_data <= max_change * plan.scale() + rounding)
+        & plan.slope_sign_kept()
+        & np.all(np.isfinite(plan.coefficients), axis=-1)
+    )

@@ -28,6 +28,12 @@ import numpy as np
 from keras_bernstein import ops as bernstein_ops
 from keras_bernstein._arguments import check_interval
 from keras_bernstein._arguments import check_nonnegative_number
+from keras_bernstein._model_layers import activation_name
+from keras_bernstein._model_layers import as_float64
+from keras_bernstein._model_layers import bernstein_activations
+from keras_bernstein._model_layers import check_model
+from keras_bernstein._model_layers import is_bernstein
+from keras_bernstein._model_layers import output_layers
 from keras_bernstein.layers import Bernstein
 from keras_bernstein.layers import BernsteinDense
 
@@ -71,10 +77,6 @@ class Box:
         return Box(self.lower.reshape(shape), self.upper.reshape(shape))
 
 
-# Weights and boxes as float64 NumPy arrays.
-_numpy = bernstein_ops._as_float64
-
-
 def _affine(box, kernel_fn, absolute_kernel_fn, bias=None):
     """`kernel_fn(x) + bias` over the box, by centre and radius."""
     center = kernel_fn(box.center)
@@ -91,21 +93,16 @@ def _scale_shift(box, scale, shift):
     return Box(np.minimum(low, high) + shift, np.maximum(low, high) + shift)
 
 
-def _activation_name(activation):
-    name = keras.activations.serialize(activation)
-    if isinstance(name, dict):
-        name = name.get("config", name)
-    return name if isinstance(name, str) else None
-
-
 def _activation(box, layer, activation):
-    name = _activation_name(activation)
+    name = activation_name(activation)
     if name == "softmax":
         return _softmax(box)
     if name not in MONOTONE_ACTIVATIONS:
+        # A function Keras does not know by name is not trusted by its name.
+        shown = name or getattr(activation, "__name__", None) or activation
         raise ValueError(
             f"Layer {layer.name!r} ({type(layer).__name__}) uses the activation "
-            f"{name or activation!r}, which has no certified bound. Supported: "
+            f"{shown!r}, which has no certified bound. Supported: "
             f"{sorted(MONOTONE_ACTIVATIONS) + ['softmax']}."
         )
     return box.map_monotone(MONOTONE_ACTIVATIONS[name])
@@ -126,8 +123,8 @@ def _softmax(box):
 
 
 def _dense(box, layer):
-    kernel = _numpy(layer.kernel)
-    bias = _numpy(layer.bias) if layer.use_bias else None
+    kernel = as_float64(layer.kernel)
+    bias = as_float64(layer.bias) if layer.use_bias else None
     box = _affine(box, lambda x: x @ kernel, lambda r: r @ np.abs(kernel), bias)
     return _activation(box, layer, layer.activation)
 
@@ -178,12 +175,12 @@ def _conv(box, layer):
             f"Layer {layer.name!r}: unsupported padding. "
             f"Received: padding={layer.padding!r}"
         )
-    kernel = _numpy(layer.kernel)
+    kernel = as_float64(layer.kernel)
     channels_first = layer.data_format == "channels_first"
     if channels_first:
         box = Box(np.moveaxis(box.lower, 1, -1), np.moveaxis(box.upper, 1, -1))
     args = (tuple(layer.strides), layer.padding, tuple(layer.dilation_rate))
-    bias = _numpy(layer.bias) if layer.use_bias else None
+    bias = as_float64(layer.bias) if layer.use_bias else None
     box = _affine(
         box,
         lambda x: _convolve(x, kernel, *args),
@@ -242,13 +239,13 @@ def _axis_shape(ndim, axes, values):
 def _batch_normalization(box, layer):
     ndim = box.lower.ndim
     axes = layer.axis if isinstance(layer.axis, (list, tuple)) else [layer.axis]
-    variance = _numpy(layer.moving_variance)
+    variance = as_float64(layer.moving_variance)
     scale = 1.0 / np.sqrt(variance + layer.epsilon)
     if layer.scale:
-        scale = scale * _numpy(layer.gamma)
-    shift = -_numpy(layer.moving_mean) * scale
+        scale = scale * as_float64(layer.gamma)
+    shift = -as_float64(layer.moving_mean) * scale
     if layer.center:
-        shift = shift + _numpy(layer.beta)
+        shift = shift + as_float64(layer.beta)
     return _scale_shift(
         box, _axis_shape(ndim, axes, scale), _axis_shape(ndim, axes, shift)
     )
@@ -270,9 +267,9 @@ def _normalization(box, layer):
     if layer.mean is None:
         raise ValueError(f"Layer {layer.name!r}: `Normalization` is not adapted.")
     deviation = np.maximum(
-        np.sqrt(_numpy(layer.variance)), keras.backend.epsilon()
+        np.sqrt(as_float64(layer.variance)), keras.backend.epsilon()
     )
-    mean = _numpy(layer.mean)
+    mean = as_float64(layer.mean)
     if layer.invert:
         return _scale_shift(box, deviation, mean)
     return _scale_shift(box, 1.0 / deviation, -mean / deviation)
@@ -442,13 +439,6 @@ def _check_box(lower, upper):
     return Box(lower, upper)
 
 
-def _check_model(model):
-    if not isinstance(model, keras.Model) or not model.built:
-        raise ValueError(
-            f"`model` must be a built Keras model. Received: model={model!r}"
-        )
-
-
 def _input_boxes(model, lower, upper):
     if isinstance(lower, (list, tuple)):
         if not isinstance(upper, (list, tuple)) or len(upper) != len(lower):
@@ -513,7 +503,7 @@ def output_bounds(model, lower, upper, method="subdivision"):
         >>> bool(np.all(low <= model.predict(x)))
         True
     """
-    _check_model(model)
+    check_model(model)
     _check_method(method)
     result = _propagate(model, _input_boxes(model, lower, upper), method)
     if isinstance(result, (list, tuple)):
@@ -521,14 +511,6 @@ def output_bounds(model, lower, upper, method="subdivision"):
             return result[0].lower, result[0].upper
         return [b.lower for b in result], [b.upper for b in result]
     return result.lower, result.upper
-
-
-def _output_layer(model):
-    if isinstance(model, keras.Sequential):
-        return model.layers[-1] if model.layers else None
-    if len(model.outputs) != 1:
-        return None
-    return model.outputs[0]._keras_history[0]
 
 
 def _num_classes(model):
@@ -621,7 +603,7 @@ def certified_margins(model, x, y, epsilon, input_range=(0.0, 1.0), method="subd
         Float64 array `(batch,)`; a positive entry certifies that every input
         in the ball is classified as `y`.
     """
-    _check_model(model)
+    check_model(model)
     _check_method(method)
     epsilon = check_nonnegative_number(epsilon, "epsilon")
     x = _check_inputs(x, input_range)
@@ -635,17 +617,18 @@ def certified_margins(model, x, y, epsilon, input_range=(0.0, 1.0), method="subd
     if isinstance(box, (list, tuple)):
         (box,) = box
     rows = np.arange(len(y))
-    last = _output_layer(model)
+    outputs = output_layers(model)
+    last = outputs[0] if len(outputs) == 1 else None
     if (
         type(last) is keras.layers.Dense
-        and _activation_name(last.activation) in ("linear", "softmax")
+        and activation_name(last.activation) in ("linear", "softmax")
         and id(last) in record
     ):
         hidden = record[id(last)]
         if isinstance(hidden, (list, tuple)):
             (hidden,) = hidden
-        kernel = _numpy(last.kernel)
-        bias = _numpy(last.bias) if last.use_bias else np.zeros(kernel.shape[1])
+        kernel = as_float64(last.kernel)
+        bias = as_float64(last.bias) if last.use_bias else np.zeros(kernel.shape[1])
         # difference[b, :, j] = W[:, y_b] - W[:, j]
         difference = kernel[:, y].T[:, :, None] - kernel[None, :, :]
         center = np.einsum("bi,bij->bj", hidden.center, difference)
@@ -715,16 +698,6 @@ class DerivativeCertificate:
     domain: str
 
 
-def _bernstein_layers(model):
-    layers = list(model._flatten_layers(include_self=False, recursive=True))
-    owned = {id(layer.bernstein) for layer in layers if isinstance(layer, BernsteinDense)}
-    for layer in layers:
-        if isinstance(layer, BernsteinDense):
-            yield layer.name, layer.bernstein
-        elif isinstance(layer, Bernstein) and id(layer) not in owned:
-            yield layer.name, layer
-
-
 def derivative_certificate(model):
     """Per Bernstein layer: the guaranteed minimum slope and the monotone condition.
 
@@ -745,22 +718,16 @@ def derivative_certificate(model):
         >>> for cert in derivative_certificate(model):
         ...     print(cert.layer_name, cert.min_slope, cert.monotone)
     """
-    if isinstance(model, BernsteinDense):
-        layers = [(model.name, model.bernstein)]
-    elif isinstance(model, Bernstein):
-        layers = [(model.name, model)]
-    elif isinstance(model, keras.Model):
-        layers = list(_bernstein_layers(model))
-    else:
+    if not (isinstance(model, keras.Model) or is_bernstein(model)):
         raise ValueError(
             "`model` must be a keras.Model or a Bernstein layer. "
             f"Received: model={model!r}"
         )
     certificates = []
-    for name, layer in layers:
+    for name, layer in bernstein_activations(model):
         if not layer.built:
             raise ValueError(f"Layer {name!r} is not built yet; call the model first.")
-        bounds = _numpy(layer.derivative_lower_bound())
+        bounds = as_float64(layer.derivative_lower_bound())
         certificates.append(
             DerivativeCertificate(
                 layer_name=name,

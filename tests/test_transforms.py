@@ -1,4 +1,5 @@
-"""Tests of `keras_bernstein.transforms`: exactness, saving, the bounds update."""
+"""Tests of `keras_bernstein.transforms`: exactness, saving, and the widening
+that `keras_bernstein.callbacks.BoundsUpdate` applies."""
 
 import math
 import os
@@ -10,6 +11,7 @@ from keras import ops
 
 from keras_bernstein import Bernstein
 from keras_bernstein import BernsteinDense
+from keras_bernstein import callbacks
 from keras_bernstein import ops as bernstein_ops
 from keras_bernstein import transforms
 
@@ -174,7 +176,7 @@ def test_bounds_update_keeps_accuracy_and_covers_the_data(tmp_path):
     )
     model.fit(x, y, epochs=5, batch_size=100, verbose=0)
     # A generous `max_change`: one update covers all the data.
-    update = transforms.BoundsUpdate(x, quantiles=(0.0, 1.0), margin=0.05, max_change=1.0)
+    update = callbacks.BoundsUpdate(x, quantiles=(0.0, 1.0), margin=0.05, max_change=1.0)
     update.set_model(model)
     _, accuracy_before = model.evaluate(x, y, verbose=0)
     layer = model.layers[0]
@@ -207,7 +209,7 @@ def test_bounds_update_keeps_accuracy_and_covers_the_data(tmp_path):
     assert model.evaluate(x, y, verbose=0)[1] == pytest.approx(accuracy_before, abs=0.02)
     # As a callback inside `fit`, and the model still saves and reloads.
     model.fit(x, y, epochs=2, batch_size=100, verbose=0,
-              callbacks=[transforms.BoundsUpdate(x, frequency=2)])
+              callbacks=[callbacks.BoundsUpdate(x, frequency=2)])
     path = os.path.join(tmp_path, "updated.keras")
     model.save(path)
     reloaded = keras.saving.load_model(path)
@@ -222,7 +224,7 @@ def test_bounds_update_is_exact_with_polynomial_extrapolation():
     )
     _random_coefficients(model.layers[0].bernstein, 8)
     before = _numpy(model(x))
-    update = transforms.BoundsUpdate(x, quantiles=(0.0, 1.0))
+    update = callbacks.BoundsUpdate(x, quantiles=(0.0, 1.0))
     update.set_model(model)
     update.update()
     assert _relative_error(_numpy(model(x)), before) <= 1e-5
@@ -230,11 +232,11 @@ def test_bounds_update_is_exact_with_polynomial_extrapolation():
 
 def test_bounds_update_validation():
     with pytest.raises(ValueError, match="frequency=0"):
-        transforms.BoundsUpdate(np.zeros((2, 2)), frequency=0)
+        callbacks.BoundsUpdate(np.zeros((2, 2)), frequency=0)
     with pytest.raises(ValueError, match="quantiles="):
-        transforms.BoundsUpdate(np.zeros((2, 2)), quantiles=(0.9, 0.1))
+        callbacks.BoundsUpdate(np.zeros((2, 2)), quantiles=(0.9, 0.1))
     with pytest.raises(ValueError, match="margin="):
-        transforms.BoundsUpdate(np.zeros((2, 2)), margin=-1.0)
+        callbacks.BoundsUpdate(np.zeros((2, 2)), margin=-1.0)
 
 
 def _guarantee(coefficients, degree):
@@ -330,7 +332,7 @@ def test_bounds_update_with_an_outlier_keeps_its_promises(outlier, extrapolation
     grid = np.linspace(-1.0, 1.0, 801, dtype="float32")[:, None] * np.ones((1, 8), "float32")
     on_grid, on_probe = _numpy(layer(grid)), _numpy(layer(x))
     loss = model.evaluate(x, y, verbose=0)
-    update = transforms.BoundsUpdate(x, quantiles=(0.0, 1.0))
+    update = callbacks.BoundsUpdate(x, quantiles=(0.0, 1.0))
     update.set_model(model)
     with pytest.warns(UserWarning, match="'activation'"):
         record = update.update()
@@ -370,7 +372,7 @@ def test_bounds_update_keeps_constraint_and_certificate_while_training():
     losses = [probe_loss()]
     with pytest.warns(UserWarning, match="'activation'"):
         model.fit(x, y, epochs=2, batch_size=128, verbose=0,
-                  callbacks=[transforms.BoundsUpdate(x, quantiles=(0.0, 1.0)),
+                  callbacks=[callbacks.BoundsUpdate(x, quantiles=(0.0, 1.0)),
                              keras.callbacks.LambdaCallback(
                                  on_epoch_end=lambda e, logs: losses.append(probe_loss()))])
     coefficients = _numpy(model.layers[0].coefficients)
@@ -384,7 +386,7 @@ def test_bounds_update_refuses_non_finite_probe_data():
     model = _outlier_model(degree=4)
     x, _ = _outlier_probe(0.5)
     x[3, 2] = np.nan
-    update = transforms.BoundsUpdate(x)
+    update = callbacks.BoundsUpdate(x)
     update.set_model(model)
     with pytest.raises(ValueError, match="'activation'.*NaN or infinite"):
         update.update()
@@ -417,7 +419,7 @@ def test_bounds_update_on_shared_axes_widens_per_channel():
     )
     x = np.random.default_rng(12).uniform(-1.0, 1.0, (16, 5, 5, 3)).astype("float32")
     x[..., 1] *= 1.2  # only channel 1 leaves [-1, 1]
-    update = transforms.BoundsUpdate(x, quantiles=(0.0, 1.0))
+    update = callbacks.BoundsUpdate(x, quantiles=(0.0, 1.0))
     update.set_model(model)
     assert update.update()["act"] == 1
     bounds = _numpy(model.layers[0].bounds).reshape(3, 2)

@@ -1,0 +1,124 @@
+"""A model's layers as the rest of the package reads them.
+
+One place answers: is this a built model, which of its layers are Bernstein
+layers (and which `Bernstein` holds each one's coefficients and bounds),
+which layers produce its outputs, and what a layer's activation is called.
+"""
+
+import keras
+import numpy as np
+
+from keras_bernstein.layers.bernstein import Bernstein
+from keras_bernstein.layers.bernstein_dense import BernsteinDense
+
+
+def as_float64(value):
+    """A weight, tensor or array as a float64 NumPy array."""
+    if not isinstance(value, (np.ndarray, np.generic, float, int, list, tuple)):
+        value = keras.ops.convert_to_numpy(value)
+    return np.asarray(value, dtype="float64")
+
+
+def check_model(model):
+    """Raises unless `model` is a built Keras `Model`."""
+    if not isinstance(model, keras.Model) or not model.built:
+        raise ValueError(
+            "`model` must be a built Keras `Model` (Sequential or functional; "
+            f"call it once or give it an `Input`). Received: model={model!r}"
+        )
+
+
+def activation_name(activation):
+    """The registered name of a Keras activation function, or `None`.
+
+    A function Keras does not know by name (one of the user's own, even if
+    it is called `relu`) has no name here.
+    """
+    try:
+        name = keras.activations.serialize(activation)
+    except (ValueError, TypeError, OSError):
+        # OSError: Keras reads the source of a lambda to serialize it.
+        return None
+    return name if isinstance(name, str) else None
+
+
+def is_bernstein(layer):
+    """Whether `layer` is a `Bernstein` or `BernsteinDense` layer."""
+    return isinstance(layer, (Bernstein, BernsteinDense))
+
+
+def bernstein_activation(layer):
+    """The `Bernstein` layer holding `layer`'s coefficients and bounds, or `None`."""
+    if isinstance(layer, BernsteinDense):
+        return layer.bernstein
+    if isinstance(layer, Bernstein):
+        return layer
+    return None
+
+
+def _sublayers(layer):
+    """A model's `layers`; the layers a custom layer tracks as attributes."""
+    if isinstance(layer, keras.Model):
+        return layer.layers
+    return layer._flatten_layers(include_self=False, recursive=False)
+
+
+def find_bernstein_layers(layer_or_model, nested=False):
+    """The `Bernstein` and `BernsteinDense` layers of `layer_or_model`.
+
+    A Bernstein layer is its own list. Of a model: its top-level Bernstein
+    layers in the order of `model.layers`; with `nested`, also those inside
+    its other layers (nested models, custom layers), depth first. The
+    `Bernstein` inside a `BernsteinDense` is not listed apart from it.
+    Anything else has none.
+    """
+    if is_bernstein(layer_or_model):
+        return [layer_or_model]
+    if not isinstance(layer_or_model, keras.Model):
+        return []
+    found = []
+    seen = set()
+
+    def visit(layer):
+        for sublayer in _sublayers(layer):
+            if id(sublayer) in seen:
+                continue
+            seen.add(id(sublayer))
+            if is_bernstein(sublayer):
+                found.append(sublayer)
+            elif nested:
+                visit(sublayer)
+
+    visit(layer_or_model)
+    return found
+
+
+def output_layers(model):
+    """The top-level layers of `model` whose outputs are outputs of `model`."""
+    if isinstance(model, keras.Sequential):
+        return model.layers[-1:]
+    try:
+        model_outputs = keras.tree.flatten(model.outputs)
+    except (AttributeError, ValueError):
+        return []
+    result = []
+    for layer in model.layers:
+        try:
+            layer_outputs = keras.tree.flatten(layer.output)
+        except (AttributeError, ValueError):
+            continue
+        if any(o is t for o in layer_outputs for t in model_outputs):
+            result.append(layer)
+    return result
+
+
+def bernstein_activations(layer_or_model):
+    """`(layer name, Bernstein)` for each Bernstein layer, nested ones included.
+
+    The name is the `Bernstein` or `BernsteinDense` layer's; the `Bernstein`
+    holds its coefficients and bounds.
+    """
+    return [
+        (layer.name, bernstein_activation(layer))
+        for layer in find_bernstein_layers(layer_or_model, nested=True)
+    ]

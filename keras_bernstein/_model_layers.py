@@ -29,15 +29,17 @@ def check_model(model):
 
 
 def activation_name(activation):
-    """The registered name of a Keras activation function, or `None`.
+    """The name of a Keras activation function, or `None`.
 
-    A function Keras does not know by name (one of the user's own, even if
-    it is called `relu`) has no name here.
+    Only Keras' own functions (`keras.activations.*`, `keras.ops.*`) have a
+    name here: Keras serializes a function by its `__name__`, so a user's
+    function called `relu` would otherwise pass for ReLU.
     """
+    if not getattr(activation, "__module__", "").startswith("keras."):
+        return None
     try:
         name = keras.activations.serialize(activation)
-    except (ValueError, TypeError, OSError):
-        # OSError: Keras reads the source of a lambda to serialize it.
+    except (ValueError, TypeError):
         return None
     return name if isinstance(name, str) else None
 

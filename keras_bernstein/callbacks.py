@@ -259,16 +259,7 @@ def dead_neuron_ratio(
         {'dead_neuron_ratio': 0.31, 'dead_neuron_ratio/dense': 0.45, ...}
     """
     dead = dead_units(
-        model,
-        x,
-        y=y,
-        criterion=criterion,
-        threshold=threshold,
-        tolerance=tolerance,
-        layers=layers,
-        batch_size=batch_size,
-        loss=loss,
-        max_batches=max_batches,
+        model, x, y, criterion, threshold, tolerance, layers, batch_size, loss, max_batches
     )
     return _dead_ratios(dead)
 

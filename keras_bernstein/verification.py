@@ -98,8 +98,9 @@ def _activation(box, layer, activation):
     if name == "softmax":
         return _softmax(box)
     if name not in MONOTONE_ACTIVATIONS:
-        # A function Keras does not know by name is not trusted by its name.
-        shown = name or getattr(activation, "__name__", None) or activation
+        shown = name or activation
+        if name is None and hasattr(activation, "__qualname__"):
+            shown = f"{activation.__module__}.{activation.__qualname__}"
         raise ValueError(
             f"Layer {layer.name!r} ({type(layer).__name__}) uses the activation "
             f"{shown!r}, which has no certified bound. Supported: "

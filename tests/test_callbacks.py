@@ -487,3 +487,28 @@ def test_bounds_callbacks_on_a_model_without_bernstein_layers():
 def test_callback_arguments_are_checked_at_construction(factory, argument, value):
     with pytest.raises(ValueError, match=f"`{argument}`.*Received: {argument}="):
         factory(_positive_inputs(8), **{argument: value})
+
+
+def test_a_users_activation_is_monitored_only_when_named():
+    def relu(x):  # not Keras' relu: not monitored by default
+        return keras.ops.relu(x)
+
+    model = keras.Sequential(
+        [
+            keras.Input((3,)),
+            keras.layers.Dense(4, activation=relu, name="own"),
+            keras.layers.Dense(4, activation=keras.ops.relu, name="keras_relu"),
+            keras.layers.Dense(1),
+        ]
+    )
+    assert [layer.name for layer in callbacks.monitored_layers(model)] == ["keras_relu"]
+    dead = callbacks.dead_units(model, _positive_inputs(), layers=["own"])
+    assert dead["own"].shape == (4,)
+
+
+def test_bounds_update_is_a_callback_of_this_module():
+    from keras_bernstein import transforms
+
+    assert callbacks.BoundsUpdate.__module__ == "keras_bernstein.callbacks"
+    assert issubclass(callbacks.BoundsUpdate, keras.callbacks.Callback)
+    assert not hasattr(transforms, "BoundsUpdate")

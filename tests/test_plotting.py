@@ -99,3 +99,13 @@ def test_bad_arguments():
         plotting.plot_activations(Bernstein())
     with pytest.raises(ValueError, match="neurons_per_layer"):
         plotting.plot_activations(_model(), neurons_per_layer=0)
+
+
+def test_plot_activations_finds_nested_layers():
+    nested = keras.Sequential([Bernstein(degree=3, name="inner")])
+    model = keras.Sequential(
+        [keras.Input((3,)), BernsteinDense(2, name="outer"), nested, keras.layers.Dense(1)]
+    )
+    figure = plotting.plot_activations(model, neurons_per_layer=2)
+    titles = [ax.get_title() for ax in figure.axes if ax.axison]
+    assert [t.split(" ·")[0] for t in titles] == ["outer", "outer", "inner", "inner"]

@@ -353,3 +353,38 @@ def test_certified_accuracy_needs_two_classes():
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1, activation="sigmoid")])
     with pytest.raises(ValueError, match="at least 2 classes"):
         verification.certified_accuracy(model, np.full((2, 4), 0.5), [0, 0], 0.01)
+
+
+def test_a_users_function_is_not_trusted_by_its_name():
+    def relu(x):  # named like a Keras activation, but decreasing
+        return -keras.ops.relu(x)
+
+    model = keras.Sequential(
+        [keras.Input((3,)), keras.layers.Dense(2, activation=relu, name="d")]
+    )
+    with pytest.raises(ValueError, match="'d'.*relu.*no certified bound"):
+        verification.output_bounds(model, np.zeros((1, 3)), np.ones((1, 3)))
+    # Keras' own functions are known by their names.
+    model = keras.Sequential(
+        [keras.Input((3,)), keras.layers.Dense(2, activation=keras.ops.relu)]
+    )
+    low, _ = verification.output_bounds(model, np.zeros((1, 3)), np.ones((1, 3)))
+    assert np.all(low >= 0.0)
+
+
+def test_derivative_certificate_of_nested_layers_in_order():
+    class Block(keras.layers.Layer):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.inner = Bernstein(degree=3, name="in_block")
+
+        def call(self, x):
+            return self.inner(x)
+
+    nested = keras.Sequential([Bernstein(degree=3, name="b1"), Bernstein(degree=3, name="b2")])
+    model = keras.Sequential(
+        [keras.Input((3,)), BernsteinDense(3, name="bd"), nested, Block(),
+         Bernstein(degree=3, name="b3")]
+    )
+    names = [c.layer_name for c in verification.derivative_certificate(model)]
+    assert names == ["bd", "b1", "b2", "in_block", "b3"]

@@ -95,6 +95,18 @@ def find_bernstein_layers(layer_or_model, nested=False):
     return found
 
 
+def bernstein_activations(layer_or_model):
+    """`(layer name, Bernstein)` for each Bernstein layer, nested ones included.
+
+    The name is the `Bernstein` or `BernsteinDense` layer's; the `Bernstein`
+    holds its coefficients and bounds.
+    """
+    return [
+        (layer.name, bernstein_activation(layer))
+        for layer in find_bernstein_layers(layer_or_model, nested=True)
+    ]
+
+
 def output_layers(model):
     """The top-level layers of `model` whose outputs are outputs of `model`."""
     if isinstance(model, keras.Sequential):
@@ -112,15 +124,3 @@ def output_layers(model):
         if any(o is t for o in layer_outputs for t in model_outputs):
             result.append(layer)
     return result
-
-
-def bernstein_activations(layer_or_model):
-    """`(layer name, Bernstein)` for each Bernstein layer, nested ones included.
-
-    The name is the `Bernstein` or `BernsteinDense` layer's; the `Bernstein`
-    holds its coefficients and bounds.
-    """
-    return [
-        (layer.name, bernstein_activation(layer))
-        for layer in find_bernstein_layers(layer_or_model, nested=True)
-    ]

@@ -3,13 +3,13 @@
 import math
 import numbers
 
+import keras
 import numpy as np
 
-# The highest degree evaluated to the documented float32 accuracy. Above about
-# 110 the basis products `t^k (1 - t)^(n - k)` of the backward pass fall below
-# float32's smallest normal number (`2^-126` at `k = n / 2`) and XLA flushes
-# them to zero, and from 126 on the binomials times the end slopes overflow.
-MAX_DEGREE = 100
+from keras_bernstein._formula import EXTRAPOLATION_MODES
+from keras_bernstein._formula import MAX_DEGREE
+from keras_bernstein._formula import _degree_of_shape
+from keras_bernstein._formula import _plain_shape
 
 _FLOAT32 = np.finfo("float32")
 
@@ -130,3 +130,152 @@ def check_nonnegative_number(value, name, positive=False):
             f"`{name}` must be a finite number {relation}. Received: {name}={value!r}"
         )
     return float(value)
+
+
+def check_extrapolation(extrapolation):
+    """Returns `extrapolation` if it is a known mode, else raises `ValueError`."""
+    if extrapolation not in EXTRAPOLATION_MODES:
+        raise ValueError(
+            f"`extrapolation` must be one of {EXTRAPOLATION_MODES}. "
+            f"Received: extrapolation={extrapolation!r}"
+        )
+    return extrapolation
+
+
+def _broadcast_shapes(*shapes):
+    """The broadcast of static shapes (None: unknown, matches any size), or
+    None where two known sizes other than 1 differ."""
+    rank = max(len(shape) for shape in shapes)
+    result = []
+    for axis in range(rank):
+        sizes = {
+            shape[axis - rank + len(shape)]
+            for shape in shapes
+            if axis - rank + len(shape) >= 0
+        } - {1}
+        known = sizes - {None}
+        if len(known) > 1:
+            return None
+        result.append(known.pop() if known else (None if None in sizes else 1))
+    return tuple(result)
+
+
+def check_tables(coefficients, bounds, x=None, given_bounds=None):
+    """Checks the shapes of the `coefficients` and `bounds` tensors (and of
+    `x`) before anything reads them, and the values of `given_bounds` (the
+    argument `bounds` was converted from) where they are concrete
+    (`_concrete_values`). Returns the degree."""
+    shapes = (
+        tuple(coefficients.shape),
+        tuple(bounds.shape),
+        None if x is None else tuple(x.shape),
+    )
+    degree = _checked_shapes.get(shapes)
+    if degree is None:
+        degree = _check_shapes(*shapes)
+        if len(_checked_shapes) < 1024:
+            _checked_shapes[shapes] = degree
+    check_bounds_values(bounds if given_bounds is None else given_bounds)
+    return degree
+
+
+# Shapes `_check_shapes` accepted -> degree: PyTorch runs the checks in Python
+# at every call. (A dict, not `lru_cache`, which torch.compile warns about.)
+_checked_shapes = {}
+
+
+def _check_shapes(coefficients_shape, bounds_shape, x_shape):
+    """`check_tables`' shape checks; returns the degree."""
+    degree = _degree_of_shape(coefficients_shape)
+    coefficients_shape, bounds_shape = _plain_shape(coefficients_shape), _plain_shape(bounds_shape)
+    if not bounds_shape or bounds_shape[-1] != 2:
+        raise ValueError(
+            "The last axis of `bounds` must hold the two values (l, u). "
+            f"Received: bounds.shape={bounds_shape}"
+        )
+    shapes = [coefficients_shape[:-1], bounds_shape[:-1]]
+    received = f"coefficients.shape={coefficients_shape}, bounds.shape={bounds_shape}"
+    names = "`coefficients` and `bounds`"
+    if x_shape is not None:
+        shapes.append(_plain_shape(x_shape))
+        received += f", x.shape={_plain_shape(x_shape)}"
+        names = "`coefficients`, `bounds` and `x`"
+    if _broadcast_shapes(*shapes) is None:
+        raise ValueError(
+            f"The neuron axes of {names} must broadcast together (the last "
+            f"axis of each table holds its values). Received: {received}"
+        )
+    return degree
+
+
+def check_vectors(x, **vectors):
+    """Checks that each of `vectors` (the normalization's statistics, scale
+    and offset) broadcasts against `x`, before anything reads them."""
+    x_shape = _plain_shape(x.shape)
+    for name, vector in vectors.items():
+        if _broadcast_shapes(x_shape, _plain_shape(vector.shape)) is None:
+            raise ValueError(
+                f"`{name}` must broadcast against `x` (one value per unit of its "
+                f"last axis). Received: {name}.shape={_plain_shape(vector.shape)}, "
+                f"x.shape={x_shape}"
+            )
+
+
+def check_bounds_values(bounds, name="bounds"):
+    """Raises a `ValueError` naming `name` if `bounds` holds concrete values
+    (`_concrete_values`) with a row `(l, u)` that is no interval usable in
+    float32 (`bounds_problem`)."""
+    values = _concrete_values(bounds)
+    if values is None or values.size == 0:
+        return
+    problem = bounds_problem(values[..., 0], values[..., 1])
+    if problem is not None:
+        raise ValueError(
+            f"Every row (l, u) of `{name}` must be {problem}. "
+            f"Received: {name}={describe(values)}"
+        )
+
+
+def _concrete_values(value):
+    """`value` as a NumPy array where reading it costs neither a trace nor a
+    device synchronization (NumPy and Python values, eager tensors in host
+    memory), else None.
+
+    Tensors inside a traced function (`jax.jit`, `tf.function`,
+    `torch.compile`) and on an accelerator are checked by shape only, and so
+    are Keras variables: the layers check their weights where they are set,
+    not at every step.
+    """
+    if isinstance(value, keras.Variable):
+        return None
+    if isinstance(value, (np.ndarray, np.generic, numbers.Number, list, tuple)):
+        try:
+            return np.asarray(value, "float64")
+        except (TypeError, ValueError):
+            return None
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        if isinstance(value, jax.core.Tracer) or not isinstance(value, jax.Array):
+            return None
+        if not all(device.platform == "cpu" for device in value.devices()):
+            return None
+    elif backend == "tensorflow":
+        import tensorflow as tf
+
+        if not (isinstance(value, tf.Tensor) and hasattr(value, "numpy")):
+            return None
+        if not tf.executing_eagerly() or "GPU" in value.device or "TPU" in value.device:
+            return None
+    elif backend == "torch":
+        import torch
+
+        if not isinstance(value, torch.Tensor) or value.device.type != "cpu":
+            return None
+        if torch.compiler.is_compiling():
+            return None
+        value = value.detach()
+    else:
+        return None
+    return np.asarray(keras.ops.convert_to_numpy(value), "float64")

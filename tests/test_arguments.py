@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from keras import ops
 
+from keras_bernstein import _arguments
 from keras_bernstein import Bernstein
 from keras_bernstein import BernsteinDense
 from keras_bernstein import initializers
@@ -415,7 +416,7 @@ def test_traced_bounds_are_checked_by_shape_only():
 def test_layer_weights_are_not_read_at_every_call(monkeypatch):
     """The layers pass their variables, which `ops` does not read by value."""
     read = []
-    concrete = bernstein_ops._concrete_values
+    concrete = _arguments._concrete_values
     monkeypatch.setattr(
         bernstein_ops,
         "_concrete_values",

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from keras import ops
 
+from keras_bernstein import _formula
 from keras_bernstein import ops as bernstein_ops
 
 BACKEND = keras.backend.backend()
@@ -64,7 +65,7 @@ def float64_jax():
 
 def plain(extrapolation, degree):
     def evaluate(x, coefficients, bounds):
-        return bernstein_ops._evaluate(x, coefficients, bounds, extrapolation)
+        return _formula._evaluate(x, coefficients, bounds, extrapolation)
 
     return evaluate
 
@@ -339,7 +340,7 @@ def batch_normalized(extrapolation, fused):
                 x, mean, inverse_deviation, scale, offset, coefficients, bounds, extrapolation
             )
         normalized = (x - mean) * inverse_deviation * scale + offset
-        return bernstein_ops._evaluate(normalized, coefficients, bounds, extrapolation)
+        return _formula._evaluate(normalized, coefficients, bounds, extrapolation)
 
     return evaluate
 
@@ -558,7 +559,7 @@ def test_torch_falls_back_to_eager_kernels_when_compilation_fails(monkeypatch):
     bounds = torch.tensor([[-2.0, 2.0], [-1.0, 3.0]])
     with pytest.warns(UserWarning, match="no C.. compiler"):
         values = bernstein_ops.bernstein_polynomial(x, coefficients, bounds)
-    expected = bernstein_ops._evaluate(x, coefficients, bounds, "linear")
+    expected = _formula._evaluate(x, coefficients, bounds, "linear")
     np.testing.assert_allclose(values.numpy(), expected.numpy(), rtol=1e-6)
     assert not torch_compilation.supports(x, 2)
 
@@ -886,7 +887,8 @@ def test_tensorflow_kernels_refuse_inputs_of_other_sizes(kernel_targets):
         slope_lower=units,
         bend=units,
     )
-    assert values(**good, extrapolation="linear").shape == (4, 5)
+    linear = cpu_kernels.mode_index("linear")
+    assert values(**good, mode=linear).shape == (4, 5)
     wrong_inputs = [
         dict(x=np.ones((4, 6), "float32")),
         dict(bounds=np.ones((5, 3), "float32")),
@@ -895,12 +897,15 @@ def test_tensorflow_kernels_refuse_inputs_of_other_sizes(kernel_targets):
     ]
     for wrong in wrong_inputs:
         with pytest.raises(tf.errors.InvalidArgumentError):
-            values(**{**good, **wrong}, extrapolation="linear")
+            values(**{**good, **wrong}, mode=linear)
     with pytest.raises(tf.errors.InvalidArgumentError, match="must end in 5"):
         normalized(
             np.ones((5, 4), "float32"), units, units, good["bounds"], good["columns"],
-            units, units, extrapolation="linear", epsilon=1e-3,
+            units, units, mode=linear, epsilon=1e-3,
         )
+    # A mode that `_formula.EXTRAPOLATION_MODES` does not number.
+    with pytest.raises(tf.errors.InvalidArgumentError, match="unknown extrapolation mode"):
+        values(**good, mode=len(bernstein_ops.EXTRAPOLATION_MODES))
 
 
 @pytest.mark.parametrize("extrapolation", ["linear", "clip", "polynomial"])
@@ -922,21 +927,22 @@ def test_tensorflow_kernels_write_over_their_inputs_correctly(extrapolation, ker
     )
     slopes = cpu_kernels._slope_table(tf.constant(coefficients)).numpy()
     units = np.linspace(0.5, 1.5, 37).astype("float32")
+    mode = cpu_kernels.mode_index(extrapolation)
     calls = {
         "values": lambda x, g: library.keras_bernstein_values3(
-            x, bounds, columns, slope_lower, bend, extrapolation=extrapolation
+            x, bounds, columns, slope_lower, bend, mode=mode
         ),
         "gradient": lambda x, g: library.keras_bernstein_gradient3(
-            x, g, bounds, slopes, extrapolation=extrapolation
+            x, g, bounds, slopes, mode=mode
         ),
         "batch_normalized_values": lambda x, g: library.keras_bernstein_batch_normalized_values3(
             x, units, units - 1.0, bounds, columns, slope_lower, bend,
-            extrapolation=extrapolation, epsilon=1e-3,
+            mode=mode, epsilon=1e-3,
         ),
         "batch_normalized_gradient": lambda x, g: (
             library.keras_bernstein_batch_normalized_gradient3(
                 x, g, units - 1.0, units, units, units - 1.0, bounds, slopes,
-                extrapolation=extrapolation, epsilon=1e-3,
+                mode=mode, epsilon=1e-3,
             )
         ),
     }

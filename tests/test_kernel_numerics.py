@@ -473,3 +473,59 @@ def test_torch_compiled_bernstein_dense_training_matches_float64(torch_compiled)
         expected = reference_gradients[name]
         scale = np.abs(expected).max() if name == "x" else magnitudes[name]
         _assert_matches(name, gradient, expected, (3e-4 if name == "x" else 1e-4) * scale)
+
+
+def test_every_extrapolation_mode_is_numbered_for_the_kernels():
+    """The modes are listed once (`_formula.EXTRAPOLATION_MODES`): the
+    kernels take each as its index, compiled into the C++ `Mode` enum from
+    `cpu_kernels._MODE_DEFINES`, whose every name the header reads."""
+    import pathlib
+
+    from keras_bernstein import _formula
+    from keras_bernstein._fast import cpu_kernels
+
+    header = pathlib.Path(cpu_kernels.HEADER).read_text()
+    for index, mode in enumerate(_formula.EXTRAPOLATION_MODES):
+        assert cpu_kernels.mode_index(mode) == index
+        define = f"KERAS_BERNSTEIN_MODE_{mode.upper()}"
+        assert f"-D{define}={index}" in cpu_kernels._MODE_DEFINES
+        assert define in header, f"the kernels have no mode {mode!r}"
+    count = len(_formula.EXTRAPOLATION_MODES)
+    assert f"-DKERAS_BERNSTEIN_MODES={count}" in cpu_kernels._MODE_DEFINES
+    assert f"KERAS_BERNSTEIN_MODES == {count}" in header
+
+
+def test_every_extrapolation_mode_reaches_the_kernels(kernel_targets):
+    """Each mode's kernels are looked up with that mode, and compute what
+    the portable formula computes for it (so no two modes share a number)."""
+    from keras_bernstein import _formula
+    from keras_bernstein import ops as bernstein_ops
+
+    rng = np.random.default_rng(8)
+    x = (rng.normal(size=(64, 6)) * 2.0).astype("float32")
+    coefficients = rng.normal(size=(6, 5)).astype("float32")
+    bounds = np.tile([-1.5, 1.0], (6, 1)).astype("float32")
+    for mode in _formula.EXTRAPOLATION_MODES:
+        kernel_targets.clear()
+        values = bernstein_ops.bernstein_polynomial(x, coefficients, bounds, mode)
+        assert set(kernel_targets) == {(4, mode, "Values")}
+        np.testing.assert_allclose(
+            keras.ops.convert_to_numpy(values),
+            keras.ops.convert_to_numpy(_formula._evaluate(x, coefficients, bounds, mode)),
+            rtol=1e-5,
+            atol=1e-4,
+        )
+
+
+def test_jax_kernels_refuse_an_unknown_mode(kernel_targets):
+    """A mode the kernels do not number raises instead of computing another's."""
+    if BACKEND != "jax":
+        pytest.skip("JAX's FFI handlers")
+    from keras_bernstein import _formula
+    from keras_bernstein._fast import cpu_kernels, jax_cpu_kernel
+
+    inputs, result_shapes, epsilon = _jax_kernel_calls()["Values"]
+    name, _ = cpu_kernels._target(3, "linear", "Values")
+    unknown = (name, len(_formula.EXTRAPOLATION_MODES))
+    with pytest.raises(ValueError, match="unknown extrapolation mode"):
+        jax_cpu_kernel.call(unknown, list(inputs.values()), result_shapes, epsilon)

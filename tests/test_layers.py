@@ -12,6 +12,7 @@ from layer_test import run_layer_test
 
 from keras_bernstein import Bernstein
 from keras_bernstein import BernsteinDense
+from keras_bernstein import _formula
 from keras_bernstein import constraints
 from keras_bernstein import initializers
 
@@ -626,10 +627,10 @@ def test_bernstein_dense_trains_the_same_with_the_fused_normalization(
     one function, which only TensorFlow uses by default) change the weights
     and moving statistics as the Keras BatchNormalization layer followed by
     Bernstein does."""
-    from keras_bernstein.layers import bernstein_dense
+    from keras_bernstein import ops as bernstein_ops
 
     monkeypatch.setattr(
-        bernstein_dense, "_FUSED_NORMALIZATION_BACKENDS", ("jax", "tensorflow")
+        bernstein_ops, "_FUSED_NORMALIZATION_BACKENDS", ("jax", "tensorflow")
     )
     results = fast_and_unfused(shape, extrapolation, monkeypatch, fall_back=lambda: None)
     for a, b in zip(*results):
@@ -781,7 +782,7 @@ def test_compiled_inference_follows_weight_updates(torch_compiled):
     def inference_and_reference():
         with torch.no_grad():
             outputs = layer(x, training=False)
-            reference = bernstein_ops._evaluate(
+            reference = _formula._evaluate(
                 layer.pre_activation(x), layer.coefficients, layer.bounds, "linear"
             )
         outputs, reference = ops.convert_to_numpy(outputs), ops.convert_to_numpy(reference)
@@ -837,11 +838,11 @@ def test_compiled_inference_from_kept_tables_matches_the_formula(
     def check():
         with torch.no_grad():
             got = bernstein_ops.bernstein_polynomial(x, coefficients, bounds, extrapolation)
-            expected = bernstein_ops._evaluate(x, coefficients, bounds, extrapolation)
+            expected = _formula._evaluate(x, coefficients, bounds, extrapolation)
             got_normalized = bernstein_ops.normalized_bernstein_polynomial(
                 x, *statistics, coefficients, bounds, extrapolation
             )
-            expected_normalized = bernstein_ops._evaluate_normalized(
+            expected_normalized = _formula._evaluate_normalized(
                 x, *statistics, coefficients, bounds, extrapolation
             )
         # `t` by a multiplication, not a division: its rounding grows with

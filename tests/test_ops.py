@@ -679,3 +679,184 @@ def test_nan_and_huge_inputs_in_jit_compiled_predict():
         eager = _numpy(layers[mode](x))
         np.testing.assert_allclose(y[:, 1:5], eager[:, 1:5], rtol=1e-6)
         np.testing.assert_allclose(y[:, 5:], eager[:, 5:], rtol=1e-6, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------
+# Which implementation runs (`ops.implementation`).
+# ---------------------------------------------------------------------------
+
+
+def _chooser_case(dtype="float32", degree=8, rows=32, units=5):
+    rng = np.random.default_rng(21)
+    x = (rng.normal(size=(rows, units)) * 2.0).astype(dtype)
+    coefficients = rng.normal(size=(units, degree + 1)).astype(dtype)
+    bounds = np.tile([-2.0, 2.0], (units, 1)).astype(dtype)
+    return x, coefficients, bounds
+
+
+def _kernels_looked_up(monkeypatch):
+    """The C++ kernels looked up from now on (`_fast/cpu_kernels._target`)."""
+    from keras_bernstein._fast import cpu_kernels
+
+    looked_up = []
+    target = cpu_kernels._target
+    monkeypatch.setattr(
+        cpu_kernels, "_target", lambda *args: looked_up.append(args) or target(*args)
+    )
+    return looked_up
+
+
+def test_implementation_checks_its_arguments():
+    x, coefficients, bounds = _chooser_case()
+    with pytest.raises(ValueError, match="normalization"):
+        bernstein_ops.implementation(x, coefficients, bounds, normalization="batch")
+    with pytest.raises(ValueError, match="fused"):
+        bernstein_ops.implementation(x, coefficients, bounds, fused=True)
+    with pytest.raises(ValueError, match="extrapolation"):
+        bernstein_ops.implementation(x, coefficients, bounds, "cubic")
+    with pytest.raises(ValueError, match="bounds"):
+        bernstein_ops.implementation(x, coefficients, bounds[:, :1])
+
+
+@pytest.mark.parametrize("normalization", [None, "inference", "training"])
+def test_implementation_answers_with_a_known_name(normalization):
+    x, coefficients, bounds = _chooser_case()
+    for fused in (None, True) if normalization else (None,):
+        choice = bernstein_ops.implementation(
+            x, coefficients, bounds, normalization=normalization, fused=fused
+        )
+        assert isinstance(choice, bernstein_ops.Implementation)
+        assert choice.name in bernstein_ops.IMPLEMENTATIONS
+        assert choice.reason
+        assert choice.fused == bool(fused) or fused is None
+
+
+def test_implementation_of_degree_zero_is_portable():
+    x, coefficients, bounds = _chooser_case(degree=0)
+    assert bernstein_ops.implementation(x, coefficients, bounds).name == "portable"
+
+
+@pytest.mark.parametrize("extrapolation", MODES)
+def test_implementation_is_the_cpu_kernel_on_cpu_float32(extrapolation, kernel_targets):
+    """JAX- and TensorFlow-CPU, float32: the C++ kernels, and they run."""
+    x, coefficients, bounds = _chooser_case()
+    choice = bernstein_ops.implementation(x, coefficients, bounds, extrapolation)
+    assert choice.name == "cpu_kernel", choice
+    bernstein_ops.bernstein_polynomial(x, coefficients, bounds, extrapolation)
+    assert {(8, extrapolation, "Values")} <= set(kernel_targets)
+    training = bernstein_ops.implementation(
+        x, coefficients, bounds, extrapolation, normalization="training"
+    )
+    assert training == ("cpu_kernel", True, choice.reason)
+    inference = bernstein_ops.implementation(
+        x, coefficients, bounds, extrapolation, normalization="inference"
+    )
+    assert inference.name == "cpu_kernel" and not inference.fused
+
+
+def test_implementation_without_the_cpu_kernels(monkeypatch):
+    """Turned off, or for float64: the portable formula with its recomputing
+    backward (on TensorFlow inside a traced function XLA functions); no
+    kernel is looked up."""
+    if keras.backend.backend() not in ("jax", "tensorflow"):
+        pytest.skip("the C++ kernels are JAX's and TensorFlow's")
+    looked_up = _kernels_looked_up(monkeypatch)
+    x, coefficients, bounds = _chooser_case()
+    monkeypatch.setenv("KERAS_BERNSTEIN_CPU_KERNEL", "0")
+    choice = bernstein_ops.implementation(x, coefficients, bounds)
+    assert choice.name == "recomputed_gradient", choice
+    assert "KERAS_BERNSTEIN_CPU_KERNEL=0" in choice.reason
+    monkeypatch.delenv("KERAS_BERNSTEIN_CPU_KERNEL")
+    with float64_context():
+        x, coefficients, bounds = _chooser_case("float64")
+        choice = bernstein_ops.implementation(x, coefficients, bounds)
+        assert choice == ("recomputed_gradient", False, "the portable formula: not float32")
+        bernstein_ops.bernstein_polynomial(x, coefficients, bounds)
+    assert not looked_up
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        @tf.function
+        def traced(x):
+            return bernstein_ops.implementation(x, coefficients, bounds).name
+
+        assert traced(tf.constant(x)) == "xla_compiled"
+
+
+def test_implementation_on_torch_eager():
+    """PyTorch with compiling off (the tests' default): the in-place
+    autograd nodes; in training one node with the batch normalization."""
+    if keras.backend.backend() != "torch":
+        pytest.skip("PyTorch's eager kernels")
+    x, coefficients, bounds = _chooser_case()
+    choice = bernstein_ops.implementation(x, coefficients, bounds)
+    assert choice.name == "torch_eager" and "KERAS_BERNSTEIN_TORCH_COMPILE=0" in choice.reason
+    training = bernstein_ops.implementation(x, coefficients, bounds, normalization="training")
+    assert training.name == "torch_eager" and training.fused
+    inference = bernstein_ops.implementation(x, coefficients, bounds, normalization="inference")
+    assert inference.name == "torch_eager" and not inference.fused
+    direct = bernstein_ops.implementation(
+        x, coefficients, bounds, normalization="training", fused=True
+    )
+    assert direct.name == "recomputed_gradient" and direct.fused
+    single_row = bernstein_ops.implementation(
+        x[:1], coefficients, bounds, normalization="training"
+    )
+    assert single_row.name == "torch_eager" and not single_row.fused
+
+
+def test_implementation_on_torch_compiled(torch_compiled):
+    """PyTorch-CPU with compiling on: TorchInductor, fused with the batch
+    normalization, and the compiled function runs."""
+    x, coefficients, bounds = _chooser_case()
+    assert bernstein_ops.implementation(x, coefficients, bounds).name == "torch_compiled"
+    for normalization in ("inference", "training"):
+        choice = bernstein_ops.implementation(
+            x, coefficients, bounds, normalization=normalization
+        )
+        assert choice.name == "torch_compiled" and choice.fused
+    bernstein_ops.bernstein_polynomial(x, coefficients, bounds)
+    assert torch_compiled
+
+
+def test_dispatch_follows_the_implementation(monkeypatch):
+    """`bernstein_polynomial` runs what the chooser answers: told
+    `"portable"`, no fast path runs, and the values are the formula's."""
+    from keras_bernstein import _formula
+
+    x, coefficients, bounds = _chooser_case()
+    answers = []
+    choose = bernstein_ops._polynomial_choice
+
+    def portable(*args):
+        answers.append(choose(*args))
+        return bernstein_ops._PORTABLE_FEW_AXES
+
+    monkeypatch.setattr(bernstein_ops, "_polynomial_choice", portable)
+    fast_paths = []
+    for name in ("_with_lean_gradient", "_torch_polynomial"):
+        monkeypatch.setattr(bernstein_ops, name, fast_paths)  # not callable: would raise
+    values = bernstein_ops.bernstein_polynomial(x, coefficients, bounds)
+    assert answers and not fast_paths
+    np.testing.assert_array_equal(
+        ops.convert_to_numpy(values),
+        ops.convert_to_numpy(_formula._evaluate(x, coefficients, bounds, "linear")),
+    )
+
+
+def test_implementation_is_logged_at_debug_level_once(caplog, monkeypatch):
+    import logging
+
+    monkeypatch.setattr(bernstein_ops, "_logged", set())
+
+    x, coefficients, bounds = _chooser_case(rows=7)
+    with caplog.at_level(logging.INFO, logger="keras_bernstein"):
+        bernstein_ops.bernstein_polynomial(x, coefficients, bounds)
+    assert not caplog.records
+    with caplog.at_level(logging.DEBUG, logger="keras_bernstein"):
+        for _ in range(3):
+            bernstein_ops.bernstein_polynomial(x, coefficients, bounds)
+    messages = [r.getMessage() for r in caplog.records if r.name == "keras_bernstein"]
+    assert len(messages) == 1, messages
+    choice = bernstein_ops.implementation(x, coefficients, bounds)
+    assert f"runs {choice.name}" in messages[0] and choice.reason in messages[0]

@@ -1,7 +1,9 @@
 """Per-backend fast paths, each behind one portable entry point.
 
-Each module here computes exactly what the portable code computes (same
-formulas, same semantics) with fewer kernels:
+Each module here computes exactly what the portable formulas of
+`keras_bernstein._formula` compute (same formulas, same semantics) with
+fewer kernels. `keras_bernstein.ops` alone imports them and picks which runs
+(`ops.implementation`); they import `_formula` and each other, never `ops`:
 
 - `jax_reductions` (via `ops.bernstein_polynomial`,
   `ops.normalized_bernstein_polynomial` and
@@ -28,7 +30,8 @@ formulas, same semantics) with fewer kernels:
   formula itself compiled by TorchInductor, with AOTAutograd's backward;
 - `torch_polynomial` (via `ops.bernstein_polynomial`, where nothing is
   compiled): the whole polynomial as one in-place autograd node;
-- `torch_normalization` (via `BernsteinDense`, where nothing is compiled):
+- `torch_normalization` (via `ops`' path of `BernsteinDense`, where nothing
+  is compiled):
   the batch normalization as PyTorch's fused kernel, on the Keras layer's
   variables, and in training one autograd node with the polynomial.
 
@@ -39,22 +42,14 @@ The first five are tested against autodiff of the portable formula in
 """
 
 # Operands per variadic reduction (`jax_reductions`, `tensorflow_compilation`).
-# XLA-CPU runs one as a scalar loop; on JAX, with more operands (degree 16: 21)
-# it measured slower than separate sums, in groups of 13 (all of degree 8's)
-# as fast or faster at every degree.
+# XLA-CPU runs one as a scalar loop; on JAX, with many more operands it is
+# slower than separate sums, in groups of 13 (all of degree 8's) as fast or
+# faster at every degree.
 MAX_SUM_OPERANDS = 13
 
-
-def reduced_axes(full_shape, shape):
-    """The axes that summing a `full_shape` tensor down to `shape` reduces:
-    the leading axes `shape` lacks and those it holds as 1 (the rule of
-    `ops._sum_to_shape`)."""
-    leading = len(full_shape) - len(shape)
-    return tuple(range(leading)) + tuple(
-        leading + i
-        for i, size in enumerate(shape)
-        if size == 1 and full_shape[leading + i] != 1
-    )
+# The C++ kernels of each front end (`cpu_kernels`), each for every
+# extrapolation mode.
+KINDS = ("Values", "Gradient", "BatchNormalizedValues", "BatchNormalizedGradient")
 
 
 def statistics_of(outputs):

@@ -1,7 +1,7 @@
 // The Bernstein kernels of `bernstein_cpu.h` as XLA FFI handlers, for JAX
-// (`cpu_kernels.py` compiles this file for JAX, once per degree): for each
-// extrapolation mode, `Values`, `Gradient`, `BatchNormalizedValues` and
-// `BatchNormalizedGradient`.
+// (`cpu_kernels.py` compiles this file for JAX, once per degree): `Values`,
+// `Gradient`, `BatchNormalizedValues` and `BatchNormalizedGradient`, each
+// taking the extrapolation mode as the integer attribute `mode` (`Mode`).
 #include "bernstein_cpu.h"
 
 #include <string>
@@ -77,6 +77,11 @@ struct Shapes {
     if (first.empty()) first = problem;
   }
 
+  // `mode` one of `Mode`'s.
+  void KnownMode(int32_t mode) {
+    if (!WithMode(mode, [](auto) {})) Fail("unknown extrapolation mode " + std::to_string(mode));
+  }
+
   // The handler's error, or success; sets `a`'s rows and units.
   ffi::Error Into(Arguments& a) const {
     if (!first.empty()) return ffi::Error::InvalidArgument("keras_bernstein kernel: " + first);
@@ -89,9 +94,20 @@ struct Shapes {
   std::string first;
 };
 
-template <int kMode>
-ffi::Error Gradient(ffi::ThreadPool pool, F32 x, F32 upstream, F32 bounds, F32 slope_table,
-                    ffi::ResultBuffer<ffi::F32> grad_x, ffi::ResultBuffer<ffi::F32> sums) {
+// `for_neurons<mode>(width, first)` over every neuron of `a`, on the pool's
+// threads.
+template <typename ForNeurons>
+void Run(ffi::ThreadPool& pool, const Arguments& a, int32_t mode, ForNeurons for_neurons) {
+  WithMode(mode, [&](auto known) {
+    OverNeurons(pool, a.rows, a.units, [&](auto width, int64_t first) {
+      for_neurons(known, width, first);
+    });
+  });
+}
+
+ffi::Error GradientKernel(ffi::ThreadPool pool, F32 x, F32 upstream, F32 bounds, F32 slope_table,
+                    int32_t mode, ffi::ResultBuffer<ffi::F32> grad_x,
+                    ffi::ResultBuffer<ffi::F32> sums) {
   Arguments a;
   a.x = x.typed_data();
   a.upstream = upstream.typed_data();
@@ -100,21 +116,21 @@ ffi::Error Gradient(ffi::ThreadPool pool, F32 x, F32 upstream, F32 bounds, F32 s
   a.out = grad_x->typed_data();
   a.sums = sums->typed_data();
   Shapes shapes(bounds);
+  shapes.KnownMode(mode);
   shapes.Rows(x.dimensions(), false);
   shapes.SameAs("upstream", upstream.dimensions(), x.dimensions());
   shapes.Is("slope_table", slope_table.dimensions(), {kDegree, shapes.units});
   shapes.SameAs("input_gradient", grad_x->dimensions(), x.dimensions());
-  shapes.Is("sums", sums->dimensions(), {SumCount(kMode, false), shapes.units});
+  shapes.Is("sums", sums->dimensions(), {SumCount(mode, false), shapes.units});
   if (ffi::Error error = shapes.Into(a); error.failure()) return error;
-  OverNeurons(pool, a.rows, a.units, [&](auto width, int64_t first) {
-    GradientOfNeurons<kMode, false, decltype(width)>(a, first);
+  Run(pool, a, mode, [&](auto known, auto width, int64_t first) {
+    GradientOfNeurons<decltype(known)::value, false, decltype(width)>(a, first);
   });
   return ffi::Error::Success();
 }
 
-template <int kMode>
-ffi::Error Values(ffi::ThreadPool pool, F32 x, F32 bounds, F32 columns, F32 slope_lower,
-                  F32 bend, ffi::ResultBuffer<ffi::F32> values) {
+ffi::Error ValuesKernel(ffi::ThreadPool pool, F32 x, F32 bounds, F32 columns, F32 slope_lower,
+                  F32 bend, int32_t mode, ffi::ResultBuffer<ffi::F32> values) {
   Arguments a;
   a.x = x.typed_data();
   a.bounds = bounds.typed_data();
@@ -123,22 +139,22 @@ ffi::Error Values(ffi::ThreadPool pool, F32 x, F32 bounds, F32 columns, F32 slop
   a.bend = bend.typed_data();
   a.out = values->typed_data();
   Shapes shapes(bounds);
+  shapes.KnownMode(mode);
   shapes.Rows(x.dimensions(), false);
   shapes.Is("columns", columns.dimensions(), {kDegree + 1, shapes.units});
   shapes.Is("slope_lower", slope_lower.dimensions(), {shapes.units});
   shapes.Is("bend", bend.dimensions(), {shapes.units});
   shapes.SameAs("values", values->dimensions(), x.dimensions());
   if (ffi::Error error = shapes.Into(a); error.failure()) return error;
-  OverNeurons(pool, a.rows, a.units, [&](auto width, int64_t first) {
-    ValuesOfNeurons<kMode, false, decltype(width)>(a, first);
+  Run(pool, a, mode, [&](auto known, auto width, int64_t first) {
+    ValuesOfNeurons<decltype(known)::value, false, decltype(width)>(a, first);
   });
   return ffi::Error::Success();
 }
 
-template <int kMode>
-ffi::Error BatchNormalizedGradient(ffi::ThreadPool pool, F32 x, F32 upstream, F32 mean,
+ffi::Error BatchNormalizedGradientKernel(ffi::ThreadPool pool, F32 x, F32 upstream, F32 mean,
                                    F32 variance, F32 scale, F32 offset, F32 bounds,
-                                   F32 slope_table, float epsilon,
+                                   F32 slope_table, float epsilon, int32_t mode,
                                    ffi::ResultBuffer<ffi::F32> grad_x,
                                    ffi::ResultBuffer<ffi::F32> sums) {
   Arguments a;
@@ -154,6 +170,7 @@ ffi::Error BatchNormalizedGradient(ffi::ThreadPool pool, F32 x, F32 upstream, F3
   a.out = grad_x->typed_data();
   a.sums = sums->typed_data();
   Shapes shapes(bounds);
+  shapes.KnownMode(mode);
   shapes.Rows(x.dimensions(), true);
   shapes.SameAs("upstream", upstream.dimensions(), x.dimensions());
   shapes.Is("mean", mean.dimensions(), {shapes.units});
@@ -162,18 +179,17 @@ ffi::Error BatchNormalizedGradient(ffi::ThreadPool pool, F32 x, F32 upstream, F3
   shapes.Is("offset", offset.dimensions(), {shapes.units});
   shapes.Is("slope_table", slope_table.dimensions(), {kDegree, shapes.units});
   shapes.SameAs("input_gradient", grad_x->dimensions(), x.dimensions());
-  shapes.Is("sums", sums->dimensions(), {SumCount(kMode, true), shapes.units});
+  shapes.Is("sums", sums->dimensions(), {SumCount(mode, true), shapes.units});
   if (ffi::Error error = shapes.Into(a); error.failure()) return error;
-  OverNeurons(pool, a.rows, a.units, [&](auto width, int64_t first) {
-    GradientOfNeurons<kMode, true, decltype(width)>(a, first);
+  Run(pool, a, mode, [&](auto known, auto width, int64_t first) {
+    GradientOfNeurons<decltype(known)::value, true, decltype(width)>(a, first);
   });
   return ffi::Error::Success();
 }
 
-template <int kMode>
-ffi::Error BatchNormalizedValues(ffi::ThreadPool pool, F32 x, F32 scale, F32 offset,
+ffi::Error BatchNormalizedValuesKernel(ffi::ThreadPool pool, F32 x, F32 scale, F32 offset,
                                  F32 bounds, F32 columns, F32 slope_lower, F32 bend,
-                                 float epsilon, ffi::ResultBuffer<ffi::F32> values,
+                                 float epsilon, int32_t mode, ffi::ResultBuffer<ffi::F32> values,
                                  ffi::ResultBuffer<ffi::F32> mean,
                                  ffi::ResultBuffer<ffi::F32> variance) {
   Arguments a;
@@ -189,6 +205,7 @@ ffi::Error BatchNormalizedValues(ffi::ThreadPool pool, F32 x, F32 scale, F32 off
   a.mean_out = mean->typed_data();
   a.variance_out = variance->typed_data();
   Shapes shapes(bounds);
+  shapes.KnownMode(mode);
   shapes.Rows(x.dimensions(), true);
   shapes.Is("scale", scale.dimensions(), {shapes.units});
   shapes.Is("offset", offset.dimensions(), {shapes.units});
@@ -199,39 +216,36 @@ ffi::Error BatchNormalizedValues(ffi::ThreadPool pool, F32 x, F32 scale, F32 off
   shapes.Is("mean", mean->dimensions(), {shapes.units});
   shapes.Is("variance", variance->dimensions(), {shapes.units});
   if (ffi::Error error = shapes.Into(a); error.failure()) return error;
-  OverNeurons(pool, a.rows, a.units, [&](auto width, int64_t first) {
-    ValuesOfNeurons<kMode, true, decltype(width)>(a, first);
+  Run(pool, a, mode, [&](auto known, auto width, int64_t first) {
+    ValuesOfNeurons<decltype(known)::value, true, decltype(width)>(a, first);
   });
   return ffi::Error::Success();
 }
 
 }  // namespace
 
-// The handlers, for each extrapolation: their arguments in order.
-#define KERAS_BERNSTEIN_HANDLERS(mode, name)                                              \
-  XLA_FFI_DEFINE_HANDLER_SYMBOL(                                                          \
-      name##Values, Values<mode>,                                                         \
-      ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<F32>(/* x */).Arg<F32>(/* bounds */)    \
-          .Arg<F32>(/* coefficient columns */).Arg<F32>(/* slope_lower */)                \
-          .Arg<F32>(/* bend */).Ret<F32>(/* values */));                                  \
-  XLA_FFI_DEFINE_HANDLER_SYMBOL(                                                          \
-      name##Gradient, Gradient<mode>,                                                     \
-      ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<F32>(/* x */).Arg<F32>(/* upstream */)  \
-          .Arg<F32>(/* bounds */).Arg<F32>(/* slope columns */)                           \
-          .Ret<F32>(/* input gradient */).Ret<F32>(/* sums */));                          \
-  XLA_FFI_DEFINE_HANDLER_SYMBOL(                                                          \
-      name##BatchNormalizedValues, BatchNormalizedValues<mode>,                           \
-      ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<F32>(/* x */).Arg<F32>(/* scale */)     \
-          .Arg<F32>(/* offset */).Arg<F32>(/* bounds */).Arg<F32>(/* columns */)          \
-          .Arg<F32>(/* slope_lower */).Arg<F32>(/* bend */).Attr<float>("epsilon")        \
-          .Ret<F32>(/* values */).Ret<F32>(/* mean */).Ret<F32>(/* variance */));         \
-  XLA_FFI_DEFINE_HANDLER_SYMBOL(                                                          \
-      name##BatchNormalizedGradient, BatchNormalizedGradient<mode>,                       \
-      ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<F32>(/* x */).Arg<F32>(/* upstream */)  \
-          .Arg<F32>(/* mean */).Arg<F32>(/* variance */).Arg<F32>(/* scale */)            \
-          .Arg<F32>(/* offset */).Arg<F32>(/* bounds */).Arg<F32>(/* slope columns */)    \
-          .Attr<float>("epsilon").Ret<F32>(/* input gradient */).Ret<F32>(/* sums */));
-
-KERAS_BERNSTEIN_HANDLERS(kPolynomial, Polynomial)
-KERAS_BERNSTEIN_HANDLERS(kClip, Clip)
-KERAS_BERNSTEIN_HANDLERS(kLinear, Linear)
+// The handlers: their arguments in order.
+XLA_FFI_DEFINE_HANDLER_SYMBOL(
+    Values, ValuesKernel,
+    ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<F32>(/* x */).Arg<F32>(/* bounds */)
+        .Arg<F32>(/* coefficient columns */).Arg<F32>(/* slope_lower */)
+        .Arg<F32>(/* bend */).Attr<int32_t>("mode").Ret<F32>(/* values */));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(
+    Gradient, GradientKernel,
+    ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<F32>(/* x */).Arg<F32>(/* upstream */)
+        .Arg<F32>(/* bounds */).Arg<F32>(/* slope columns */).Attr<int32_t>("mode")
+        .Ret<F32>(/* input gradient */).Ret<F32>(/* sums */));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(
+    BatchNormalizedValues, BatchNormalizedValuesKernel,
+    ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<F32>(/* x */).Arg<F32>(/* scale */)
+        .Arg<F32>(/* offset */).Arg<F32>(/* bounds */).Arg<F32>(/* columns */)
+        .Arg<F32>(/* slope_lower */).Arg<F32>(/* bend */).Attr<float>("epsilon")
+        .Attr<int32_t>("mode").Ret<F32>(/* values */).Ret<F32>(/* mean */)
+        .Ret<F32>(/* variance */));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(
+    BatchNormalizedGradient, BatchNormalizedGradientKernel,
+    ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<F32>(/* x */).Arg<F32>(/* upstream */)
+        .Arg<F32>(/* mean */).Arg<F32>(/* variance */).Arg<F32>(/* scale */)
+        .Arg<F32>(/* offset */).Arg<F32>(/* bounds */).Arg<F32>(/* slope columns */)
+        .Attr<float>("epsilon").Attr<int32_t>("mode").Ret<F32>(/* input gradient */)
+        .Ret<F32>(/* sums */));

@@ -1,19 +1,20 @@
 // The Bernstein polynomial and its backward pass on CPU, for a (rows, units)
 // input: what the C++ kernels of both backends compute, the same formulas in
-// the same order of operations as `keras_bernstein.ops`. Two front ends
+// the same order of operations as `keras_bernstein._formula`. Two front ends
 // include this file: `bernstein_cpu.cc` (XLA FFI handlers, JAX) and
 // `bernstein_tensorflow.cc` (TensorFlow ops); each is compiled once per
-// degree, with -DDEGREE=n.
+// degree, with -DDEGREE=n and the extrapolation modes' indices
+// (-DKERAS_BERNSTEIN_MODE_LINEAR=i, ..., `cpu_kernels._MODE_DEFINES`).
 //
-// `ValuesOfNeurons` computes `ops._evaluate` and `GradientOfNeurons`
+// `ValuesOfNeurons` computes `_formula._evaluate` and `GradientOfNeurons`
 // computes, in one pass over the rows, the input gradient and every
-// per-neuron sum of `ops._gradient_and_sums`: the `n + 1` basis sums
+// per-neuron sum of `_formula._gradient_and_sums`: the `n + 1` basis sums
 // `sum g t^k (1 - t)^(n - k)` and, for "linear" and "clip", the two sums for
 // the ends. With `kNormalized` they do the same for
 // `ops.batch_normalized_bernstein_polynomial`: the batch statistics and the
 // normalization in the forward pass, the normalization's two sums and its
 // whole input gradient (a second pass over the rows) in the backward. XLA-CPU
-// runs those sums as one scalar loop (docs/performance.md); here a thread
+// runs those sums as one scalar loop; here a thread
 // holds a block of 16 neurons' sums in vector registers while it walks down
 // the rows.
 #ifndef KERAS_BERNSTEIN_BERNSTEIN_CPU_H_
@@ -32,6 +33,10 @@
 #ifndef DEGREE
 #error "compile with -DDEGREE=n"
 #endif
+#if !defined(KERAS_BERNSTEIN_MODE_LINEAR) || !defined(KERAS_BERNSTEIN_MODE_CLIP) || \
+    !defined(KERAS_BERNSTEIN_MODE_POLYNOMIAL) || !defined(KERAS_BERNSTEIN_MODES)
+#error "compile with the extrapolation modes' indices (cpu_kernels._MODE_DEFINES)"
+#endif
 
 // Internal linkage: every degree's library holds its own copies, which the
 // dynamic linker must not merge (TensorFlow loads op libraries globally).
@@ -39,14 +44,39 @@ namespace keras_bernstein {
 namespace {
 
 constexpr int kDegree = DEGREE;
-enum Mode { kPolynomial = 0, kClip = 1, kLinear = 2 };
+// The extrapolation modes, numbered as in `_formula.EXTRAPOLATION_MODES`;
+// every front end takes a mode as that integer.
+enum Mode {
+  kLinear = KERAS_BERNSTEIN_MODE_LINEAR,
+  kClip = KERAS_BERNSTEIN_MODE_CLIP,
+  kPolynomial = KERAS_BERNSTEIN_MODE_POLYNOMIAL,
+};
+static_assert(KERAS_BERNSTEIN_MODES == 3, "a mode of _formula.EXTRAPOLATION_MODES has no kernel");
+
+// Whether `mode` is one of `Mode`'s; then `run(std::integral_constant<int,
+// mode>())`, so that each mode's loops are compiled for it.
+template <typename Run>
+bool WithMode(int mode, Run run) {
+  switch (mode) {
+    case kLinear:
+      run(std::integral_constant<int, kLinear>());
+      return true;
+    case kClip:
+      run(std::integral_constant<int, kClip>());
+      return true;
+    case kPolynomial:
+      run(std::integral_constant<int, kPolynomial>());
+      return true;
+  }
+  return false;
+}
 
 // The number of sums `GradientOfNeurons` returns per neuron.
 constexpr int SumCount(int mode, bool normalized) {
   return (mode == kPolynomial ? kDegree + 1 : kDegree + 3) + (normalized ? 2 : 0);
 }
 
-// |t| beyond which linear extrapolation saturates (`ops._T_LIMIT`).
+// |t| beyond which linear extrapolation saturates (`_formula._T_LIMIT`).
 constexpr float kLimit = 1e30f;
 
 typedef float Vector __attribute__((vector_size(64)));  // 16 floats
@@ -134,7 +164,7 @@ void LoadBounds(const float* bounds, int64_t first, V* lower, V* width) {
   *width = Load<V>(widths);
 }
 
-// `sum_k columns[k] t^k (1 - t)^(n - k)` by `ops._sum_of_scaled_columns`'
+// `sum_k columns[k] t^k (1 - t)^(n - k)` by `_formula._sum_of_scaled_columns`'
 // Horner loop in 1 - t, for a table of `degree + 1` columns.
 template <int degree, typename V>
 V HornerInOneMinusT(const V* columns, V t, V s) {
@@ -168,7 +198,7 @@ struct Arguments {
   float epsilon = 0.0f;
 };
 
-// `1 / sqrt(variance + epsilon)`, lane by lane (`ops._inverse_deviation`).
+// `1 / sqrt(variance + epsilon)`, lane by lane (`_formula._inverse_deviation`).
 template <typename V>
 V InverseDeviation(V variance, float epsilon) {
   constexpr int kWidth = sizeof(V) / sizeof(float);
@@ -178,7 +208,7 @@ V InverseDeviation(V variance, float epsilon) {
   return Load<V>(lanes);
 }
 
-// The mean and (biased) variance over the rows (`ops._batch_statistics`):
+// The mean and (biased) variance over the rows (`_formula._batch_statistics`):
 // a first mean, then the deviations from it and their squares, which
 // correct the mean and give the variance without cancellation.
 template <typename V>
@@ -203,8 +233,8 @@ void Moments(const Arguments& a, int64_t first, V* mean, V* variance) {
   *variance = Narrow<V>(squares < 0.0 ? WideOf<V>{} + 0.0 : squares);
 }
 
-// `ops._evaluate` of neurons [first, first + width of V), of the
-// batch-normalized input where `kNormalized` (`ops._evaluate_batch_normalized`,
+// `_formula._evaluate` of neurons [first, first + width of V), of the
+// batch-normalized input where `kNormalized` (`_formula._evaluate_batch_normalized`,
 // whose batch statistics it also stores).
 template <int kMode, bool kNormalized, typename V>
 void ValuesOfNeurons(const Arguments& a, int64_t first) {
@@ -245,7 +275,7 @@ void ValuesOfNeurons(const Arguments& a, int64_t first) {
 }
 
 // The input gradient and the per-neuron sums of neurons [first, first +
-// width of V) (`ops._gradient_and_sums`). Where `kNormalized`, of the
+// width of V) (`_formula._gradient_and_sums`). Where `kNormalized`, of the
 // batch-normalized polynomial with the forward pass's statistics: the sums
 // end with those of the normalization's offset and scale, and a second pass
 // over the rows turns the polynomial's input gradient into the batch

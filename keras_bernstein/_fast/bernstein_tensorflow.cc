@@ -14,7 +14,8 @@
 // `x` and `upstream` are (..., units) with the neurons flat in the last
 // axes, per-neuron vectors (units,), `bounds` (units, 2), tables degree axis
 // first, (n + 1, units) or (n, units); `sums` is (count, units). Each op has
-// the attribute `extrapolation` and the batch-normalized ones `epsilon`.
+// the integer attribute `mode`, the extrapolation mode (`Mode`), and the
+// batch-normalized ones `epsilon`.
 #include "bernstein_cpu.h"
 
 #include <functional>
@@ -63,9 +64,9 @@ tensorflow::Status WithStatistics(InferenceContext* c) {
 
 template <bool kNormalized>
 tensorflow::Status WithSums(InferenceContext* c) {
-  std::string extrapolation;
-  TF_RETURN_IF_ERROR(c->GetAttr("extrapolation", &extrapolation));
-  const int count = SumCount(extrapolation == "polynomial" ? kPolynomial : kLinear, kNormalized);
+  int mode = 0;
+  TF_RETURN_IF_ERROR(c->GetAttr("mode", &mode));
+  const int count = SumCount(mode, kNormalized);
   c->set_output(0, c->input(0));
   c->set_output(1, c->Matrix(count, c->Dim(c->input(kNormalized ? 6 : 2), 0)));
   return tensorflow::Status();
@@ -75,11 +76,9 @@ tensorflow::Status WithSums(InferenceContext* c) {
 class BernsteinOp : public OpKernel {
  public:
   explicit BernsteinOp(OpKernelConstruction* context) : OpKernel(context) {
-    std::string extrapolation;
-    OP_REQUIRES_OK(context, context->GetAttr("extrapolation", &extrapolation));
-    mode_ = extrapolation == "polynomial" ? kPolynomial
-            : extrapolation == "clip"     ? kClip
-                                          : kLinear;
+    OP_REQUIRES_OK(context, context->GetAttr("mode", &mode_));
+    OP_REQUIRES(context, WithMode(mode_, [](auto) {}),
+                absl::InvalidArgumentError("unknown extrapolation mode " + std::to_string(mode_)));
     if (context->HasAttr("epsilon")) {
       OP_REQUIRES_OK(context, context->GetAttr("epsilon", &epsilon_));
     }
@@ -95,20 +94,11 @@ class BernsteinOp : public OpKernel {
     a.rows = a.units ? x.NumElements() / a.units : 0;
     a.epsilon = epsilon_;
     IntraOpThreads threads{context->device()->tensorflow_cpu_worker_threads()->workers};
-    switch (mode_) {
-      case kPolynomial:
-        return OverNeurons(threads, a.rows, a.units, [&](auto width, int64_t first) {
-          for_neurons(std::integral_constant<int, kPolynomial>(), width, first);
-        });
-      case kClip:
-        return OverNeurons(threads, a.rows, a.units, [&](auto width, int64_t first) {
-          for_neurons(std::integral_constant<int, kClip>(), width, first);
-        });
-      default:
-        return OverNeurons(threads, a.rows, a.units, [&](auto width, int64_t first) {
-          for_neurons(std::integral_constant<int, kLinear>(), width, first);
-        });
-    }
+    WithMode(mode_, [&](auto mode) {
+      OverNeurons(threads, a.rows, a.units, [&](auto width, int64_t first) {
+        for_neurons(mode, width, first);
+      });
+    });
   }
 
   // Whether the inputs have the sizes the kernels read (and fails the op
@@ -257,7 +247,7 @@ class BatchNormalizedGradientOp : public BernsteinOp {
 
 }  // namespace
 
-#define KERAS_BERNSTEIN_EXTRAPOLATION "extrapolation: {'polynomial', 'clip', 'linear'}"
+#define KERAS_BERNSTEIN_MODE_ATTRIBUTE "mode: int"
 
 REGISTER_OP(KERAS_BERNSTEIN_NAME("Values", DEGREE))
     .Input("x: float")
@@ -265,7 +255,7 @@ REGISTER_OP(KERAS_BERNSTEIN_NAME("Values", DEGREE))
     .Input("columns: float")
     .Input("slope_lower: float")
     .Input("bend: float")
-    .Attr(KERAS_BERNSTEIN_EXTRAPOLATION)
+    .Attr(KERAS_BERNSTEIN_MODE_ATTRIBUTE)
     .Output("values: float")
     .SetShapeFn(SameAsX);
 
@@ -274,7 +264,7 @@ REGISTER_OP(KERAS_BERNSTEIN_NAME("Gradient", DEGREE))
     .Input("upstream: float")
     .Input("bounds: float")
     .Input("slope_table: float")
-    .Attr(KERAS_BERNSTEIN_EXTRAPOLATION)
+    .Attr(KERAS_BERNSTEIN_MODE_ATTRIBUTE)
     .Output("input_gradient: float")
     .Output("sums: float")
     .SetShapeFn(WithSums<false>);
@@ -287,7 +277,7 @@ REGISTER_OP(KERAS_BERNSTEIN_NAME("BatchNormalizedValues", DEGREE))
     .Input("columns: float")
     .Input("slope_lower: float")
     .Input("bend: float")
-    .Attr(KERAS_BERNSTEIN_EXTRAPOLATION)
+    .Attr(KERAS_BERNSTEIN_MODE_ATTRIBUTE)
     .Attr("epsilon: float")
     .Output("values: float")
     .Output("mean: float")
@@ -303,7 +293,7 @@ REGISTER_OP(KERAS_BERNSTEIN_NAME("BatchNormalizedGradient", DEGREE))
     .Input("offset: float")
     .Input("bounds: float")
     .Input("slope_table: float")
-    .Attr(KERAS_BERNSTEIN_EXTRAPOLATION)
+    .Attr(KERAS_BERNSTEIN_MODE_ATTRIBUTE)
     .Attr("epsilon: float")
     .Output("input_gradient: float")
     .Output("sums: float")

@@ -4,8 +4,8 @@ CPU, as C++ kernels, for JAX and TensorFlow.
 
 Without them XLA-CPU runs the backward's `n + 3` per-neuron sums as one
 scalar loop (JAX), and TensorFlow, which Keras runs without XLA on CPU,
-either runs the Horner loop op by op or calls XLA functions at about 0.2 ms
-apiece (`tensorflow_compilation`). `bernstein_cpu.h` computes the same
+either runs the Horner loop op by op or calls XLA functions, each call
+costly (`tensorflow_compilation`). `bernstein_cpu.h` computes the same
 values, input gradient and sums, with the same formulas in the same order,
 holding a block of 16 neurons in vector registers while it walks down the
 rows: `values`, `gradient_and_sums`, `batch_normalized_values` and
@@ -13,24 +13,24 @@ rows: `values`, `gradient_and_sums`, `batch_normalized_values` and
 module (`jax_cpu_kernel`: XLA FFI handlers, `bernstein_cpu.cc`;
 `tensorflow_cpu_kernel`: TensorFlow ops, `bernstein_tensorflow.cc`) says
 where its kernels may run, how its front end is built and loaded, and how
-a kernel is called and differentiated. Measured on the benchmark MLP
-(degree 8, one CPU thread, docs/performance.md): JAX's training step went
-from 1.63x to 1.17x of ReLU's with batch normalization and from 1.38x to
-1.11-1.15x without.
+a kernel is called and differentiated. The extrapolation mode reaches the
+kernels as its index in `_formula.EXTRAPOLATION_MODES`: compiled into the
+library as the values of the C++ `Mode` enum (`_MODE_DEFINES`), passed to
+each call as the integer attribute `mode` (`mode_index`).
 
 The front end is compiled by the system's C++ compiler (`$CXX`, else `c++`,
 `g++` or `clang++`) with `-O3 -march=native`, once per degree, into a cache
 folder (`$KERAS_BERNSTEIN_CACHE`, else `$XDG_CACHE_HOME/keras_bernstein`,
 else `~/.cache/keras_bernstein`), keyed by the sources, the compiler, the
-flags, the framework's version and the processor; a build takes 2-7
-seconds. The folder must be the user's alone (`_private_folder`; else a
-private temporary one serves the process), and a library is loaded only
+flags, the framework's version and the processor; a build takes seconds.
+The folder must be the user's alone (`_private_folder`; else a private
+temporary one serves the process), and a library is loaded only
 from a private copy of bytes whose SHA-256 matches the digest recorded when
 it was built (`_cached`, `_load_verified`): a planted, damaged or
 mismatched entry is built again, never loaded (docs/native-code.md). Where
 there is no compiler, the build fails, the input is not float32, the tables
 are broadcast along other than their leading (shared) axes, or the degree
-is above `MAX_DEGREE`, the portable code runs instead, with the same values.
+is above `MAX_DEGREE`, the portable code runs instead, with the same values (`refusal` says why).
 `KERAS_BERNSTEIN_CPU_KERNEL=0` turns the kernels off. They have no
 derivatives of their own: differentiating through them (a gradient penalty)
 differentiates the portable code they stand for. An exported model
@@ -57,6 +57,10 @@ import warnings
 import keras
 from keras import ops
 
+from keras_bernstein import _formula
+from keras_bernstein._fast import KINDS  # noqa: F401 (the kinds of `_target`)
+from keras_bernstein._formula import _degree_of
+
 try:
     import fcntl
 except ImportError:  # no flock: builds still land whole, by renames
@@ -69,9 +73,12 @@ FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w")
 # The kernel keeps `3 n + 5` vectors live per block of neurons; past this
 # degree they spill from the registers, and the build time grows.
 MAX_DEGREE = 32
-# The kernels of each front end: for each extrapolation mode (an attribute
-# or part of the name, as the front end has it), these four.
-KINDS = ("Values", "Gradient", "BatchNormalizedValues", "BatchNormalizedGradient")
+# The C++ `Mode` enum's values (`bernstein_cpu.h`): each mode's index in
+# `_formula.EXTRAPOLATION_MODES`, which the kernels take as `mode`.
+_MODE_DEFINES = tuple(
+    f"-DKERAS_BERNSTEIN_MODE_{mode.upper()}={index}"
+    for index, mode in enumerate(_formula.EXTRAPOLATION_MODES)
+) + (f"-DKERAS_BERNSTEIN_MODES={len(_formula.EXTRAPOLATION_MODES)}",)
 
 _lock = threading.Lock()
 # degree -> the backend's loaded kernels (`load`), or None where the build
@@ -119,13 +126,27 @@ def _backend():
     return None
 
 
+def mode_index(extrapolation):
+    """The integer the kernels take for the mode `extrapolation`."""
+    return _formula.EXTRAPOLATION_MODES.index(extrapolation)
+
+
 def enabled():
     """Whether the kernels may run here: JAX or TensorFlow on CPU (not
     inside an XLA computation of TensorFlow's), and not turned off."""
+    return _disabled() is None
+
+
+def _disabled():
+    """Why the kernels may not run here, or None."""
     if os.environ.get(DISABLE_VARIABLE, "1").strip().lower() in ("0", "false", "no"):
-        return False
+        return f"the C++ kernels are turned off ({DISABLE_VARIABLE}=0)"
     backend = _backend()
-    return backend is not None and backend.enabled()
+    if backend is None:
+        return "the C++ kernels' front end could not be imported"
+    if not backend.enabled():
+        return backend.DISABLED
+    return None
 
 
 def _is_float32(tensor):
@@ -147,41 +168,60 @@ def _neuron_shape(x, coefficients, bounds):
     return shape
 
 
-def _applies(x, coefficients, bounds, *others):
-    """Whether the kernels take these tensors: float32, the `coefficients`
-    and `bounds` tables of `x`'s trailing (neuron) shape (`_neuron_shape`),
-    `others` of `x`'s shape, a degree from 1 to `MAX_DEGREE`, and the kernels
-    on."""
-    degree = coefficients.shape[-1] - 1
-    return (
-        enabled()
-        and 1 <= degree <= MAX_DEGREE
-        and _neuron_shape(x, coefficients, bounds) is not None
-        and all(tuple(other.shape) == tuple(x.shape) for other in others)
-        and all(_is_float32(tensor) for tensor in (x, coefficients, bounds, *others))
-    )
+def _tensors_refusal(x, coefficients, bounds, others=(), vectors=None):
+    """Why the kernels do not take these tensors, or None where they do:
+    the kernels on (`enabled`), float32, the `coefficients` and `bounds`
+    tables of `x`'s trailing (neuron) shape (`_neuron_shape`), `others` of
+    `x`'s shape, a degree from 1 to `MAX_DEGREE`; with `vectors` (the
+    batch normalization's, a list, maybe empty) `x` normalized over all but
+    its last axis, tables of its last axis's neurons, float32 `vectors` of
+    shape `(units,)`."""
+    disabled = _disabled()
+    if disabled is not None:
+        return disabled
+    degree = _degree_of(coefficients)
+    if not 1 <= degree <= MAX_DEGREE:
+        return f"the C++ kernels take degrees 1 to {MAX_DEGREE}, not {degree}"
+    neuron_shape = _neuron_shape(x, coefficients, bounds)
+    if neuron_shape is None:
+        return "the tables are broadcast along other than their leading axes"
+    if any(tuple(other.shape) != tuple(x.shape) for other in others):
+        return "a batch-shaped tensor is broadcast"
+    if not all(_is_float32(tensor) for tensor in (x, coefficients, bounds, *others)):
+        return "not float32"
+    if vectors is not None:
+        units = x.shape[-1] if len(x.shape) >= 2 else None
+        if units is None or neuron_shape != (units,):
+            return "the batch normalization's kernels take (rows, units) tensors"
+        if not all(tuple(v.shape) == (units,) and _is_float32(v) for v in vectors):
+            return "the normalization's vectors are not float32 (units,)"
+    return None
 
 
-def _target_where(applies, coefficients, extrapolation, kind):
-    """`_target` for the degree of `coefficients` where `applies`, else None."""
-    if not applies:
+def refusal(x, coefficients, bounds, vectors=(), normalized=False):
+    """Why `values` and `gradient_and_sums` (with `normalized`,
+    `batch_normalized_values` and `batch_normalized_gradient`, of the
+    normalization's `vectors`) do not run the kernels for these tensors,
+    or None where they do (building them on first use)."""
+    problem = _tensors_refusal(x, coefficients, bounds, vectors=vectors if normalized else None)
+    if problem is None and _library_of(coefficients) is None:
+        return "the C++ kernels could not be built"
+    return problem
+
+
+def _target_where(problem, coefficients, extrapolation, kind):
+    """`_target` for the degree of `coefficients` where there is no
+    `problem`, else None."""
+    if problem is not None:
         return None
-    return _target(coefficients.shape[-1] - 1, extrapolation, kind)
-
-
-def polynomial_applies(x, coefficients, bounds):
-    """Whether `values` and `gradient_and_sums` run the kernels (building
-    them on first use)."""
-    return _applies(x, coefficients, bounds) and _library_of(coefficients) is not None
+    return _target(_degree_of(coefficients), extrapolation, kind)
 
 
 def _flat_tables(coefficients, bounds):
     """The forward pass's tables as the kernels read them: bounds `(units,
     2)`, Horner columns `(n + 1, units)`, the slope below `l` and the change
     of slope at `u` `(units,)`."""
-    from keras_bernstein import ops as bernstein_ops
-
-    _, _, _, columns, slope_lower, bend = bernstein_ops._polynomial_tables(
+    _, _, _, columns, slope_lower, bend = _formula._polynomial_tables(
         coefficients, bounds
     )
     return (
@@ -193,29 +233,23 @@ def _flat_tables(coefficients, bounds):
 
 
 def _slope_table(coefficients):
-    """`ops._slope_in_t`'s Horner columns, `n (c_{k+1} - c_k) C(n - 1, k)`,
+    """`_formula._slope_in_t`'s Horner columns, `n (c_{k+1} - c_k) C(n - 1, k)`,
     `(n, units)`."""
-    from keras_bernstein import ops as bernstein_ops
-
-    columns = bernstein_ops._scaled_columns(
-        bernstein_ops.derivative_coefficients(coefficients)
-    )
+    columns = _formula._scaled_columns(_formula.derivative_coefficients(coefficients))
     return ops.reshape(ops.stack(columns, axis=0), (len(columns), -1))
 
 
 def _sum_count(degree, extrapolation, normalized=False):
     """The sums a gradient kernel returns: the polynomial's, then with
     `normalized` the normalization's two (`SumCount` in `bernstein_cpu.h`)."""
-    from keras_bernstein import ops as bernstein_ops
-
-    return bernstein_ops._polynomial_sum_count(degree, extrapolation) + (2 if normalized else 0)
+    return _formula._polynomial_sum_count(degree, extrapolation) + (2 if normalized else 0)
 
 
 def values(x, coefficients, bounds, extrapolation, reference):
-    """`reference(x, coefficients, bounds)`, `ops._evaluate`, computed by
-    the kernel where it applies (`_applies`)."""
-    applies = _applies(x, coefficients, bounds)
-    target = _target_where(applies, coefficients, extrapolation, "Values")
+    """`reference(x, coefficients, bounds)`, `_formula._evaluate`, computed
+    by the kernel where it takes the tensors (`_tensors_refusal`)."""
+    problem = _tensors_refusal(x, coefficients, bounds)
+    target = _target_where(problem, coefficients, extrapolation, "Values")
     if target is None:
         return reference(x, coefficients, bounds)
     backend = _backend()
@@ -229,16 +263,16 @@ def values(x, coefficients, bounds, extrapolation, reference):
 
 def gradient_and_sums(upstream, x, coefficients, bounds, extrapolation, reference):
     """`reference(upstream, x, coefficients, bounds)`: the input gradient and
-    the list of per-neuron sums of `ops._gradient_and_sums` for the
+    the list of per-neuron sums of `_formula._gradient_and_sums` for the
     unnormalized polynomial, computed by the kernel where it applies
-    (`_applies`)."""
-    applies = _applies(x, coefficients, bounds, upstream)
-    target = _target_where(applies, coefficients, extrapolation, "Gradient")
+    (`_tensors_refusal`)."""
+    problem = _tensors_refusal(x, coefficients, bounds, (upstream,))
+    target = _target_where(problem, coefficients, extrapolation, "Gradient")
     if target is None:
         return reference(upstream, x, coefficients, bounds)
     backend = _backend()
     neuron_shape = tuple(bounds.shape[:-1])
-    sum_count = _sum_count(coefficients.shape[-1] - 1, extrapolation)
+    sum_count = _sum_count(_degree_of(coefficients), extrapolation)
 
     def kernel(upstream, x, coefficients, bounds):
         grad_x, sums = backend.call(
@@ -251,30 +285,14 @@ def gradient_and_sums(upstream, x, coefficients, bounds, extrapolation, referenc
     return backend.differentiable(kernel, reference)(upstream, x, coefficients, bounds)
 
 
-def batch_normalized_applies(x, coefficients, bounds, vectors=()):
-    """Whether `batch_normalized_values` and `batch_normalized_gradient` run
-    the kernels (building them on first use): `x` float32 and normalized
-    over all but its last axis, tables of its last axis's neurons (after
-    `_neuron_shape`), float32 `vectors` of shape `(units,)` (scale, offset
-    and, for the gradient, the statistics)."""
-    units = x.shape[-1] if len(x.shape) >= 2 else None
-    applies = (
-        units is not None
-        and _applies(x, coefficients, bounds)
-        and _neuron_shape(x, coefficients, bounds) == (units,)
-        and all(tuple(vector.shape) == (units,) and _is_float32(vector) for vector in vectors)
-    )
-    return applies and _library_of(coefficients) is not None
-
-
 def batch_normalized_values(
     x, scale, offset, coefficients, bounds, epsilon, extrapolation, reference
 ):
     """`reference(x, scale, offset, coefficients, bounds)`: the values of
-    `ops._evaluate_batch_normalized` with the batch mean and variance,
-    computed by the kernel where it applies."""
-    applies = batch_normalized_applies(x, coefficients, bounds, (scale, offset))
-    target = _target_where(applies, coefficients, extrapolation, "BatchNormalizedValues")
+    `_formula._evaluate_batch_normalized` with the batch mean and variance,
+    computed by the kernel where it takes the tensors."""
+    problem = _tensors_refusal(x, coefficients, bounds, vectors=(scale, offset))
+    target = _target_where(problem, coefficients, extrapolation, "BatchNormalizedValues")
     if target is None:
         return reference(x, scale, offset, coefficients, bounds)
     backend = _backend()
@@ -301,16 +319,14 @@ def batch_normalized_gradient(
     where the kernel applies, `from_sums(grad_x, sums, coefficients, bounds)`
     of its input gradient and per-neuron sums."""
     tensors = (upstream, x, scale, offset, coefficients, bounds, mean, variance)
-    applies = (
-        tuple(upstream.shape) == tuple(x.shape)
-        and _is_float32(upstream)
-        and batch_normalized_applies(x, coefficients, bounds, (scale, offset, mean, variance))
+    problem = _tensors_refusal(
+        x, coefficients, bounds, (upstream,), vectors=(scale, offset, mean, variance)
     )
-    target = _target_where(applies, coefficients, extrapolation, "BatchNormalizedGradient")
+    target = _target_where(problem, coefficients, extrapolation, "BatchNormalizedGradient")
     if target is None:
         return reference(*tensors)
     backend = _backend()
-    sum_count = _sum_count(coefficients.shape[-1] - 1, extrapolation, normalized=True)
+    sum_count = _sum_count(_degree_of(coefficients), extrapolation, normalized=True)
 
     def kernel(upstream, x, scale, offset, coefficients, bounds, mean, variance):
         grad_x, sums = backend.call(
@@ -333,13 +349,16 @@ def batch_normalized_gradient(
 
 def _target(degree, extrapolation, kind):
     """The backend's kernel of `kind` (one of `KINDS`) for `degree` and
-    `extrapolation` (`_library`); None where the build failed."""
+    `extrapolation` (`_library`), its `mode` given; None where the build
+    failed."""
     library = _library(degree)
-    return None if library is None else _backend().target(library, degree, extrapolation, kind)
+    if library is None:
+        return None
+    return _backend().target(library, degree, mode_index(extrapolation), kind)
 
 
 def _library_of(coefficients):
-    return _library(coefficients.shape[-1] - 1)
+    return _library(_degree_of(coefficients))
 
 
 def _library(degree):
@@ -404,7 +423,7 @@ def _toolchain():
         backend.SOURCE.read_text(),
         compiler,
         version,
-        " ".join((*FLAGS, *before, *after)),
+        " ".join((*FLAGS, *_MODE_DEFINES, *before, *after)),
         framework,
         platform.machine(),
         _processor(),
@@ -427,7 +446,10 @@ def _build(degree):
     with _locked(folder, name):
         data = _cached(folder, name)
         if data is None:
-            command = [compiler, *FLAGS, f"-DDEGREE={degree}", *before, str(source), *after]
+            command = [
+                compiler, *FLAGS, *_MODE_DEFINES, f"-DDEGREE={degree}", *before, str(source),
+                *after,
+            ]
             data = _compiled(folder, name, command)
             _store(folder, name, data)
     return folder, name, data

@@ -1,12 +1,10 @@
 """JAX's side of `cpu_kernels`: the kernels as XLA FFI custom calls.
 
 `bernstein_cpu.cc` wraps the kernels of `bernstein_cpu.h` as FFI handlers,
-one per extrapolation mode and kind (`PolynomialValues`, ...,
-`LinearBatchNormalizedGradient`), registered with XLA as
-`keras_bernstein_<handler>_<degree>` and called with `jax.ffi.ffi_call`.
-XLA-CPU itself runs the backward's per-neuron sums as one scalar loop: the
-kernels took the benchmark's training step from 1.63x to 1.17x of ReLU's
-(docs/performance.md).
+one per kind (`KINDS`), registered with XLA as
+`keras_bernstein_<kind>_<degree>` and called with `jax.ffi.ffi_call`, the
+extrapolation mode the integer attribute `mode`. XLA-CPU itself runs the
+backward's per-neuron sums as one scalar loop.
 
 A traced kernel is one primitive (`_KERNEL_OR_REFERENCE`) holding both the
 kernel and the portable function it stands for; its lowering picks one. A
@@ -17,6 +15,7 @@ Every other lowering (training, `predict`) gets the kernel.
 """
 
 import ctypes
+import pathlib
 
 import jax
 from jax.extend import core as jax_core
@@ -25,12 +24,13 @@ from jax.interpreters import mlir
 import jax.numpy as jnp
 import numpy as np
 
-from keras_bernstein._fast import cpu_kernels
+from keras_bernstein._fast import KINDS
 
-SOURCE = cpu_kernels.HEADER.with_name("bernstein_cpu.cc")
+SOURCE = pathlib.Path(__file__).with_name("bernstein_cpu.cc")
 # What runs where the kernels cannot be built.
 FALLBACK = "XLA's own loops"
-_MODES = {"polynomial": "Polynomial", "clip": "Clip", "linear": "Linear"}
+# Why they do not run where `enabled` is False.
+DISABLED = "the C++ kernels run on JAX's CPU backend, with FFI calls"
 # How the handlers' shape errors begin (`Shapes::Into` in bernstein_cpu.cc).
 _SHAPE_ERROR = "keras_bernstein kernel:"
 
@@ -49,30 +49,33 @@ def build_arguments():
 
 def load(path, degree):
     """Registers the handlers of the library at `path` as FFI targets; their
-    names by handler name."""
+    names by kind."""
     library = ctypes.cdll.LoadLibrary(str(path))
     names = {}
-    for mode in _MODES.values():
-        for kind in cpu_kernels.KINDS:
-            handler = mode + kind
-            name = f"keras_bernstein_{handler}_{degree}"
-            jax.ffi.register_ffi_target(
-                name, jax.ffi.pycapsule(getattr(library, handler)), platform="cpu"
-            )
-            names[handler] = name
+    for kind in KINDS:
+        name = f"keras_bernstein_{kind}_{degree}"
+        jax.ffi.register_ffi_target(
+            name, jax.ffi.pycapsule(getattr(library, kind)), platform="cpu"
+        )
+        names[kind] = name
     return names
 
 
-def target(names, degree, extrapolation, kind):
-    return names[_MODES[extrapolation] + kind]
+def target(names, degree, mode, kind):
+    """`(name, mode)`: the handler of `kind` and the `mode` to call it with."""
+    return names[kind], mode
 
 
 def call(target, inputs, result_shapes, epsilon=None):
     """The kernel `target` of `inputs`: a list of float32 arrays of
-    `result_shapes`. The handlers check every shape they read: a wrong one
-    raises ValueError here, or JaxRuntimeError from inside `jax.jit`."""
+    `result_shapes`. The handlers check every shape they read (and the
+    mode): a wrong one raises ValueError here, or JaxRuntimeError from
+    inside `jax.jit`."""
+    target, mode = target
     results = [jax.ShapeDtypeStruct(tuple(shape), jnp.float32) for shape in result_shapes]
-    attributes = {} if epsilon is None else {"epsilon": np.float32(epsilon)}
+    attributes = {"mode": np.int32(mode)}
+    if epsilon is not None:
+        attributes["epsilon"] = np.float32(epsilon)
     try:
         outputs = jax.ffi.ffi_call(target, results, vmap_method="sequential")(
             *inputs, **attributes

@@ -1,28 +1,21 @@
-"""How the JAX backward of `ops.bernstein_polynomial` meets XLA.
+"""How the JAX backward of `ops.bernstein_polynomial` meets XLA: JAX's
+`_formula.Primitives` (`PRIMITIVES`).
 
-Three things, all measured on a training step (docs/performance.md):
+Three things:
 
 - The backward's `n + 3` per-neuron sums (`n + 1` basis sums and two for the
   ends of the interval). On CPU they are variadic `lax.reduce`s, which fuse
   every product into one loop over the inputs; as separate sums, XLA-CPU
-  materialised the powers of `t` they share (a `(4096, 512)` activation's
-  gradient: 176 MiB and 162 ms of temporaries before, 0 and 50 ms after). On
-  GPU they stay separate sums. XLA-GPU computes all the products in one
-  kernel, stores them and then reduces them, in every form tried on an
-  H100: grouped variadic reductions measured mixed (a (4096,
-  2048) activation at degree 8: 0.71-0.75 against 0.65 ms; batch-normalized
-  0.83-1.07 against 1.05 ms; one step run 1.13x against 1.21x of ReLU's
-  with BN, 1.20-1.22x against 1.16x without), not adopted without a repeat;
-  37 operands (degree 32) fail to compile (`ptxas`); one reduction of the
-  stacked terms stores nothing but took 0.83 against 0.54 ms (degree 32: 15
-  against 1.3 ms).
+  materialises the powers of `t` they share. On GPU they stay separate
+  sums: XLA-GPU computes all the products in one kernel, stores them and
+  then reduces them in every form tried, and grouped variadic reductions
+  were no clear gain there (and many operands fail to compile).
 - On GPU, the sums of a batch whose products would take more than
   `MAX_STORED_PRODUCT_BYTES` in row chunks (`sums_in_row_chunks`).
 - A barrier between the forward and backward passes, on CPU: without it XLA
   merges the backward's powers of `t` with the forward Horner loop's, keeps
   all of them from the forward pass, and the reductions read `n` stored
-  tensors instead of recomputing (degree 8: 1.9x -> 1.45x of ReLU's step,
-  peak memory 3.2x -> 1.4x). On the H100 it changed neither time nor memory.
+  tensors instead of recomputing. On GPU it changes neither time nor memory.
 """
 
 import functools
@@ -32,8 +25,9 @@ import jax
 from jax import lax
 import jax.numpy as jnp
 
+from keras_bernstein import _formula
 from keras_bernstein._fast import MAX_SUM_OPERANDS
-from keras_bernstein._fast import reduced_axes
+from keras_bernstein._formula import reduced_axes
 
 
 # Bytes of stored products above which `sums_in_row_chunks` takes the
@@ -63,12 +57,19 @@ def recomputation_barrier(tensors):
     return tensors
 
 
+def sums_to_shape(tensors, shape):
+    """`Primitives.sums_to_shape`: fused on CPU (`sum_many_to_shape`)."""
+    if fuses_many_sums():
+        return sum_many_to_shape(tensors, shape)
+    return _formula.PORTABLE.sums_to_shape(tensors, shape)
+
+
 def sum_many_to_shape(tensors, shape):
     """Sums each of `tensors` (one common shape) down to `shape`, in one pass
     of grouped variadic reductions (for XLA-CPU; see `fuses_many_sums`).
 
     `shape` is the common shape without its leading axes and with some axes
-    set to 1 (those that broadcasting added), as in `ops._sum_to_shape`.
+    set to 1 (those that broadcasting added), as in `_formula._sum_to_shape`.
     Half-precision inputs are accumulated in float32 and the sums cast back.
     """
     return list(_sum_many(tuple(shape), *(jnp.asarray(tensor) for tensor in tensors)))
@@ -113,13 +114,9 @@ def sums_in_row_chunks(function, tensors, neuron_rank, whole_batch):
     chunks.
 
     XLA-GPU computes the products in one multi-output kernel and stores each
-    of them before reducing them: `n + 3` tensors of the batch's size (352
-    MiB for a (4096, 2048) activation at degree 8, 1.1 GiB at degree 32),
-    growing with the batch. In chunks they are bounded, but they cost time:
-    in chunks of 1024 rows the (4096, 2048) activation's forward and backward
-    took 0.88 against 0.54 ms on an H100, and the benchmark MLP's training
-    step 1.55x against 1.36x of ReLU's (peak memory 524 against 877 MiB), so
-    only batches past the limit are chunked, into as few chunks as keep
+    of them before reducing them: `n + 3` tensors of the batch's size,
+    growing with the batch. In chunks they are bounded, but they cost time,
+    so only batches past the limit are chunked, into as few chunks as keep
     under it. `function` must be elementwise along the batch axes: it sees a
     chunk's rows with the batch axes flattened into one. Half-precision sums
     are accumulated in float32.
@@ -159,3 +156,10 @@ def sums_in_row_chunks(function, tensors, neuron_rank, whole_batch):
         rest = function(*(tensor[count * chunk :] for tensor in flat))
         totals = [total + jnp.asarray(s, accumulate) for total, s in zip(totals, rest)]
     return [total.astype(dtype) for total in totals]
+
+
+PRIMITIVES = _formula.PORTABLE._replace(
+    sums_to_shape=sums_to_shape,
+    batch_sums=sums_in_row_chunks,
+    recomputation_barrier=recomputation_barrier,
+)

@@ -4,15 +4,13 @@ Keras runs TensorFlow models without XLA where there is no GPU
 (`jit_compile="auto"`), so the polynomial's Horner loop (about `4 n`
 elementwise ops) and its backward's `n + 3` sums each run as separate kernels,
 one pass over memory apiece. As XLA functions, forward and backward each
-fuse into a few loops; the rest of the model is untouched. Measured on the
-784 -> 4x512 -> 10 MLP, degree 8, one CPU thread: the training step went from
-1.68x to 1.25x of ReLU's and `predict` from 1.50x to 1.16x
-(docs/performance.md). The peak memory of one activation's training step,
-`(4096, 512)`, went from 128 MiB to 16 MiB (ReLU's: 16 MiB) with the custom
-gradient outside the two XLA functions (`with_gradient`) and the backward's
-sums as one variadic reduction (`sum_many_to_shape`). Each function is
-traced once for every batch size (`_call_for_any_batch`): a trace per shape
-stayed resident. Where Keras compiles the whole step with XLA (GPU), these
+fuse into a few loops; the rest of the model is untouched. A training
+step's peak memory stays that of ReLU's with the custom gradient outside
+the two XLA functions (`with_gradient`) and the backward's sums as one
+variadic reduction (`sum_many_to_shape`, TensorFlow's
+`_formula.Primitives.sums_to_shape`: `PRIMITIVES`). Each function is traced
+once for every batch size (`_call_for_any_batch`): a trace per shape stays
+resident. Where Keras compiles the whole step with XLA (GPU), these
 functions are simply part of it.
 """
 
@@ -21,9 +19,10 @@ import threading
 
 import tensorflow as tf
 
+from keras_bernstein import _formula
 from keras_bernstein._fast import MAX_SUM_OPERANDS
-from keras_bernstein._fast import reduced_axes
 from keras_bernstein._fast import statistics_of
+from keras_bernstein._formula import reduced_axes
 
 # How many compiled functions are being traced on this thread (nested when
 # Keras compiles the whole step): the backward may then use XLA's own ops.
@@ -52,8 +51,7 @@ def _call_for_any_batch(function, tensors, batch_tensors, neuron_rank):
     One trace then serves every batch size, and XLA still compiles for each
     concrete shape. Traced for the shape at hand, a new batch size (Keras'
     train function retraces once for a new one, then keeps an unknown batch
-    axis) traced both functions again: 11 MiB more resident per model of
-    four layers, degree 8.
+    axis) would trace both functions again, and each trace stays resident.
     """
     specs = []
     for index, tensor in enumerate(tensors):
@@ -65,23 +63,27 @@ def _call_for_any_batch(function, tensors, batch_tensors, neuron_rank):
     return _compiled(function).get_concrete_function(*specs)(*tensors)
 
 
-def with_gradient(forward, backward, runs_kernels=None):
+def compiles():
+    """Whether `with_gradient` compiles its functions here: inside a traced
+    function (`tf.function`). Eager calls (a layer called on a batch, plots,
+    callbacks) run op by op instead: compiled, each new input shape would
+    cost a trace and a compilation."""
+    return not tf.executing_eagerly()
+
+
+def with_gradient(forward, backward, compiled=True):
     """`forward` with the gradient `backward(upstream, *inputs, *statistics)`
     (`statistics`: `forward`'s outputs after the first), each compiled by XLA
-    inside a traced graph, unless `runs_kernels(*inputs)`.
+    where `compiled` and `compiles()`.
 
     The custom gradient sits outside the two XLA functions, so the step keeps
     only the inputs for the backward pass. (With `tf.custom_gradient` inside
-    one XLA function, TensorFlow's function gradient returned two copies of
-    the input from the forward function: at batch 4096 two more
-    `(4096, 512)` tensors per layer.) Inside `tf.function` (Keras' train,
-    test and predict functions) each runs as one XLA function, compiled
-    once per concrete input shape. Eager calls (a layer called on a batch,
-    plots, callbacks) run op by op instead: compiled, each new input shape
-    would cost a trace and a compilation (0.1-0.2 s). Where
-    `runs_kernels(*inputs)` (`_fast/cpu_kernels`: TensorFlow-CPU, float32,
-    outside XLA) both run as they are: their C++ kernels are single ops,
-    which XLA cannot compile. Variables are read first:
+    one XLA function, TensorFlow's function gradient returns two copies of
+    the input from the forward function.) Inside `tf.function` (Keras'
+    train, test and predict functions) each runs as one XLA function,
+    compiled once per concrete input shape. Functions that call the C++
+    kernels (`_fast/cpu_kernels`), single ops which XLA cannot compile, are
+    not `compiled`. Variables are read first:
     `tf.custom_gradient` refuses functions that read variables.
     The inputs are `(x, ..., bounds)`: `x`'s axes before `bounds`' neuron
     axes are batch axes (`_call_for_any_batch`).
@@ -90,18 +92,16 @@ def with_gradient(forward, backward, runs_kernels=None):
     @tf.custom_gradient
     def function(*inputs):
         neuron_rank = inputs[-1].shape.rank - 1
-        compiled = not tf.executing_eagerly() and not (
-            runs_kernels is not None and runs_kernels(*inputs)
-        )
+        in_xla = compiled and compiles()
 
         def gradient(upstream, *statistics_upstream):
             # Outputs after the first are gradient-free statistics.
             tensors = (upstream, *inputs, *statistics)
-            if compiled:
+            if in_xla:
                 return _call_for_any_batch(backward, tensors, 2, neuron_rank)
             return backward(*tensors)
 
-        if compiled:
+        if in_xla:
             outputs = _call_for_any_batch(forward, inputs, 1, neuron_rank)
         else:
             outputs = forward(*inputs)
@@ -137,8 +137,7 @@ def sum_many_to_shape(tensors, shape):
     of XLA variadic reductions (the TensorFlow side of
     `_fast/jax_reductions.sum_many_to_shape`, same arguments).
 
-    As separate `reduce_sum`s XLA-CPU stores every product first (the backward
-    of a `(4096, 512)` degree-8 activation: 88 MiB of temporaries).
+    As separate `reduce_sum`s XLA-CPU stores every product first.
     """
     from tensorflow.compiler.tf2xla.python import xla
 
@@ -170,3 +169,14 @@ def sum_many_to_shape(tensors, shape):
         return [tf.cast(tf.reshape(total, shape), dtype) for total in sums], gradient
 
     return summed(*tensors)
+
+
+def sums_to_shape(tensors, shape):
+    """`Primitives.sums_to_shape`: fused inside the XLA functions
+    (`sum_many_to_shape`)."""
+    if fuses_many_sums():
+        return sum_many_to_shape(tensors, shape)
+    return _formula.PORTABLE.sums_to_shape(tensors, shape)
+
+
+PRIMITIVES = _formula.PORTABLE._replace(sums_to_shape=sums_to_shape)

@@ -3,26 +3,27 @@
 `bernstein_tensorflow.cc` wraps the kernels of `bernstein_cpu.h` as four
 ops per degree n (`KerasBernsteinValues<n>`, `KerasBernsteinGradient<n>`,
 `KerasBernsteinBatchNormalizedValues<n>`,
-`KerasBernsteinBatchNormalizedGradient<n>`, the extrapolation an
-attribute), built against the installed TensorFlow
+`KerasBernsteinBatchNormalizedGradient<n>`, the extrapolation mode the
+integer attribute `mode`), built against the installed TensorFlow
 (`tf.sysconfig.get_compile_flags()`) and loaded with `tf.load_op_library`.
 Keras runs TensorFlow models without XLA on CPU, where an op costs what a
-built-in op costs; the XLA functions of `tensorflow_compilation`, which run
-otherwise, cost about 0.2 ms a call. Inside an XLA computation
+built-in op costs, far less than a call of the XLA functions of
+`tensorflow_compilation`, which run otherwise. Inside an XLA computation
 (`jit_compile=True`, or on a GPU) the ops cannot run, and the portable code
 does; so it does while `tf.saved_model.save` traces (`model.export` too), so
 that a SavedModel loads where the ops are not (TF Serving).
 """
 
 import functools
+import pathlib
 
 import tensorflow as tf
 
-from keras_bernstein._fast import cpu_kernels
-
-SOURCE = cpu_kernels.HEADER.with_name("bernstein_tensorflow.cc")
+SOURCE = pathlib.Path(__file__).with_name("bernstein_tensorflow.cc")
 # What runs where the kernels cannot be built.
 FALLBACK = "XLA functions"
+# Why they do not run where `enabled` is False.
+DISABLED = "the C++ kernels run on TensorFlow without a GPU, outside XLA and SavedModel tracing"
 _OP_NAMES = {
     "Values": "values",
     "Gradient": "gradient",
@@ -72,9 +73,9 @@ def load(path, degree):
     return tf.load_op_library(str(path))
 
 
-def target(library, degree, extrapolation, kind):
+def target(library, degree, mode, kind):
     operation = getattr(library, f"keras_bernstein_{_OP_NAMES[kind]}{degree}")
-    return functools.partial(operation, extrapolation=extrapolation)
+    return functools.partial(operation, mode=mode)
 
 
 def call(target, inputs, result_shapes, epsilon=None):

@@ -2,26 +2,24 @@
 
 Eager PyTorch runs every elementwise op of the Horner loop, and of its
 backward pass, as its own pass over memory: about 30 kernels forward and 45
-backward per layer at degree 8. `torch.compile` turns `ops`' own plain
-formula (`ops._evaluate`, and the batch-normalized one) into one C++ loop
+backward per layer at degree 8. `torch.compile` turns the plain formula
+(`_formula._evaluate`, and the normalized ones) into one C++ loop
 forward, and AOTAutograd's backward of it into one loop nest with the
 per-neuron sums; the partitioner saves only the inputs and recomputes the
 rest. No custom gradient is involved, so the gradients are autodiff of the
 portable formula by construction. AOTAutograd's backward cannot be
 differentiated again: where autograd records the backward (a gradient
 penalty, `create_graph=True`), autodiff of the formula runs eagerly instead
-(`_Recorded`). Measured for a `(256, 512)` activation at
-degree 8 on one CPU thread: forward and backward 4.2-4.7 -> 1.1-1.2 ms,
-forward alone 0.7-0.9 -> 0.25 ms (docs/performance.md).
+(`_Recorded`).
 
-Two things the speed depends on, both measured:
+Two things the speed depends on:
 
 - the coefficient and bound tables reach the compiled function neuron axis
   contiguous (stored degree axis first): with `(units, n + 1)` rows Inductor
-  loads each coefficient element by element (forward 1.56 against 0.21 ms);
+  loads each coefficient element by element;
 - no boolean tensor crosses from the forward to the backward graph: Inductor
-  took 1.9 ms to store a `(256, 512)` mask that a float pass writes in 0.06
-  (hence `ops._evaluate_at`'s relu form of the linear extrapolation).
+  stores a mask far slower than a float pass writes one (hence
+  `_formula._evaluate_at`'s relu form of the linear extrapolation).
 
 Used for CPU tensors when a C++ compiler works (probed once per process,
 or by the first compile under `auto`); otherwise, and on accelerators, the
@@ -54,7 +52,9 @@ import weakref
 
 import torch
 
+from keras_bernstein import _formula
 from keras_bernstein._fast import torch_polynomial
+from keras_bernstein._formula import _degree_of
 
 _DISABLE_VARIABLE = "KERAS_BERNSTEIN_TORCH_COMPILE"
 _CACHE_VARIABLE = "TORCHINDUCTOR_CACHE_DIR"
@@ -73,20 +73,18 @@ _static_tables = {}
 _tables = {}
 
 
-# Compilation time grows faster than the degree (cold cache, one CPU thread:
-# 11 s at degree 8, 28 s at 16, 54 s at 24, forward and backward), while the
-# gain shrinks (activation forward and backward at (256, 512): 2.1x faster
-# at degree 8, 2.0x at 16, 1.5x at 32). Above this degree the eager kernels run.
+# Compilation time grows faster than the degree, while the gain shrinks.
+# Above this degree the eager kernels run.
 MAX_DEGREE = 16
 
 
 # Where compiling has not yet paid for itself ("auto"), a first guess of
 # what compiling a polynomial's signature costs, in seconds, until one has
-# been measured in this process: the forward and backward of degree 8 took
-# 10-20 s from a cold cache on two CPU cores, 2-4 s from a warm one.
+# been measured in this process (a cold cache's forward and backward at
+# degree 8).
 FIRST_COMPILE_ESTIMATE = 10.0
-# The eager time of a training call's backward, in forward calls (measured
-# 1.5-2.5 for the eager kernels); only the forward is timed.
+# The eager time of a training call's backward, in forward calls; only the
+# forward is timed.
 BACKWARD_FACTOR = 2.0
 
 _POLICIES = {
@@ -124,21 +122,42 @@ def policy():
     return chosen
 
 
-def supports(x, degree):
-    """Whether the compiled polynomial of `degree` may take `x`: a CPU
-    tensor, a degree of at most `MAX_DEGREE`, with compilation on and not
-    found broken (`call` decides when to compile, by `policy`)."""
-    if not (x.device.type == "cpu" and 0 < degree <= MAX_DEGREE):
-        return False
+_OFF_CPU = "not a CPU tensor"
+_DEGREE_REFUSED = f"a degree outside 1 to {MAX_DEGREE}"
+_TURNED_OFF = f"compiling is off ({_DISABLE_VARIABLE}=0)"
+_BROKEN = "torch.compile does not work here"
+
+
+def refusal(x, degree):
+    """Why the compiled polynomial of `degree` may not take `x`, or None
+    where it may: a CPU tensor, a degree of at most `MAX_DEGREE`, with
+    compilation on and not found broken (`call` decides when to compile,
+    by `policy`)."""
+    if x.device.type != "cpu":
+        return _OFF_CPU
+    if not 0 < degree <= MAX_DEGREE:
+        return _DEGREE_REFUSED
     if torch.compiler.is_compiling():
         # Traced inline into the enclosing graph (`call`), whatever the
         # policy: the eager kernels would only break that graph.
-        return True
+        return None
     chosen = policy()
     if chosen == "auto":
         # Probed when a signature is first compiled, not before.
-        return _compiler_works is not False
-    return chosen == "always" and _compilation_works()
+        return _BROKEN if _compiler_works is False else None
+    if chosen == "always":
+        return None if _compilation_works() else _BROKEN
+    return _TURNED_OFF
+
+
+def tracing():
+    """Whether Dynamo traces the running code (an enclosing `torch.compile`)."""
+    return torch.compiler.is_compiling()
+
+
+def supports(x, degree):
+    """Whether the compiled polynomial of `degree` may take `x` (`refusal`)."""
+    return refusal(x, degree) is None
 
 
 def _compilation_works():
@@ -156,8 +175,7 @@ def _compilation_works():
             _compiler_works = False
             warnings.warn(
                 "keras_bernstein: torch.compile does not work here, so Bernstein "
-                "activations run as eager PyTorch kernels (about 2-3x slower on "
-                f"CPU). Set {_DISABLE_VARIABLE}=0 to skip this check. "
+                "activations run as eager PyTorch kernels (slower on CPU). Set {_DISABLE_VARIABLE}=0 to skip this check. "
                 f"The error was: {type(error).__name__}: {error}",
                 stacklevel=3,
             )
@@ -216,7 +234,7 @@ def call(formula, *tensors, tabulated=None, **constants):
         # No probe: the first compile is one (`_portable_after`).
         _private_inductor_cache()
     *inputs, coefficients, bounds = tensors
-    degree = coefficients.shape[-1] - 1
+    degree = _degree_of(coefficients)
     if tabulated is not None and not (
         torch.is_grad_enabled() and any(tensor.requires_grad for tensor in tensors)
     ):
@@ -304,16 +322,17 @@ def _eager(formula, tensors, constants):
     gradients, differentiable twice."""
     from keras_bernstein._fast import torch_normalization
 
-    name = formula.__name__
-    if name == "_evaluate":
+    if formula is _formula._evaluate:
         return torch_polynomial.bernstein_polynomial(*tensors, constants["extrapolation"])
-    if name == "_evaluate_normalized":
+    if formula is _formula._evaluate_normalized:
         x, mean, inverse_deviation, scale, offset, coefficients, bounds = tensors
         normalized = torch.addcmul(offset, x - mean, inverse_deviation * scale)
         return torch_polynomial.bernstein_polynomial(
             normalized, coefficients, bounds, constants["extrapolation"]
         )
-    if name == "_evaluate_batch_normalized" and torch_normalization.supports(tensors[0]):
+    if formula is _formula._evaluate_batch_normalized and torch_normalization.supports(
+        tensors[0]
+    ):
         return torch_normalization.batch_normalized_polynomial(*tensors, **constants)
     return formula(*tensors, **constants)
 

@@ -1,22 +1,19 @@
 """`BernsteinDense`'s batch normalization as PyTorch's fused kernel.
 
 Keras' BatchNormalization runs on PyTorch as about ten separate kernels forward
-and twice that backward: 1.5-2.6 ms for a `(256, 512)` training step's forward
-and backward on one CPU thread (0.45 ms here), and 0.33 ms for inference (0.17
-ms here). `torch.native_batch_norm` normalizes in one kernel each way. This
+and twice that backward; `torch.native_batch_norm` normalizes in one kernel
+each way. This
 module computes exactly what the Keras layer computes (batch statistics in
 training, biased variance, the same moving-average update; moving statistics
 otherwise), reading and updating the Keras layer's own variables, so weights,
 saving and every other backend are unchanged. The batch statistics are its
 own (`_statistics`): those of `torch.native_batch_norm` and of its backward
-are float32 sums that drift (2^20 rows of mean 1000: the mean off by 10,
-the variance by a factor of 90), so it normalizes with given statistics
-and differentiates rows centered on their mean. In training, `BernsteinDense`
-runs it and the polynomial as one autograd node (`normalized_polynomial`)
-that saves the unnormalized rows instead of the normalized tensor (peak
-memory of a training step at batch 4096: 246-268 -> 206-229 MiB, ReLU
-127-139 MiB; step time unchanged). Tested against the Keras layer in
-`tests/test_layers.py`.
+are float32 sums that drift for many rows of a large mean, so it normalizes
+with given statistics and differentiates rows centered on their mean. In
+training, `BernsteinDense` runs it and the polynomial as one autograd node
+(`normalized_polynomial`) that saves the unnormalized rows instead of the
+normalized tensor: one activation's worth of memory less per layer. Tested
+against the Keras layer in `tests/test_layers.py`.
 """
 
 import math
@@ -24,14 +21,14 @@ import math
 import keras
 import torch
 
-from keras_bernstein import ops as bernstein_ops
+from keras_bernstein import _formula
 from keras_bernstein._fast import torch_polynomial
 
 
 def supports(inputs):
     """Whether the kernel takes `inputs`: not a single row (PyTorch refuses
-    batch statistics of one value). `BernsteinDense._plain_normalization`
-    checks the layer's configuration."""
+    batch statistics of one value). The caller checks the layer's
+    configuration (`BernsteinDense._plain_normalization`)."""
     return math.prod(inputs.shape[:-1]) > 1
 
 
@@ -61,7 +58,7 @@ def batch_normalization(layer, inputs, training):
 
 def _statistics(rows):
     """The mean and biased variance of `rows` over axis 0 (as
-    `ops._batch_statistics`): a first mean, then the mean deviation from it
+    `_formula._batch_statistics`): a first mean, then the mean deviation from it
     and the mean squared deviation, which correct the mean and give the
     variance without cancellation."""
     shift = rows.detach().mean(0)
@@ -74,14 +71,12 @@ def _statistics(rows):
 def _update_moving_statistics(layer, mean, variance):
     """Keras' moving-average update, from the batch statistics."""
     with torch.no_grad():
-        layer.moving_mean.assign(
-            keras.ops.convert_to_tensor(layer.moving_mean) * layer.momentum
-            + mean * (1.0 - layer.momentum)
-        )
-        layer.moving_variance.assign(
-            keras.ops.convert_to_tensor(layer.moving_variance) * layer.momentum
-            + variance * (1.0 - layer.momentum)
-        )
+        for moving, batch in ((layer.moving_mean, mean), (layer.moving_variance, variance)):
+            moving.assign(
+                _formula._moving_average(
+                    keras.ops.convert_to_tensor(moving), batch, layer.momentum
+                )
+            )
 
 
 def normalized_polynomial(layer, inputs, coefficients, bounds, extrapolation):
@@ -110,7 +105,7 @@ def normalized_polynomial(layer, inputs, coefficients, bounds, extrapolation):
 
 
 def batch_normalized_polynomial(x, scale, offset, coefficients, bounds, epsilon, extrapolation):
-    """`ops.batch_normalized_bernstein_polynomial` as one autograd node, for
+    """`_formula._evaluate_batch_normalized` as one autograd node, for
     `x` that `supports`: `(values, mean, variance)`, the statistics without
     a gradient."""
     rows = x.reshape(-1, x.shape[-1])
@@ -190,4 +185,4 @@ def _normalized_formula(rows, gamma, beta, coefficients, bounds, extrapolation, 
     """What `_NormalizedPolynomial` computes, as plain differentiable ops."""
     mean, variance = _statistics(rows)
     normalized = (rows - mean) * (torch.rsqrt(variance + epsilon) * gamma) + beta
-    return bernstein_ops._evaluate(normalized.reshape(shape), coefficients, bounds, extrapolation)
+    return _formula._evaluate(normalized.reshape(shape), coefficients, bounds, extrapolation)

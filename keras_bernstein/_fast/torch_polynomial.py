@@ -7,14 +7,17 @@ recurrence in place (three kernels per degree, two buffers), saves only its
 inputs, and recomputes in the backward pass. Where autograd records the
 backward (`create_graph=True`, a gradient penalty), which in-place kernels
 cannot, the backward is autodiff of the plain formula instead
-(`differentiable_gradients`).
+(`differentiable_gradients`). `PRIMITIVES` holds PyTorch's form of the
+formula's two clips (`_formula.Primitives`), whose derivatives autodiff of
+`torch.clamp` would not give.
 """
 
 import math
 
 import torch
 
-from keras_bernstein import ops as bernstein_ops
+from keras_bernstein import _formula
+from keras_bernstein._formula import _degree_of
 
 
 _BINOMIALS = {}
@@ -27,7 +30,7 @@ def _binomials(degree, like):
     key = (degree, like.dtype, like.device)
     if key not in _BINOMIALS:
         _BINOMIALS[key] = torch.as_tensor(
-            bernstein_ops.binomial_coefficients(degree), dtype=like.dtype, device=like.device
+            _formula.binomials(degree), dtype=like.dtype, device=like.device
         )
     return _BINOMIALS[key]
 
@@ -36,8 +39,8 @@ def _last_axis_first(tensor):
     """`tensor` with its last axis moved to the front, contiguous.
 
     A broadcast operand whose elements are strided (a column of a
-    `(units, n + 1)` table) made each kernel about 5x slower on CPU than a
-    contiguous one (92 µs against 17 µs for a `(256, 512)` `addcmul_`).
+    `(units, n + 1)` table) makes each kernel several times slower on CPU
+    than a contiguous one.
     """
     return torch.movedim(tensor, -1, 0).contiguous()
 
@@ -70,7 +73,7 @@ def _unit_points(x, bounds, extrapolation):
 
 def _overshoot(x, bounds, inverse_width):
     """`t - clamp(t, 0, 1)` with `t = (x - l) / (u - l)` limited to `±T_LIMIT`:
-    `ops._overshoot`, so that huge and infinite inputs give the same finite
+    `_formula._overshoot`, so that huge and infinite inputs give the same finite
     linear extrapolation as on the other backends."""
     lower, _ = _last_axis_first(bounds)
     t = torch.sub(x, lower).mul_(inverse_width)
@@ -79,13 +82,13 @@ def _overshoot(x, bounds, inverse_width):
 
 
 def _t_limit(dtype):
-    """`ops._T_LIMIT` where `dtype` holds it, else its largest value (float16:
-    clamping to a bound the dtype cannot hold is an error)."""
-    return min(bernstein_ops._T_LIMIT, torch.finfo(dtype).max)
+    """`_formula._T_LIMIT` where `dtype` holds it, else its largest value
+    (float16: clamping to a bound the dtype cannot hold is an error)."""
+    return min(_formula._T_LIMIT, torch.finfo(dtype).max)
 
 
 class _LimitedOvershoot(torch.autograd.Function):
-    """`ops._overshoot`: `t - clamp(t, 0, 1)` from `t` limited to `±T_LIMIT`,
+    """`_formula._overshoot`: `t - clamp(t, 0, 1)` from `t` limited to `±T_LIMIT`,
     whose derivative is that of the unlimited overshoot: 1 outside `[0, 1]`
     (beyond the limit and at ±inf too), 0 inside, NaN at NaN. Autodiff of
     the limit would leave huge inputs no slope, unlike the other paths'
@@ -106,7 +109,7 @@ class _LimitedOvershoot(torch.autograd.Function):
 
 
 def limited_overshoot(t):
-    """`ops._overshoot` of a tensor `t` for autodiff (`_LimitedOvershoot`)."""
+    """`_formula._overshoot` of a tensor `t` for autodiff (`_LimitedOvershoot`)."""
     return _LimitedOvershoot.apply(t)
 
 
@@ -127,27 +130,30 @@ class _UnitClamp(torch.autograd.Function):
 
 
 def unit_clamp(t):
-    """`ops._unit_clip` of a tensor `t` for autodiff (`_UnitClamp`)."""
+    """`_formula._unit_clip` of a tensor `t` for autodiff (`_UnitClamp`)."""
     return _UnitClamp.apply(t)
 
 
+PRIMITIVES = _formula.PORTABLE._replace(unit_clip=unit_clamp, overshoot=limited_overshoot)
+
+
 def forward(x, coefficients, bounds, extrapolation):
-    degree = coefficients.shape[-1] - 1
+    """`_formula._evaluate`, in place."""
+    degree = _degree_of(coefficients)
     t, s, inverse_width = _unit_points(x, bounds, extrapolation)
     values = _horner(t, s, coefficients * _binomials(degree, coefficients))
     if extrapolation == "linear":
         # slope_lower * min(d, 0) + slope_upper * max(d, 0) for the overshoot
         # d in t units, as slope_lower * d + (slope_upper - slope_lower) * relu(d).
-        slope_lower = degree * (coefficients[..., 1] - coefficients[..., 0])
-        slope_upper = degree * (coefficients[..., -1] - coefficients[..., -2])
+        slope_lower, bend = _formula._linear_slopes(coefficients)
         overshoot = _overshoot(x, bounds, inverse_width)
         values.addcmul_(overshoot, slope_lower)
-        values.addcmul_(overshoot.relu_(), slope_upper - slope_lower)
+        values.addcmul_(overshoot.relu_(), bend)
     return values
 
 
 def _reduce_to(tensor, shape):
-    """Sums `tensor` over the axes that broadcasting added to `shape`."""
+    """`_formula._sum_to_shape` by PyTorch's own reductions."""
     leading = tensor.dim() - len(shape)
     if leading:
         tensor = tensor.sum(dim=tuple(range(leading)))
@@ -168,7 +174,7 @@ class _BernsteinPolynomial(torch.autograd.Function):
             # A graph of the gradient is wanted (`create_graph=True`), which
             # the in-place kernels cannot record.
             return differentiable_gradients(
-                lambda x, coefficients, bounds: bernstein_ops._evaluate(
+                lambda x, coefficients, bounds: _formula._evaluate(
                     x, coefficients, bounds, ctx.extrapolation
                 ),
                 (x, coefficients, bounds),
@@ -224,7 +230,7 @@ def gradients(upstream, x, coefficients, bounds, extrapolation, needs):
     """`(dL/dx, dL/dc, dL/d bounds)` of the polynomial at `x` for the upstream
     gradient; `needs` says which are wanted (the others are `None`)."""
     need_x, need_coefficients, need_bounds = needs
-    degree = coefficients.shape[-1] - 1
+    degree = _degree_of(coefficients)
     t, s, inverse_width = _unit_points(x, bounds, extrapolation)
     grad_x = grad_coefficients = grad_bounds = None
 
@@ -240,7 +246,7 @@ def gradients(upstream, x, coefficients, bounds, extrapolation, needs):
     elif need_x:
         # dσ/dt; at a clamped t it is the end slope, the linear
         # extrapolation's slope.
-        difference = degree * (coefficients[..., 1:] - coefficients[..., :-1])
+        difference = _formula.derivative_coefficients(coefficients)
         slope = _horner(t, s, difference * _binomials(degree - 1, coefficients))
         slope_rows = slope.mul_(upstream).mul_(inverse_width)
     if need_x:
@@ -261,7 +267,7 @@ def _slope_table(coefficients, inverse_width):
     `0 ... n-1`), so `w_j = e_j C(n, j) / (u - l)`: the input gradient is a
     combination of the products the coefficient gradient sums anyway.
     """
-    degree = coefficients.shape[-1] - 1
+    degree = _degree_of(coefficients)
     steps = coefficients[..., 1:] - coefficients[..., :-1]
     zero = torch.zeros_like(steps[..., :1])
     j = torch.arange(degree + 1, dtype=coefficients.dtype, device=coefficients.device)
@@ -272,10 +278,9 @@ def _slope_table(coefficients, inverse_width):
 
 # Largest (degree + 1) x batch x neurons buffer built at once; bigger batches
 # are summed in row chunks, so the backward pass needs a bounded amount of
-# extra memory, not degree + 1 activations' worth. On CPU 16 MiB (float32):
-# larger chunks gain nothing there. On an accelerator each chunk costs a dozen
-# kernel launches, and 16 MiB chunks (18 for a (4096, 2048) activation at
-# degree 8) doubled the H100's backward time, so the limit is 128 MiB there.
+# extra memory, not degree + 1 activations' worth. On CPU larger chunks gain
+# nothing. On an accelerator each chunk costs a dozen kernel launches, so the
+# limit is larger there.
 _MAX_BUFFER_ELEMENTS = 1 << 22
 _MAX_ACCELERATOR_BUFFER_ELEMENTS = 1 << 25
 
@@ -326,7 +331,7 @@ def _basis_sums(upstream, t, s, degree, neuron_shape, slope_table=None):
             for k in range(1, degree + 1):
                 slope_chunk.addcmul_(weighted[k], slope_table[k])
         # Reduce with the degree axis in front (contiguous rows); a moved-axis
-        # reduction is ~50x slower on CPU.
+        # reduction is much slower on CPU.
         batch_axes = tuple(range(1, 1 + batch_rank))
         if batch_axes:
             weighted = weighted.sum(dim=batch_axes)
@@ -336,9 +341,9 @@ def _basis_sums(upstream, t, s, degree, neuron_shape, slope_table=None):
 
 
 def _parameter_gradients(sums, upstream, x, inverse_width, coefficients, bounds, extrapolation):
-    """Gradients of the coefficients and the bounds (`ops._parameter_gradients`)
+    """Gradients of the coefficients and the bounds (`_formula._parameter_gradients`)
     from the basis sums (`_basis_sums`) and the two sums outside the interval."""
-    degree = coefficients.shape[-1] - 1
+    degree = _degree_of(coefficients)
     neuron_shape = coefficients.shape[:-1]
     basis_sums = torch.movedim(sums, 0, -1) * _binomials(degree, coefficients)
     outside = ()
@@ -354,7 +359,7 @@ def _parameter_gradients(sums, upstream, x, inverse_width, coefficients, bounds,
         overshoot_sum = _reduce_to(upstream * overshoot, neuron_shape)
         above = _reduce_to(upstream * overshoot.relu_(), neuron_shape)
         outside = (overshoot_sum - above, above)
-    return bernstein_ops._parameter_gradients(
+    return _formula._parameter_gradients(
         basis_sums, coefficients, bounds, extrapolation, *outside
     )
 

@@ -10,20 +10,6 @@ from keras_bernstein.layers.bernstein import Bernstein
 
 NORMALIZATIONS = (None, "batch")
 
-# Backends on which a plain batch normalization and the polynomial run as one
-# function (`ops.normalized_bernstein_polynomial`), measured on one CPU thread
-# against BatchNormalization -> Bernstein: TensorFlow's step 2% and predict 4%
-# faster, peak memory at batch 4096 418 -> 339 MiB; JAX's memory 1.36x ->
-# 1.05x of ReLU's but its step 2-5% slower, so JAX keeps the two layers.
-# Where the C++ kernels run (JAX- and TensorFlow-CPU, float32:
-# `ops._normalization_kernel_applies`) both backends run the one function in
-# training (JAX's step 1.23x -> 1.17x of ReLU's) and the two layers in
-# inference.
-# On PyTorch the function is compiled by TorchInductor where that works (CPU,
-# `_fast/torch_compilation`); elsewhere PyTorch runs its own fused
-# normalization kernel (`_fast/torch_normalization`).
-_FUSED_NORMALIZATION_BACKENDS = ("tensorflow",)
-
 
 @keras.saving.register_keras_serializable(package="keras_bernstein")
 class BernsteinDense(keras.layers.Layer):
@@ -62,8 +48,7 @@ class BernsteinDense(keras.layers.Layer):
             with `normalization=None`, `False` with batch normalization,
             which subtracts the batch mean and so cancels any bias exactly
             (its offset `beta` is the bias). Such a bias changes nothing
-            but the cost: on JAX it took 5-7% of the training step of
-            `benchmarks/performance.py`.
+            but the cost.
         kernel_initializer: Initializer for the kernel.
         bias_initializer: Initializer for the bias.
         kernel_regularizer: Regularizer for the kernel.
@@ -212,42 +197,28 @@ class BernsteinDense(keras.layers.Layer):
         if getattr(inputs, "_keras_mask", None) is None:
             # Dense's `call`, not its `__call__`: this layer's `__call__` has
             # converted and autocast the inputs with the same dtype policy,
-            # and on PyTorch Keras' `__call__` costs about 0.25 ms, as much
-            # as the whole activation of a (256, 512) batch at degree 8.
+            # and on PyTorch Keras' `__call__` costs as much as the whole
+            # activation of a batch.
             hidden = self.dense.call(inputs)
         else:  # `__call__` passes the mask on to the normalization
             hidden = self.dense(inputs)
-        # The fused functions and the direct `call` below stand for the
+        # The normalization and activation of `ops` (which picks how they run:
+        # `ops.implementation`) and the direct `call` below stand for the
         # stock activation only.
         stock_activation = type(self.bernstein).call is Bernstein.call
         if stock_activation and self._plain_normalization(hidden):
-            backend = keras.backend.backend()
-            if bernstein_ops._normalization_kernel_applies(
-                hidden, self.coefficients, self.bounds
-            ):
-                # The C++ kernels (JAX- and TensorFlow-CPU), in training; in
-                # inference Keras' layer and the polynomial's kernel.
-                fused = training and self.batch_normalization.trainable
-            else:
-                fused = backend in _FUSED_NORMALIZATION_BACKENDS
-            if fused or bernstein_ops._torch_compiles(hidden, self.degree):
-                return self._normalized_activation(hidden, training)
-            if backend == "torch" and training and self.batch_normalization.trainable:
-                from keras_bernstein._fast import torch_normalization
-
-                if torch_normalization.supports(hidden):
-                    return torch_normalization.normalized_polynomial(
-                        self.batch_normalization,
-                        hidden,
-                        self.coefficients,
-                        self.bounds,
-                        self.extrapolation,
-                    )
+            return bernstein_ops._batch_normalized_layer(
+                hidden,
+                self.batch_normalization,
+                self.coefficients,
+                self.bounds,
+                self.extrapolation,
+                training,
+            )
         activation_inputs = self._normalize(hidden, training)
         if stock_activation and getattr(activation_inputs, "_keras_mask", None) is None:
             # `call`, not `__call__`, as for the Dense above: `Bernstein.call`
-            # casts for itself (predict without normalization on PyTorch:
-            # 1.155x -> 1.116x of ReLU's).
+            # casts for itself.
             return self.bernstein.call(activation_inputs)
         return self.bernstein(activation_inputs)
 
@@ -261,17 +232,12 @@ class BernsteinDense(keras.layers.Layer):
     def _normalize(self, hidden, training):
         if self.batch_normalization is None:
             return hidden
-        if keras.backend.backend() == "torch" and self._plain_normalization(hidden):
-            from keras_bernstein._fast import torch_normalization
-
-            if torch_normalization.supports(hidden):
-                return torch_normalization.batch_normalization(
-                    self.batch_normalization, hidden, training
-                )
+        if self._plain_normalization(hidden):
+            return bernstein_ops._batch_normalization(self.batch_normalization, hidden, training)
         return self.batch_normalization(hidden, training=training)
 
     def _plain_normalization(self, hidden):
-        """Whether the normalization is one the fused paths compute exactly:
+        """Whether the normalization is one `ops`' paths compute exactly:
         the defaults this layer builds (last axis, center, scale, no
         renormalization), unsynchronized, without mixed precision or a mask."""
         layer = self.batch_normalization
@@ -285,41 +251,6 @@ class BernsteinDense(keras.layers.Layer):
             and layer.compute_dtype == layer.variable_dtype
             and keras.backend.standardize_dtype(hidden.dtype) == layer.compute_dtype
             and getattr(hidden, "_keras_mask", None) is None
-        )
-
-    def _normalized_activation(self, hidden, training):
-        """`self.bernstein(self.batch_normalization(hidden, training))` as one
-        function (`ops.batch_normalized_bernstein_polynomial` in training,
-        `ops.normalized_bernstein_polynomial` otherwise), on the same
-        variables with the same statistics and moving-average update."""
-        layer = self.batch_normalization
-        if training and layer.trainable:
-            outputs, mean, variance = bernstein_ops.batch_normalized_bernstein_polynomial(
-                hidden,
-                layer.gamma,
-                layer.beta,
-                self.coefficients,
-                self.bounds,
-                layer.epsilon,
-                self.extrapolation,
-            )
-            layer.moving_mean.assign(
-                layer.moving_mean * layer.momentum + mean * (1.0 - layer.momentum)
-            )
-            layer.moving_variance.assign(
-                layer.moving_variance * layer.momentum
-                + variance * (1.0 - layer.momentum)
-            )
-            return outputs
-        return bernstein_ops.normalized_bernstein_polynomial(
-            hidden,
-            layer.moving_mean,
-            keras.ops.rsqrt(layer.moving_variance + layer.epsilon),
-            layer.gamma,
-            layer.beta,
-            self.coefficients,
-            self.bounds,
-            self.extrapolation,
         )
 
     def set_weights(self, weights):

@@ -9,7 +9,7 @@ export OMP_NUM_THREADS ?= 1
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install demo test test-jax test-tensorflow test-torch docs bench clean
+.PHONY: install demo test test-jax test-tensorflow test-torch docs docs-check bench clean
 
 $(VENV)/.installed: pyproject.toml constraints-test.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,22 +26,26 @@ demo: install
 # pyproject.toml leaves the slow tests out of a plain `pytest`; make runs all.
 ALL_TESTS := -m "slow or not slow"
 
-# Each backend in its own process (a backend cannot switch inside one);
-# all run, and the target fails if any failed.
-test: install
-	@failed=""; \
-	for backend in $(BACKENDS); do \
-		echo "=== pytest, KERAS_BACKEND=$$backend"; \
-		KERAS_BACKEND=$$backend $(PY) -m pytest tests -q -p no:cacheprovider $(ALL_TESTS) \
-			|| failed="$$failed $$backend"; \
-	done; \
-	echo "=== mkdocs build --strict"; \
-	$(PY) -m mkdocs build --strict -q -d $$(mktemp -d) || failed="$$failed docs"; \
-	if [ -n "$$failed" ]; then echo "FAILED:$$failed"; exit 1; fi; \
-	echo "all backends and the docs passed"
+# Each backend in its own process (a backend cannot switch inside one), up to
+# TEST_JOBS side by side; each one's output is printed whole when it ends, and
+# the target fails if any backend or the docs build failed.
+TEST_JOBS ?= 2
 
-test-%: install
-	KERAS_BACKEND=$* $(PY) -m pytest tests -q -p no:cacheprovider $(ALL_TESTS)
+test: install
+	@$(MAKE) --no-print-directory -k -O -j$(TEST_JOBS) $(addprefix test-,$(BACKENDS)) docs-check \
+		&& echo "all backends and the docs passed" \
+		|| { echo "FAILED: the targets marked Error above"; exit 1; }
+
+$(addprefix test-,$(BACKENDS)): test-%: install
+	@echo "=== pytest, KERAS_BACKEND=$*"
+	@# A temporary folder of its own: pytest's shared one is pruned by the others.
+	temporary=$$(mktemp -d -t keras-bernstein-$*-XXXXXX); \
+	KERAS_BACKEND=$* $(PY) -m pytest tests -q -p no:cacheprovider --basetemp=$$temporary \
+		$(ALL_TESTS); status=$$?; rm -rf $$temporary; exit $$status
+
+docs-check: install
+	@echo "=== mkdocs build --strict"
+	$(PY) -m mkdocs build --strict -q -d $$(mktemp -d)
 
 docs: install
 	$(PY) -m mkdocs build --strict

@@ -8,6 +8,7 @@ The suite runs once per backend, in separate processes:
 """
 
 import contextlib
+import functools
 import os
 
 # Must be set before any backend (and its thread pools) is imported.
@@ -95,6 +96,7 @@ def float64():
         yield
 
 
+@functools.cache
 def load_autompg():
     """The Auto MPG data set (UCI, 392 cars, shipped by `mlxtend`).
 
@@ -114,7 +116,7 @@ def load_autompg():
     return x.astype("float32"), mpg.reshape(-1, 1).astype("float32"), origin
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def autompg():
     return load_autompg()
 

@@ -8,6 +8,7 @@ BACKENDS := jax tensorflow torch
 export OMP_NUM_THREADS ?= 1
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONUNBUFFERED := 1
+export NO_MKDOCS_2_WARNING ?= 1
 
 .PHONY: install demo test test-jax test-tensorflow test-torch docs docs-check bench clean
 

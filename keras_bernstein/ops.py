@@ -183,6 +183,9 @@ elif _BACKEND == "torch":
 
     _formula.use_primitives(_torch_polynomial.PRIMITIVES)
 
+# Whether PyTorch's Dynamo traces the running code.
+_dynamo_tracing = bool if _torch_compilation is None else _torch_compilation.tracing
+
 Implementation = collections.namedtuple("Implementation", ["name", "fused", "reason"])
 Implementation.__doc__ = """What computes a call (`implementation`): `(name, fused, reason)`.
 
@@ -226,11 +229,12 @@ _logged = set()
 _choices = {}
 
 
-def _choice(name, fused, reason):
-    key = (name, fused, reason)
+def _choice(name, fused, reason, detail=""):
+    """`Implementation(name, fused, reason + detail)`, built once."""
+    key = (name, fused, reason, detail)
     choice = _choices.get(key)
     if choice is None:
-        choice = _choices[key] = Implementation(name, fused, reason)
+        choice = _choices[key] = Implementation(name, fused, reason + detail)
     return choice
 
 
@@ -294,15 +298,10 @@ def _implementation(x, coefficients, bounds, degree, normalization=None, fused=N
         choice = _fused_choice(x, coefficients, bounds, degree, normalization, vectors)
     else:
         choice = _layer_choice(x, coefficients, bounds, degree, normalization)
-    if not _inside_dynamo() and _logger.isEnabledFor(logging.DEBUG):
+    # Not inside Dynamo's trace, whose graph a logger call would break.
+    if not _dynamo_tracing() and _logger.isEnabledFor(logging.DEBUG):
         _log(choice, x, degree, normalization, fused)
     return choice
-
-
-def _inside_dynamo():
-    """Whether PyTorch's Dynamo traces this call: a logger call would break
-    its graph."""
-    return _torch_compilation is not None and _torch_compilation.tracing()
 
 
 def _log(choice, x, degree, normalization, fused):
@@ -345,7 +344,7 @@ def _polynomial_choice(x, coefficients, bounds, degree):
         refusal = _torch_compilation.refusal(x, degree)
         if refusal is None:
             return _TORCH_COMPILED
-        return _choice("torch_eager", False, f"one in-place autograd node: {refusal}")
+        return _choice("torch_eager", False, "one in-place autograd node: ", refusal)
     refusal = _kernel_refusal(x, coefficients, bounds)
     if refusal is None:
         return _CPU_KERNEL
@@ -363,8 +362,10 @@ def _recomputing_choice(fused, refusal):
     """The custom gradient of the portable formula: on TensorFlow inside a
     traced function each pass an XLA function (`_fast/tensorflow_compilation`)."""
     if _tensorflow_compilation is not None and _tensorflow_compilation.compiles():
-        return _choice("xla_compiled", fused, f"XLA functions inside a traced function: {refusal}")
-    return _choice("recomputed_gradient", fused, f"the portable formula: {refusal}")
+        return _choice(
+            "xla_compiled", fused, "XLA functions inside a traced function: ", refusal
+        )
+    return _choice("recomputed_gradient", fused, "the portable formula: ", refusal)
 
 
 def _fused_choice(x, coefficients, bounds, degree, normalization, vectors):
@@ -394,22 +395,22 @@ def _layer_choice(x, coefficients, bounds, degree, normalization):
         if refusal is None:
             return _choice("torch_compiled", True, _TORCH_COMPILED.reason)
         if not _torch_normalization.supports(x):
-            return _choice("torch_eager", False, f"a single row, Keras' normalization: {refusal}")
+            return _choice("torch_eager", False, "a single row, Keras' normalization: ", refusal)
         if normalization == "training":
-            return _choice("torch_eager", True, f"one in-place autograd node: {refusal}")
-        return _choice("torch_eager", False, f"PyTorch's normalization kernel: {refusal}")
+            return _choice("torch_eager", True, "one in-place autograd node: ", refusal)
+        return _choice("torch_eager", False, "PyTorch's normalization kernel: ", refusal)
     refusal = _kernel_refusal(x, coefficients, bounds, normalized=True)
     if refusal is None:
         if normalization == "training":
             return _choice("cpu_kernel", True, _CPU_KERNEL.reason)
         polynomial = _polynomial_choice(x, coefficients, bounds, degree)
         return _choice(
-            polynomial.name, False, f"in inference Keras' normalization, then {polynomial.reason}"
+            polynomial.name, False, "in inference Keras' normalization, then ", polynomial.reason
         )
     if _BACKEND in _FUSED_NORMALIZATION_BACKENDS:
         return _fused_choice(x, coefficients, bounds, degree, normalization, ())
     polynomial = _polynomial_choice(x, coefficients, bounds, degree)
-    return _choice(polynomial.name, False, f"Keras' normalization, then {polynomial.reason}")
+    return _choice(polynomial.name, False, "Keras' normalization, then ", polynomial.reason)
 
 
 # --- The polynomial ----------------------------------------------------------

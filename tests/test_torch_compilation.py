@@ -220,3 +220,27 @@ def test_batch_sizes_and_modes_never_recompile_a_compiled_function(torch_compile
     for rows in (4, 1, 9):
         model.predict_on_batch(x[:rows])
     assert set(torch_compiled) == {"_evaluate_batch_normalized", "_evaluate_normalized"}
+
+
+@pytest.mark.parametrize("level", ["INFO", "DEBUG"])
+def test_an_enclosing_compile_traces_one_graph_whatever_the_log_level(level, caplog):
+    """Inside an enclosing `torch.compile(fullgraph=True)` the choice of
+    implementation (`ops.implementation`) calls no logger, which would break
+    Dynamo's graph; the formula is traced inline and gives its values."""
+    import logging
+
+    import torch
+
+    rng = np.random.default_rng(6)
+    x = torch.tensor(rng.normal(size=(8, 3)).astype("float32"))
+    coefficients = torch.tensor(rng.normal(size=(3, 5)).astype("float32"))
+    bounds = torch.tensor([[-1.0, 1.0]] * 3)
+
+    @torch.compile(fullgraph=True)
+    def compiled(x):
+        return bernstein_ops.bernstein_polynomial(x, coefficients, bounds)
+
+    with caplog.at_level(getattr(logging, level), logger="keras_bernstein"):
+        values = compiled(x)
+    expected = _formula._evaluate(x, coefficients, bounds, "linear")
+    np.testing.assert_allclose(values.numpy(), expected.numpy(), rtol=1e-5, atol=1e-6)

@@ -150,9 +150,8 @@ def refusal(x, degree):
     return _TURNED_OFF
 
 
-def tracing():
-    """Whether Dynamo traces the running code (an enclosing `torch.compile`)."""
-    return torch.compiler.is_compiling()
+# Whether Dynamo traces the running code (an enclosing `torch.compile`).
+tracing = torch.compiler.is_compiling
 
 
 def supports(x, degree):

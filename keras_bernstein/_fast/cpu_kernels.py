@@ -58,7 +58,6 @@ import keras
 from keras import ops
 
 from keras_bernstein import _formula
-from keras_bernstein._fast import KINDS  # noqa: F401 (the kinds of `_target`)
 from keras_bernstein._formula import _degree_of
 
 try:
@@ -348,7 +347,7 @@ def batch_normalized_gradient(
 
 
 def _target(degree, extrapolation, kind):
-    """The backend's kernel of `kind` (one of `KINDS`) for `degree` and
+    """The backend's kernel of `kind` (one of `_fast.KINDS`) for `degree` and
     `extrapolation` (`_library`), its `mode` given; None where the build
     failed."""
     library = _library(degree)

@@ -174,7 +174,8 @@ def _compilation_works():
             _compiler_works = False
             warnings.warn(
                 "keras_bernstein: torch.compile does not work here, so Bernstein "
-                "activations run as eager PyTorch kernels (slower on CPU). Set {_DISABLE_VARIABLE}=0 to skip this check. "
+                "activations run as eager PyTorch kernels (slower on CPU). "
+                f"Set {_DISABLE_VARIABLE}=0 to skip this check. "
                 f"The error was: {type(error).__name__}: {error}",
                 stacklevel=3,
             )

@@ -183,8 +183,15 @@ elif _BACKEND == "torch":
 
     _formula.use_primitives(_torch_polynomial.PRIMITIVES)
 
-# Whether PyTorch's Dynamo traces the running code.
-_dynamo_tracing = bool if _torch_compilation is None else _torch_compilation.tracing
+
+
+def _dynamo_tracing():
+    """Whether PyTorch's Dynamo traces the running code (never elsewhere)."""
+    return False
+
+
+if _torch_compilation is not None:
+    _dynamo_tracing = _torch_compilation.tracing  # noqa: F811
 
 Implementation = collections.namedtuple("Implementation", ["name", "fused", "reason"])
 Implementation.__doc__ = """What computes a call (`implementation`): `(name, fused, reason)`.

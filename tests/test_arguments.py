@@ -418,7 +418,7 @@ def test_layer_weights_are_not_read_at_every_call(monkeypatch):
     read = []
     concrete = _arguments._concrete_values
     monkeypatch.setattr(
-        bernstein_ops,
+        _arguments,
         "_concrete_values",
         lambda value: read.append(value) or concrete(value),
     )

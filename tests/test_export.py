@@ -105,9 +105,16 @@ def test_export_reloads_and_predicts_like_the_model(
 
 
 def _custom_call_targets(module_text):
+    """The C++ kernels the module calls, each as `name[mode]`: the
+    extrapolation mode's index (`EXTRAPOLATION_MODES`) it is called with."""
     import re
 
-    return set(re.findall(r"custom_call @(keras_bernstein\w*)", module_text))
+    targets = set()
+    for line in module_text.splitlines():
+        for name in re.findall(r"custom_call @(keras_bernstein\w*)", line):
+            mode = re.search(r"\bmode = (\d+)", line)
+            targets.add(f"{name}[{mode.group(1) if mode else '?'}]")
+    return targets
 
 
 @pytest.mark.parametrize("extrapolation", ["linear", "clip"])
@@ -138,13 +145,14 @@ def test_jax_export_lowers_the_portable_code_where_jit_lowers_the_kernels(
     step = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
     x = _inputs()
     kinds = ("Values", "Gradient", "BatchNormalizedValues", "BatchNormalizedGradient")
+    mode = bernstein_ops.EXTRAPOLATION_MODES.index(extrapolation)
     # The inference pass (the moving statistics) and the training step's.
     inference = jax.jit(lambda x: layer(x))
     assert _custom_call_targets(inference.lower(x).as_text()) == {
-        f"keras_bernstein_{extrapolation.capitalize()}Values_4"
+        f"keras_bernstein_Values_4[{mode}]"
     }
     assert _custom_call_targets(step.lower(trainable, x).as_text()) == {
-        f"keras_bernstein_{extrapolation.capitalize()}{kind}_4" for kind in kinds[2:]
+        f"keras_bernstein_{kind}_4[{mode}]" for kind in kinds[2:]
     }
     expected = step(trainable, x)
     batch = export.symbolic_shape(f"b, {FEATURES}")
@@ -183,7 +191,10 @@ def test_jax_vmap_of_the_kernels_lowers_them(kernels_looked_up):
 
     gradients = jax.jit(jax.vmap(jax.grad(loss, argnums=(0, 1)), (0, None)))
     targets = _custom_call_targets(gradients.lower(x, coefficients).as_text())
-    assert targets == {"keras_bernstein_LinearValues_5", "keras_bernstein_LinearGradient_5"}
+    linear = bernstein_ops.EXTRAPOLATION_MODES.index("linear")
+    assert targets == {
+        f"keras_bernstein_Values_5[{linear}]", f"keras_bernstein_Gradient_5[{linear}]"
+    }
     expected = [jax.grad(loss, argnums=(0, 1))(item, coefficients) for item in x]
     for got, want in zip(jax.tree.leaves(gradients(x, coefficients)), zip(*expected)):
         np.testing.assert_allclose(got, np.stack(want), rtol=1e-5, atol=1e-5)

@@ -53,6 +53,7 @@ import weakref
 import torch
 
 from keras_bernstein import _formula
+from keras_bernstein._fast import torch_normalization
 from keras_bernstein._fast import torch_polynomial
 from keras_bernstein._formula import _degree_of
 
@@ -320,8 +321,6 @@ def _eager(formula, tensors, constants):
     """`formula(*tensors, **constants)` by the eager kernels
     (`torch_polynomial`, `torch_normalization`): the same values, and
     gradients, differentiable twice."""
-    from keras_bernstein._fast import torch_normalization
-
     if formula is _formula._evaluate:
         return torch_polynomial.bernstein_polynomial(*tensors, constants["extrapolation"])
     if formula is _formula._evaluate_normalized:

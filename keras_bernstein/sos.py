@@ -59,8 +59,8 @@ from keras_bernstein._arguments import MAX_DEGREE
 
 LOSSES = ("mean", "per_sample")
 # Largest moment matrix solved without `force=True`: 6 coefficients at
-# order 3 (monomials of degree <= 3 in 6 unknowns, plus θ), measured at
-# about 30 s on a shared 2-core machine (docs/sos.md).
+# order 3 (monomials of degree <= 3 in 6 unknowns, plus θ); the solver's cost
+# grows like the sixth power of the rows (timings in docs/sos.md).
 MAX_MOMENT_MATRIX_SIZE = math.comb(6 + 3, 3) + 1
 # Interior-point solutions lie in the relative interior of the optimal face:
 # the spurious eigenvalues of a flat moment matrix shrink with the duality

@@ -679,7 +679,7 @@ def test_bernstein_dense_trains_the_same_with_the_compiled_polynomial(
 def test_compiled_polynomial_is_traced_once_for_every_batch_size(monkeypatch):
     """A new batch size makes XLA compile the polynomial's two functions for
     it (where the C++ kernels do not run), but does not trace them again
-    (each trace stays resident: 11 MiB for the benchmark's model)."""
+    (each trace stays resident in memory)."""
     from keras_bernstein._fast import tensorflow_compilation
 
     monkeypatch.setenv("KERAS_BERNSTEIN_CPU_KERNEL", "0")

@@ -170,7 +170,7 @@ def test_noisy_random_instances_are_certified(seed):
 
 @pytest.mark.slow
 def test_six_coefficients_at_order_three():
-    """The largest size solved without `force`: about 30 s on 2 cores."""
+    """The largest size solved without `force`."""
     pytest.importorskip("cvxpy", reason="the Moment-SOS relaxation needs cvxpy")
     if keras.backend.backend() != "jax":
         pytest.skip("NumPy and cvxpy only, the same on every backend: run once (JAX)")

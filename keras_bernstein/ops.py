@@ -338,7 +338,10 @@ _PORTABLE_FEW_AXES = Implementation(
 )
 _CPU_KERNEL = Implementation("cpu_kernel", False, "the C++ kernels apply (CPU, float32)")
 _TORCH_COMPILED = Implementation(
-    "torch_compiled", False, "PyTorch on CPU: TorchInductor (KERAS_BERNSTEIN_TORCH_COMPILE)"
+    "torch_compiled",
+    False,
+    "PyTorch on CPU: TorchInductor, as KERAS_BERNSTEIN_TORCH_COMPILE says (by default"
+    " the eager kernels run until compiling has paid for itself)",
 )
 
 

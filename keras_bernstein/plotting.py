@@ -94,7 +94,7 @@ def plot_activations(
     for row, (name, layer) in enumerate(layers):
         coefficients = ops.convert_to_numpy(layer.coefficients)
         bounds = ops.convert_to_numpy(layer.bounds)
-        degree = coefficients.shape[-1] - 1
+        degree = layer.degree
         coefficients = coefficients.reshape(-1, degree + 1)
         bounds = bounds.reshape(-1, 2)
         count = coefficients.shape[0]

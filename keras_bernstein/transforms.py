@@ -237,7 +237,7 @@ class _Rebound:
         self.bernstein = bernstein
         self.shape = tuple(bernstein.coefficients.shape)
         self.dtype = bernstein.coefficients.dtype
-        self.degree = self.shape[-1] - 1
+        self.degree = bernstein.degree
         all_coefficients = as_float64(bernstein.coefficients).reshape(-1, self.degree + 1)
         self.rows = np.arange(len(all_coefficients)) if rows is None else rows
         self.old_coefficients = all_coefficients[self.rows]

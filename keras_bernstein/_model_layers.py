@@ -6,17 +6,10 @@ which layers produce its outputs, and what a layer's activation is called.
 """
 
 import keras
-import numpy as np
 
+from keras_bernstein._coefficient_algebra import _as_float64 as as_float64  # noqa: F401
 from keras_bernstein.layers.bernstein import Bernstein
 from keras_bernstein.layers.bernstein_dense import BernsteinDense
-
-
-def as_float64(value):
-    """A weight, tensor or array as a float64 NumPy array."""
-    if not isinstance(value, (np.ndarray, np.generic, float, int, list, tuple)):
-        value = keras.ops.convert_to_numpy(value)
-    return np.asarray(value, dtype="float64")
 
 
 def check_model(model):

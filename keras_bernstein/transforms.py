@@ -21,6 +21,7 @@ import numpy as np
 
 from keras_bernstein import ops as bernstein_ops
 from keras_bernstein._arguments import bounds_problem
+from keras_bernstein._coefficient_algebra import _de_casteljau_step
 from keras_bernstein._model_layers import as_float64
 from keras_bernstein._model_layers import bernstein_activation
 from keras_bernstein._model_layers import is_bernstein
@@ -173,10 +174,6 @@ def _check_new_bounds(new_bounds, shape):
             f"Received: new_bounds={_summary(new_bounds)}"
         )
     return new_bounds
-
-
-def _de_casteljau_step(coefficients, t):
-    return (1.0 - t) * coefficients[..., :-1] + t * coefficients[..., 1:]
 
 
 def _values(x, coefficients, bounds, extrapolation):

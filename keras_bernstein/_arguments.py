@@ -121,6 +121,69 @@ def check_bounds(bounds, name="bounds"):
     return (float(values[0]), float(values[1]))
 
 
+def _bounds_array(bounds):
+    """`bounds` as a NumPy array where it is an array-like of rank >= 2 (one
+    row `(l, u)` per neuron), else None (a pair, or nothing usable)."""
+    if isinstance(bounds, str):
+        return None
+    if isinstance(bounds, keras.Variable) or keras.ops.is_tensor(bounds):
+        bounds = keras.ops.convert_to_numpy(bounds)
+    if isinstance(bounds, np.ndarray):
+        return bounds if bounds.ndim >= 2 else None
+    if isinstance(bounds, (list, tuple)):
+        try:
+            array = np.asarray(bounds, dtype=object)
+        except ValueError:
+            return None
+        return array if array.ndim >= 2 else None
+    return None
+
+
+def _is_real(value):
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
+def check_layer_bounds(bounds, name="bounds"):
+    """`bounds` of a layer: a pair `(l, u)` as `check_bounds` returns it, or
+    an array-like of rank >= 2 whose last axis holds the rows `(l, u)` of
+    the neurons, as a float64 NumPy array, every row an interval usable in
+    float32 (`bounds_problem`). Raises a `ValueError` naming `name`."""
+    array = _bounds_array(bounds)
+    if array is None:
+        return check_bounds(bounds, name)
+    if array.dtype == object:
+        numeric = all(_is_real(value) for value in array.flat)
+    else:
+        numeric = array.dtype.kind in "iuf"
+    if not numeric:
+        raise ValueError(
+            f"`{name}` must be a pair (l, u) or an array of rows (l, u) of real "
+            f"numbers. Received: {name}={describe(array)}"
+        )
+    array = np.array(array, dtype="float64")
+    if array.shape[-1] != 2 or array.size == 0:
+        raise ValueError(
+            f"`{name}` given as an array must have a last axis of size 2, one row "
+            f"(l, u) per neuron, and at least one row; its shape is {array.shape}. "
+            f"Received: {name}={describe(array)}"
+        )
+    problem = bounds_problem(array[..., 0], array[..., 1])
+    if problem is not None:
+        raise ValueError(
+            f"Every row (l, u) of `{name}` must be {problem}. "
+            f"Received: {name}={describe(array)}"
+        )
+    return array
+
+
+def bounds_config(bounds):
+    """Bounds as `check_layer_bounds` returns them, for a config: a pair as a
+    list `[l, u]`, an array as nested lists."""
+    if isinstance(bounds, tuple):
+        return list(bounds)
+    return np.asarray(bounds).tolist()
+
+
 def check_nonnegative_number(value, name, positive=False):
     """`value` as a finite `float >= 0` (`> 0` if `positive`), or a
     `ValueError` naming `name`."""

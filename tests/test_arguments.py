@@ -235,6 +235,30 @@ def test_bounds_whose_coefficients_overflow_are_refused(initializer):
     _raises(message, init, shape=(3, 9))
 
 
+@pytest.mark.parametrize("initializer", ["relu", "identity"])
+def test_per_neuron_bounds_whose_coefficients_overflow_are_refused(initializer):
+    """The float32 checks of a pair hold for every neuron's own interval."""
+    rows = np.array([[-1.0, 1.0], [-1e38, 1e38]])
+    message = (
+        "`bounds` is too wide for degree 8: the coefficients times their binomials "
+        f"C(n, k) exceed float32's range. Received: bounds={describe(rows)}"
+    )
+    _raises(message, Bernstein, bounds=rows, coefficient_initializer=initializer)
+    _raises(message, BernsteinDense, 2, bounds=rows, coefficient_initializer=initializer)
+    # Each neuron at its own degree-4 nodes is finite; at degree 8 one is not.
+    init = initializers.ActivationCoefficients(initializer, bounds=[[0.0, 1.0], [0.0, 1e37]])
+    assert np.all(np.isfinite(_numpy(init(shape=(2, 5)))))
+    with pytest.raises(ValueError, match="`bounds` is too wide for degree 8"):
+        init(shape=(2, 9))
+    _raises(
+        "`activation` must be finite in float32 at the ends of `bounds` "
+        "[[ 0., 1.], [ 0., 200.]]. Received: activation='exponential'",
+        initializers.ActivationCoefficients,
+        "exponential",
+        bounds=[[0, 1], [0, 200]],
+    )
+
+
 def test_activation_coefficients_refuse_activations_that_overflow():
     _raises(
         "`activation` must be finite in float32 at the ends of `bounds` (0.0, 200.0). "

@@ -296,6 +296,30 @@ def test_activation_coefficients_initializer():
         init(shape=(3, 1))
 
 
+def test_activation_coefficients_on_per_neuron_bounds():
+    rows = [[-2.0, 2.0], [0.0, 4.0]]
+    init = initializers.ActivationCoefficients("tanh", bounds=rows)
+    values = _numpy(init(shape=(3, 2, 5)))
+    assert values.shape == (3, 2, 5)
+    for j, (lower, upper) in enumerate(rows):
+        np.testing.assert_allclose(
+            values[1, j], np.tanh(np.linspace(lower, upper, 5)), rtol=1e-6
+        )
+    assert init.get_config() == {"activation": "tanh", "bounds": rows}
+    revived = keras.initializers.deserialize(keras.initializers.serialize(init))
+    np.testing.assert_array_equal(_numpy(revived(shape=(3, 2, 5))), values)
+    message = (
+        "`bounds` of `ActivationCoefficients` must broadcast to the weight's "
+        "neurons, shape (3, 2). Received: bounds.shape=(2, 2)"
+    )
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        init(shape=(3, 5))
+    # A pair keeps its config and its coefficients.
+    pair = initializers.ActivationCoefficients("relu", bounds=(-1, 1))
+    assert pair.bounds == (-1.0, 1.0)
+    assert pair.get_config() == {"activation": "relu", "bounds": [-1.0, 1.0]}
+
+
 def _traced(function):
     """`function` run where the backend traces it into a graph, as Keras does
     when it builds a model inside `fit` or while loading."""
@@ -342,6 +366,143 @@ def test_bounds_weight_is_initialized_from_bounds():
     )
     assert not layer.bounds.trainable
     assert layer.coefficients.trainable
+
+
+def test_bounds_weight_is_initialized_from_per_neuron_bounds():
+    rows = [[-1.0, 1.0], [0.0, 2.0], [-5.0, -4.0]]
+    layer = Bernstein(degree=2, bounds=rows)
+    layer.build((None, 3))
+    np.testing.assert_array_equal(_numpy(layer.bounds), rows)
+    # Rows of shared channels; an array that broadcasts over the spatial axes.
+    conv = Bernstein(degree=2, bounds=np.array(rows[:2]), shared_axes=[1, 2])
+    conv.build((None, 4, 5, 2))
+    np.testing.assert_array_equal(_numpy(conv.bounds), np.reshape(rows[:2], (1, 1, 2, 2)))
+    spatial = np.stack([np.full((3, 2), -1.0 - i) for i in range(2)], -1)  # (3, 2, 2)
+    spatial[..., 1] = 1.0
+    unshared = Bernstein(degree=2, bounds=spatial[:, None])  # (3, 1, 2, 2)
+    unshared.build((None, 3, 4, 2))
+    np.testing.assert_array_equal(
+        _numpy(unshared.bounds), np.broadcast_to(spatial[:, None], (3, 4, 2, 2))
+    )
+    dense = BernsteinDense(3, bounds=rows)
+    dense.build((None, 4))
+    np.testing.assert_array_equal(_numpy(dense.bounds), rows)
+    # BernsteinDense on sequences shares each unit's interval over the steps.
+    dense = BernsteinDense(3, bounds=rows)
+    dense.build((None, 7, 4))
+    np.testing.assert_array_equal(_numpy(dense.bounds), np.reshape(rows, (1, 3, 2)))
+
+
+def test_per_neuron_bounds_config_round_trips():
+    rows = [[-1.0, 1.0], [0.0, 2.0]]
+    layer = BernsteinDense(2, degree=3, bounds=np.array(rows, "float32"))
+    config = layer.get_config()
+    assert config["bounds"] == rows
+    revived = BernsteinDense.from_config(config)
+    revived.build((None, 3))
+    np.testing.assert_array_equal(_numpy(revived.bounds), rows)
+    np.testing.assert_allclose(
+        _numpy(revived.coefficients),
+        np.maximum(np.linspace(np.array(rows)[:, 0], np.array(rows)[:, 1], 4).T, 0),
+        rtol=1e-7,
+    )
+    # A pair stays a pair.
+    assert Bernstein(bounds=(-1, 2)).get_config()["bounds"] == [-1.0, 2.0]
+    assert Bernstein(bounds=np.array([-1.0, 2.0])).initial_bounds == (-1.0, 2.0)
+
+
+@pytest.mark.parametrize(
+    "bounds, problem",
+    [
+        ([[1.0, -1.0], [0.0, 1.0]], "Every row (l, u) of `bounds` must be ordered"),
+        ([[0.0, math.inf]], "Every row (l, u) of `bounds` must be finite"),
+        (np.array([[-1e39, 1.0]]), "must be finite in float32"),
+        (np.zeros((2, 3)), "must have a last axis of size 2"),
+        ([[0.0, "1"]], "an array of rows (l, u) of real numbers"),
+        ([[False, True]], "an array of rows (l, u) of real numbers"),
+        (np.array([[0, 1]], dtype=bool), "an array of rows (l, u) of real numbers"),
+    ],
+)
+def test_bad_per_neuron_bounds(bounds, problem):
+    for make in (
+        lambda: Bernstein(bounds=bounds),
+        lambda: BernsteinDense(4, bounds=bounds),
+        lambda: initializers.ActivationCoefficients("relu", bounds=bounds),
+    ):
+        with pytest.raises(ValueError) as error:
+            make()
+        message = str(error.value)
+        assert problem in message, message
+        # The array is shown, on one line, at the end.
+        assert re.search(r"Received: bounds=\[\[[^\n]*\]\]$", message), message
+
+
+@pytest.mark.parametrize(
+    "bounds, input_shape, expected",
+    [
+        ([[-1.0, 1.0], [0.0, 2.0]], (None, 3), (3, 2)),
+        (np.zeros((5, 2)) + [0, 1], (None, 5, 4), (5, 4, 2)),
+        (np.zeros((5, 4, 2)) + [0, 1], (None, 5, 4), (1, 4, 2)),
+    ],
+)
+def test_per_neuron_bounds_that_do_not_broadcast_are_refused_in_build(
+    bounds, input_shape, expected
+):
+    shared_axes = [1] if expected[0] == 1 else None
+    layer = Bernstein(bounds=bounds, shared_axes=shared_axes)
+    message = (
+        f"`bounds` must broadcast to the layer's bounds shape {expected} "
+        "(param_shape + (2,), one row (l, u) per neuron). "
+        f"Received: bounds.shape={np.shape(bounds)}"
+    )
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        layer.build(input_shape)
+    with pytest.raises(ValueError, match=re.escape("bounds shape (3, 2)")):
+        BernsteinDense(3, bounds=[[-1.0, 1.0], [0.0, 2.0]]).build((None, 4))
+
+
+@pytest.mark.parametrize("degree", [1, 5, 12])
+def test_identity_initializer_gives_identity_on_each_neurons_interval(degree):
+    rows = np.array([[-3.0, 3.0], [0.0, 1.0], [-0.5, 2.0], [10.0, 14.0]])
+    layer = Bernstein(degree=degree, bounds=rows, coefficient_initializer="identity")
+    x = (rows[:, 0] + (rows[:, 1] - rows[:, 0]) * np.linspace(0, 1, 65)[:, None]).astype(
+        "float32"
+    )
+    np.testing.assert_allclose(_numpy(layer(x)), x, rtol=0, atol=2e-6 * 14.0)
+    # Linear extrapolation continues each neuron's line.
+    outside = np.stack([rows[:, 0] - 2.0, rows[:, 1] + 5.0]).astype("float32")
+    np.testing.assert_allclose(_numpy(layer(outside)), outside, rtol=0, atol=2e-5)
+    # With shared axes: one interval per channel.
+    shared = Bernstein(
+        degree=degree, bounds=rows, shared_axes=[1], coefficient_initializer="identity"
+    )
+    images = np.broadcast_to(x[:, None, :], (65, 3, 4))
+    np.testing.assert_allclose(_numpy(shared(images)), images, rtol=0, atol=2e-6 * 14.0)
+
+
+@pytest.mark.parametrize("extrapolation", ["linear", "clip", "polynomial"])
+def test_relu_initializer_gives_each_neurons_bernstein_approximant(extrapolation):
+    degree = 6
+    rows = np.array([[-3.0, 3.0], [-1.0, 2.0], [0.5, 1.5]])
+    layer = BernsteinDense(
+        3, degree=degree, bounds=rows, normalization=None, extrapolation=extrapolation
+    )
+    layer.build((None, 3))
+    nodes = rows[:, :1] + (rows[:, 1:] - rows[:, :1]) * np.arange(degree + 1) / degree
+    np.testing.assert_allclose(
+        _numpy(layer.coefficients), np.maximum(nodes, 0.0), rtol=1e-7, atol=0
+    )
+    # The approximant `sum_k relu(node_jk) C(n, k) t^k (1 - t)^(n - k)`, in float64.
+    x = rows[:, 0] + (rows[:, 1] - rows[:, 0]) * np.linspace(0, 1, 33)[:, None]
+    t = (x - rows[:, 0]) / (rows[:, 1] - rows[:, 0])
+    k = np.arange(degree + 1)
+    basis = np.array([math.comb(degree, i) for i in k])
+    expected = np.sum(
+        np.maximum(nodes, 0.0) * basis * t[..., None] ** k * (1 - t[..., None]) ** (degree - k),
+        axis=-1,
+    )
+    layer.dense.kernel.assign(np.eye(3, dtype="float32"))
+    np.testing.assert_allclose(_numpy(layer(x.astype("float32"))), expected, rtol=0, atol=2e-6)
 
 
 # ---------------------------------------------------------------------------

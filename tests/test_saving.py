@@ -114,6 +114,36 @@ def test_save_and_load_with_non_default_arguments(tmp_path):
     )
 
 
+def test_per_neuron_bounds_save_and_load(tmp_path):
+    dense_rows = [[-1.0, 1.0], [0.0, 2.0], [-4.0, -2.5]]
+    channel_rows = np.array([[-2.0, 0.5], [1.0, 3.0]])
+    inputs = keras.Input((4, 5, 2))
+    hidden = Bernstein(
+        degree=4, bounds=channel_rows, shared_axes=[1, 2], coefficient_initializer="identity"
+    )(inputs)
+    hidden = keras.layers.Flatten()(hidden)
+    outputs = BernsteinDense(3, degree=5, bounds=dense_rows, normalization=None)(hidden)
+    model = keras.Model(inputs, outputs)
+    path = os.path.join(tmp_path, "per_neuron.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    bernstein, dense = loaded.layers[1], loaded.layers[3]
+    assert bernstein.get_config()["bounds"] == channel_rows.tolist()
+    assert dense.get_config()["bounds"] == dense_rows
+    init = dense.bernstein.coefficient_initializer
+    assert isinstance(init, initializers.ActivationCoefficients)
+    assert init.get_config()["bounds"] == dense_rows
+    np.testing.assert_array_equal(_numpy(bernstein.bounds), channel_rows[None, None])
+    np.testing.assert_array_equal(_numpy(dense.bounds), dense_rows)
+    x = np.random.default_rng(2).uniform(-3, 3, (6, 4, 5, 2)).astype("float32")
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
+    # A fresh layer from the saved config starts with the same weights.
+    fresh = BernsteinDense.from_config(dense.get_config())
+    fresh.build((None, 40))
+    np.testing.assert_array_equal(_numpy(fresh.bounds), dense_rows)
+    np.testing.assert_array_equal(_numpy(fresh.coefficients), _numpy(dense.coefficients))
+
+
 def test_weights_only_round_trip(tmp_path):
     model = _custom_model()
     path = os.path.join(tmp_path, "custom.weights.h5")

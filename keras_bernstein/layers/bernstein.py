@@ -10,10 +10,11 @@ from keras.layers import InputSpec
 from keras_bernstein import constraints
 from keras_bernstein import initializers
 from keras_bernstein import ops as bernstein_ops
+from keras_bernstein._arguments import bounds_config
 from keras_bernstein._arguments import bounds_problem
 from keras_bernstein._arguments import check_boolean
-from keras_bernstein._arguments import check_bounds
 from keras_bernstein._arguments import check_degree
+from keras_bernstein._arguments import check_layer_bounds
 from keras_bernstein._arguments import describe
 
 
@@ -47,8 +48,12 @@ class Bernstein(keras.layers.Layer):
         degree: Integer `n` from 1 to `MAX_DEGREE` (100), the polynomial
             degree (`n + 1` coefficients per neuron). Above 100 float32
             evaluates neither the polynomial nor its gradients accurately.
-        bounds: Two floats `(l, u)` with `l < u`, finite in float32: the
-            initial interval of every neuron.
+        bounds: The initial intervals: two floats `(l, u)` with `l < u`,
+            finite in float32, for every neuron, or one interval per neuron,
+            an array of rows `(l_j, u_j)` whose shape broadcasts to the
+            bounds weight's `param_shape + (2,)` (e.g. `(units, 2)`, or
+            `(channels, 2)` with `shared_axes`). `"relu"` and `"identity"`
+            coefficients are set on each neuron's own interval.
         extrapolation: Behaviour outside `[l, u]`: `"linear"` (default;
             value and slope of the nearest end, so the derivative bound holds
             on the whole real line), `"clip"` (constant, zero gradient
@@ -81,6 +86,8 @@ class Bernstein(keras.layers.Layer):
         >>> layer = Bernstein(degree=8, bounds=(-3.0, 3.0))
         >>> y = layer(keras.ops.ones((4, 16)))       # coefficients: (16, 9)
         >>> layer.derivative_lower_bound().shape      # (16,)
+        >>> per_neuron = Bernstein(bounds=[[-1.0, 1.0], [0.0, 2.0]])
+        >>> y = per_neuron(keras.ops.ones((4, 2)))    # bounds weight: (2, 2)
     """
 
     def __init__(
@@ -99,7 +106,8 @@ class Bernstein(keras.layers.Layer):
     ):
         super().__init__(**kwargs)
         self.degree = check_degree(degree)
-        self.initial_bounds = check_bounds(bounds)
+        # A pair `(l, u)`, or a float64 array of rows (l, u).
+        self.initial_bounds = check_layer_bounds(bounds)
         self.extrapolation = bernstein_ops.check_extrapolation(extrapolation)
         if shared_axes is None:
             self.shared_axes = None
@@ -161,10 +169,21 @@ class Bernstein(keras.layers.Layer):
                 "Every input axis that is not in `shared_axes` must have a known "
                 f"size. Received: input_shape={input_shape}"
             )
-        lower, upper = self.initial_bounds
+        initial_bounds = np.asarray(self.initial_bounds, "float64")
+        bounds_shape = param_shape + (2,)
+        try:
+            fits = np.broadcast_shapes(initial_bounds.shape, bounds_shape) == bounds_shape
+        except ValueError:
+            fits = False
+        if not fits:
+            raise ValueError(
+                "`bounds` must broadcast to the layer's bounds shape "
+                f"{bounds_shape} (param_shape + (2,), one row (l, u) per neuron). "
+                f"Received: bounds.shape={initial_bounds.shape}"
+            )
 
         def bounds_initializer(shape, dtype=None):
-            values = np.broadcast_to(np.array([lower, upper]), shape)
+            values = np.broadcast_to(initial_bounds, shape)
             return ops.convert_to_tensor(values, dtype=dtype)
 
         # autocast=False: under mixed precision the polynomial runs in the
@@ -269,7 +288,7 @@ class Bernstein(keras.layers.Layer):
         config.update(
             {
                 "degree": self.degree,
-                "bounds": list(self.initial_bounds),
+                "bounds": bounds_config(self.initial_bounds),
                 "extrapolation": self.extrapolation,
                 "shared_axes": self.shared_axes,
                 "coefficient_initializer": keras.initializers.serialize(

@@ -33,7 +33,9 @@ class BernsteinDense(keras.layers.Layer):
         units: Positive integer, dimensionality of the output space.
         degree: Degree of the Bernstein activation, from 1 to 100; see
             `Bernstein`.
-        bounds: Initial interval `(l, u)` of every neuron's activation.
+        bounds: Initial interval `(l, u)` of every neuron's activation, or
+            one per unit: an array of rows `(l_j, u_j)` of shape `(units, 2)`;
+            see `Bernstein`.
         normalization: `"batch"` (default, as the paper) for a
             `BatchNormalization` between the matmul and the activation, or
             `None`. The batch normalization uses momentum 0.9 (PyTorch's

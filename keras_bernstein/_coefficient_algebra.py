@@ -2,11 +2,14 @@
 Casteljau), and sound range enclosures of a Bernstein polynomial.
 
 These act on weights (`keras.ops.convert_to_numpy` of a layer's variables)
-and on the interval bounds of `keras_bernstein.verification`, never inside a
-model's graph, and float64 keeps them exact to ~1e-16 where JAX's default
-float32 would not. Their public names are `keras_bernstein.ops`'.
+and on the interval bounds of `keras_bernstein.verification`, and float64
+keeps them exact to ~1e-16 where JAX's default float32 would not. Their
+public names are `keras_bernstein.ops`'. The range enclosure is written once
+for an array namespace (`_enclosure`), so the differentiable bounds used in
+certified training run the same formula on backend tensors.
 """
 
+import functools
 import math
 
 import keras
@@ -68,6 +71,25 @@ def _de_casteljau_step(coefficients, t):
     return (1.0 - t) * coefficients[..., :-1] + t * coefficients[..., 1:]
 
 
+def _blossom_values(coefficients, start, stop):
+    """The `n + 1` blossom values `B(start^(n-k), stop^k)`, `k = 0..n`: de
+    Casteljau steps at `stop`, then at `start`. Works on NumPy arrays and
+    backend tensors alike; each value has the broadcast shape of its inputs."""
+    start = start[..., None]
+    stop = stop[..., None]
+    degree = _degree_of(coefficients)
+    values_by_k = []
+    at_stop = coefficients
+    for k in range(degree + 1):
+        if k:
+            at_stop = _de_casteljau_step(at_stop, stop)
+        values = at_stop
+        for _ in range(degree - k):
+            values = _de_casteljau_step(values, start)
+        values_by_k.append(values[..., 0])
+    return values_by_k
+
+
 def subdivide_coefficients(coefficients, start, stop):
     """Re-expresses `p(t)` on `t in [start, stop]`: coefficients of `p(start + (stop - start) s)`.
 
@@ -87,29 +109,57 @@ def subdivide_coefficients(coefficients, start, stop):
         Float64 array of the broadcast shape `+ (n + 1,)`.
     """
     coefficients = _as_float64(coefficients)
-    start = _as_float64(start)[..., None]
-    stop = _as_float64(stop)[..., None]
-    shape = np.broadcast_shapes(
-        coefficients.shape[:-1], start.shape[:-1], stop.shape[:-1]
-    )
-    degree = _degree_of(coefficients)
-    result = np.empty(shape + (degree + 1,))
-    at_stop = coefficients
-    for k in range(degree + 1):
-        if k:
-            at_stop = _de_casteljau_step(at_stop, stop)
-        values = at_stop
-        for _ in range(degree - k):
-            values = _de_casteljau_step(values, start)
-        result[..., k] = np.broadcast_to(values[..., 0], shape)
-    return result
+    start = _as_float64(start)
+    stop = _as_float64(stop)
+    shape = np.broadcast_shapes(coefficients.shape[:-1], start.shape, stop.shape)
+    values = _blossom_values(coefficients, start, stop)
+    return np.stack([np.broadcast_to(v, shape) for v in values], axis=-1)
 
 
-def _range_of_piece(coefficients, start, stop, method):
+def _range_of_piece(xp, coefficients, start, stop, method):
     if method == "coefficient_range":
-        return coefficients.min(axis=-1), coefficients.max(axis=-1)
-    pieces = subdivide_coefficients(coefficients, start, stop)
-    return pieces.min(axis=-1), pieces.max(axis=-1)
+        return xp.min(coefficients, axis=-1), xp.max(coefficients, axis=-1)
+    values = _blossom_values(coefficients, start, stop)
+    return functools.reduce(xp.minimum, values), functools.reduce(xp.maximum, values)
+
+
+def _enclosure(xp, coefficients, bounds, lower, upper, extrapolation, method):
+    """`bernstein_range` without argument checks, in the array namespace `xp`:
+    `numpy` (float64, for certificates) or `keras.ops` (backend tensors with
+    gradients, for training). One formula serves both."""
+    width = bounds[..., 1] - bounds[..., 0]
+    start = (lower - bounds[..., 0]) / width
+    stop = (upper - bounds[..., 0]) / width
+    low, high = _range_of_piece(
+        xp, coefficients, xp.clip(start, 0.0, 1.0), xp.clip(stop, 0.0, 1.0), method
+    )
+    # Every input interval meets [0, 1], lies below it or above it (or more).
+    meets = (start <= 1.0) & (stop >= 0.0)
+    low = xp.where(meets, low, math.inf)
+    high = xp.where(meets, high, -math.inf)
+    first = coefficients[..., 0]
+    last = coefficients[..., -1]
+    below_stop = xp.minimum(stop, 0.0)
+    above_start = xp.maximum(start, 1.0)
+    if extrapolation == "polynomial":
+        below = _range_of_piece(xp, coefficients, start, below_stop, "subdivision")
+        above = _range_of_piece(xp, coefficients, above_start, stop, "subdivision")
+    elif extrapolation == "clip":
+        below = (first, first)
+        above = (last, last)
+    else:
+        if coefficients.shape[-1] > 1:
+            slope_lower, slope_upper = end_slopes(coefficients)
+        else:
+            slope_lower = slope_upper = 0.0 * first
+        ends = (first + slope_lower * start, first + slope_lower * below_stop)
+        below = (xp.minimum(*ends), xp.maximum(*ends))
+        ends = (last + slope_upper * (above_start - 1.0), last + slope_upper * (stop - 1.0))
+        above = (xp.minimum(*ends), xp.maximum(*ends))
+    for mask, (piece_low, piece_high) in ((start < 0.0, below), (stop > 1.0, above)):
+        low = xp.where(mask, xp.minimum(low, piece_low), low)
+        high = xp.where(mask, xp.maximum(high, piece_high), high)
+    return low, high
 
 
 def bernstein_range(
@@ -160,45 +210,8 @@ def bernstein_range(
             f"lower={_arguments.describe(lower)}, "
             f"upper={_arguments.describe(upper)}"
         )
-    width = bounds[..., 1] - bounds[..., 0]
-    start = (lower - bounds[..., 0]) / width
-    stop = (upper - bounds[..., 0]) / width
-    shape = np.broadcast_shapes(coefficients.shape[:-1], start.shape, stop.shape)
-    start = np.broadcast_to(start, shape)
-    stop = np.broadcast_to(stop, shape)
-    low = np.full(shape, np.inf)
-    high = np.full(shape, -np.inf)
-
-    def include(mask, piece_low, piece_high):
-        np.copyto(low, np.minimum(low, piece_low), where=mask)
-        np.copyto(high, np.maximum(high, piece_high), where=mask)
-
-    inner_start = np.clip(start, 0.0, 1.0)
-    inner_stop = np.clip(stop, 0.0, 1.0)
-    include(
-        (start <= 1.0) & (stop >= 0.0),
-        *_range_of_piece(coefficients, inner_start, inner_stop, method),
+    shape = np.broadcast_shapes(coefficients.shape[:-1], lower.shape, upper.shape)
+    low, high = _enclosure(
+        np, coefficients, bounds, lower, upper, extrapolation, method
     )
-    first = coefficients[..., 0]
-    last = coefficients[..., -1]
-    below_stop = np.minimum(stop, 0.0)
-    above_start = np.maximum(start, 1.0)
-    if extrapolation == "polynomial":
-        below = _range_of_piece(coefficients, start, below_stop, "subdivision")
-        above = _range_of_piece(coefficients, above_start, stop, "subdivision")
-    elif extrapolation == "clip":
-        below = (first, first)
-        above = (last, last)
-    else:
-        if coefficients.shape[-1] > 1:
-            slope_lower, slope_upper = end_slopes(coefficients)
-        else:
-            slope_lower = slope_upper = np.zeros_like(first)
-        ends = (first + slope_lower * start, first + slope_lower * below_stop)
-        below = (np.minimum(*ends), np.maximum(*ends))
-        ends = (last + slope_upper * (above_start - 1.0), last + slope_upper * (stop - 1.0))
-        above = (np.minimum(*ends), np.maximum(*ends))
-    include(start < 0.0, *below)
-    include(stop > 1.0, *above)
-    return low, high
-
+    return np.broadcast_to(low, shape).copy(), np.broadcast_to(high, shape).copy()

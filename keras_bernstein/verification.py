@@ -9,8 +9,14 @@ each neuron's incoming interval by de Casteljau subdivision and bounded by
 their min/max, and the parts of the interval outside `[l, u]` are bounded
 exactly for the layer's extrapolation mode.
 
-The bounds are sound for the real-number function the model computes; the
-model itself runs in float32, whose rounding can differ from it by about
+`interval_bounds` and `margin_bounds` are the differentiable twin for
+training (certified training, `keras_bernstein.training`): the same layer
+rules on backend tensors in float32, with gradients. `activation_input_bounds`
+gives the intervals entering each Bernstein activation, from which
+`keras_bernstein.transforms` sets the activations' `[l, u]`.
+
+The float64 bounds are sound for the real-number function the model
+computes; the model itself runs in float32, whose rounding can differ from it by about
 `1e-6` relative. Leave that slack when you compare a float32 evaluation with
 the bounds.
 
@@ -28,399 +34,17 @@ import numpy as np
 from keras_bernstein import ops as bernstein_ops
 from keras_bernstein._arguments import check_interval
 from keras_bernstein._arguments import check_nonnegative_number
-from keras_bernstein._model_layers import activation_name
+from keras_bernstein._intervals import FLOAT64
+from keras_bernstein._intervals import MONOTONE_ACTIVATIONS  # noqa: F401
+from keras_bernstein._intervals import TENSORS
+from keras_bernstein._intervals import Box
+from keras_bernstein._intervals import _single
+from keras_bernstein._intervals import margins
+from keras_bernstein._intervals import propagate
 from keras_bernstein._model_layers import as_float64
 from keras_bernstein._model_layers import bernstein_activations
 from keras_bernstein._model_layers import check_model
 from keras_bernstein._model_layers import is_bernstein
-from keras_bernstein._model_layers import output_layers
-from keras_bernstein.layers import Bernstein
-from keras_bernstein.layers import BernsteinDense
-
-# Elementwise non-decreasing activations, in float64, by their Keras names.
-MONOTONE_ACTIVATIONS = {
-    "linear": lambda x: x,
-    "relu": lambda x: np.maximum(x, 0.0),
-    "relu6": lambda x: np.clip(x, 0.0, 6.0),
-    "leaky_relu": lambda x: np.where(x >= 0.0, x, 0.2 * x),
-    "elu": lambda x: np.where(x > 0.0, x, np.expm1(np.minimum(x, 0.0))),
-    "selu": lambda x: 1.0507009873554805 * np.where(
-        x > 0.0, x, 1.6732632423543772 * np.expm1(np.minimum(x, 0.0))
-    ),
-    "softplus": lambda x: np.logaddexp(x, 0.0),
-    "softsign": lambda x: x / (1.0 + np.abs(x)),
-    "sigmoid": lambda x: 0.5 * (1.0 + np.tanh(0.5 * x)),
-    "hard_sigmoid": lambda x: np.clip(x + 3.0, 0.0, 6.0) / 6.0,
-    "tanh": np.tanh,
-}
-
-
-class Box:
-    """An elementwise interval `[lower, upper]` of float64 arrays, batch first."""
-
-    def __init__(self, lower, upper):
-        self.lower = np.asarray(lower, dtype="float64")
-        self.upper = np.asarray(upper, dtype="float64")
-
-    @property
-    def center(self):
-        return 0.5 * (self.lower + self.upper)
-
-    @property
-    def radius(self):
-        return 0.5 * (self.upper - self.lower)
-
-    def map_monotone(self, function):
-        return Box(function(self.lower), function(self.upper))
-
-    def reshape(self, shape):
-        return Box(self.lower.reshape(shape), self.upper.reshape(shape))
-
-
-def _affine(box, kernel_fn, absolute_kernel_fn, bias=None):
-    """`kernel_fn(x) + bias` over the box, by centre and radius."""
-    center = kernel_fn(box.center)
-    radius = absolute_kernel_fn(box.radius)
-    if bias is not None:
-        center = center + bias
-    return Box(center - radius, center + radius)
-
-
-def _scale_shift(box, scale, shift):
-    """`x * scale + shift` elementwise; `scale` may be negative."""
-    low = box.lower * scale
-    high = box.upper * scale
-    return Box(np.minimum(low, high) + shift, np.maximum(low, high) + shift)
-
-
-def _activation(box, layer, activation):
-    name = activation_name(activation)
-    if name == "softmax":
-        return _softmax(box)
-    if name not in MONOTONE_ACTIVATIONS:
-        shown = name or activation
-        if name is None and hasattr(activation, "__qualname__"):
-            shown = f"{activation.__module__}.{activation.__qualname__}"
-        raise ValueError(
-            f"Layer {layer.name!r} ({type(layer).__name__}) uses the activation "
-            f"{shown!r}, which has no certified bound. Supported: "
-            f"{sorted(MONOTONE_ACTIVATIONS) + ['softmax']}."
-        )
-    return box.map_monotone(MONOTONE_ACTIVATIONS[name])
-
-
-def _softmax(box):
-    """Softmax on the last axis: `p_i` is smallest at `z_i = l_i`, `z_j = u_j`."""
-    size = box.lower.shape[-1]
-    diagonal = np.eye(size, dtype=bool)
-
-    def probability(own, others):
-        logits = np.where(diagonal, own[..., :, None], others[..., None, :])
-        peak = logits.max(axis=-1)
-        log_sum = peak + np.log(np.exp(logits - peak[..., None]).sum(axis=-1))
-        return np.exp(own - log_sum)
-
-    return Box(probability(box.lower, box.upper), probability(box.upper, box.lower))
-
-
-def _dense(box, layer):
-    kernel = as_float64(layer.kernel)
-    bias = as_float64(layer.bias) if layer.use_bias else None
-    box = _affine(box, lambda x: x @ kernel, lambda r: r @ np.abs(kernel), bias)
-    return _activation(box, layer, layer.activation)
-
-
-def _conv_same_padding(size, kernel, stride, dilation):
-    extent = (kernel - 1) * dilation + 1
-    out = -(-size // stride)
-    total = max((out - 1) * stride + extent - size, 0)
-    return total // 2, total - total // 2
-
-
-def _convolve(x, kernel, strides, padding, dilation):
-    """Channels-last N-D convolution in NumPy (cross-correlation, as Keras)."""
-    rank = kernel.ndim - 2
-    spatial = range(1, rank + 1)
-    pads = [(0, 0)]
-    for axis, k, s, d in zip(spatial, kernel.shape[:rank], strides, dilation):
-        if padding == "same":
-            pads.append(_conv_same_padding(x.shape[axis], k, s, d))
-        elif padding == "causal":
-            pads.append(((k - 1) * d, 0))
-        else:
-            pads.append((0, 0))
-    x = np.pad(x, pads + [(0, 0)])
-    extents = [(k - 1) * d + 1 for k, d in zip(kernel.shape[:rank], dilation)]
-    windows = np.lib.stride_tricks.sliding_window_view(x, extents, axis=tuple(spatial))
-    # windows: (batch, *positions, channels, *extents)
-    index = (slice(None),)
-    index += tuple(slice(None, None, s) for s in strides)
-    index += (slice(None),)
-    index += tuple(slice(None, None, d) for d in dilation)
-    windows = windows[index]
-    return np.tensordot(
-        windows,
-        kernel,
-        axes=(list(range(rank + 1, 2 * rank + 2)), [rank] + list(range(rank))),
-    )
-
-
-def _conv(box, layer):
-    if layer.groups != 1 or layer.rank not in (1, 2):
-        raise ValueError(
-            f"Layer {layer.name!r}: only 1-D and 2-D convolutions with groups=1 "
-            f"are supported. Received: rank={layer.rank}, groups={layer.groups}"
-        )
-    if layer.padding not in ("valid", "same", "causal"):
-        raise ValueError(
-            f"Layer {layer.name!r}: unsupported padding. "
-            f"Received: padding={layer.padding!r}"
-        )
-    kernel = as_float64(layer.kernel)
-    channels_first = layer.data_format == "channels_first"
-    if channels_first:
-        box = Box(np.moveaxis(box.lower, 1, -1), np.moveaxis(box.upper, 1, -1))
-    args = (tuple(layer.strides), layer.padding, tuple(layer.dilation_rate))
-    bias = as_float64(layer.bias) if layer.use_bias else None
-    box = _affine(
-        box,
-        lambda x: _convolve(x, kernel, *args),
-        lambda r: _convolve(r, np.abs(kernel), *args),
-        bias,
-    )
-    box = _activation(box, layer, layer.activation)
-    if channels_first:
-        box = Box(np.moveaxis(box.lower, -1, 1), np.moveaxis(box.upper, -1, 1))
-    return box
-
-
-_MAX_POOLING = (keras.layers.MaxPooling1D, keras.layers.MaxPooling2D)
-_AVERAGE_POOLING = (keras.layers.AveragePooling1D, keras.layers.AveragePooling2D)
-
-
-def _pool(box, layer):
-    """Max pooling is monotone and average pooling a positive linear map, so
-    both map the box's corners: pool(lower) <= pool(x) <= pool(upper)."""
-    average = isinstance(layer, _AVERAGE_POOLING)
-    if layer.padding not in ("valid", "same") or (average and layer.padding == "same"):
-        raise ValueError(
-            f"Layer {layer.name!r}: unsupported padding for {type(layer).__name__}. "
-            f"Received: padding={layer.padding!r}"
-        )
-    pool, strides = tuple(layer.pool_size), tuple(layer.strides)
-    rank = len(pool)
-
-    def apply(x):
-        if layer.data_format == "channels_first":
-            x = np.moveaxis(x, 1, -1)
-        pads = [(0, 0)]
-        for axis, k, stride in zip(range(1, rank + 1), pool, strides):
-            same = layer.padding == "same"
-            pads.append(_conv_same_padding(x.shape[axis], k, stride, 1) if same else (0, 0))
-        x = np.pad(x, pads + [(0, 0)], constant_values=-np.inf)
-        windows = np.lib.stride_tricks.sliding_window_view(
-            x, pool, axis=tuple(range(1, rank + 1))
-        )[(slice(None),) + tuple(slice(None, None, s) for s in strides)]
-        window_axes = tuple(range(-rank, 0))
-        out = windows.mean(axis=window_axes) if average else windows.max(axis=window_axes)
-        if layer.data_format == "channels_first":
-            out = np.moveaxis(out, -1, 1)
-        return out
-
-    return Box(apply(box.lower), apply(box.upper))
-
-
-def _axis_shape(ndim, axes, values):
-    shape = [1] * ndim
-    for axis in axes:
-        shape[axis % ndim] = -1
-    return values.reshape(shape)
-
-
-def _batch_normalization(box, layer):
-    ndim = box.lower.ndim
-    axes = layer.axis if isinstance(layer.axis, (list, tuple)) else [layer.axis]
-    variance = as_float64(layer.moving_variance)
-    scale = 1.0 / np.sqrt(variance + layer.epsilon)
-    if layer.scale:
-        scale = scale * as_float64(layer.gamma)
-    shift = -as_float64(layer.moving_mean) * scale
-    if layer.center:
-        shift = shift + as_float64(layer.beta)
-    return _scale_shift(
-        box, _axis_shape(ndim, axes, scale), _axis_shape(ndim, axes, shift)
-    )
-
-
-def _bernstein(box, layer, method):
-    low, high = bernstein_ops.bernstein_range(
-        layer.coefficients,
-        layer.bounds,
-        box.lower,
-        box.upper,
-        extrapolation=layer.extrapolation,
-        method=method,
-    )
-    return Box(low, high)
-
-
-def _normalization(box, layer):
-    if layer.mean is None:
-        raise ValueError(f"Layer {layer.name!r}: `Normalization` is not adapted.")
-    deviation = np.maximum(
-        np.sqrt(as_float64(layer.variance)), keras.backend.epsilon()
-    )
-    mean = as_float64(layer.mean)
-    if layer.invert:
-        return _scale_shift(box, deviation, mean)
-    return _scale_shift(box, 1.0 / deviation, -mean / deviation)
-
-
-def _flatten(box, layer):
-    if layer.data_format == "channels_first" and box.lower.ndim > 2:
-        box = Box(np.moveaxis(box.lower, 1, -1), np.moveaxis(box.upper, 1, -1))
-    return box.reshape((box.lower.shape[0], -1))
-
-
-def _leaky_relu(box, layer):
-    if layer.negative_slope < 0:
-        raise ValueError(
-            f"Layer {layer.name!r}: a negative slope is not monotone. "
-            f"Received: negative_slope={layer.negative_slope}"
-        )
-    slope = layer.negative_slope
-    return box.map_monotone(lambda x: np.where(x >= 0.0, x, slope * x))
-
-
-def _relu(box, layer):
-    max_value = np.inf if layer.max_value is None else float(layer.max_value)
-    slope = float(layer.negative_slope)
-    threshold = float(layer.threshold)
-    if slope < 0:
-        raise ValueError(
-            f"Layer {layer.name!r}: a negative slope is not monotone. "
-            f"Received: negative_slope={slope}"
-        )
-
-    def relu(x):
-        return np.minimum(np.where(x >= threshold, x, slope * (x - threshold)), max_value)
-
-    return box.map_monotone(relu)
-
-
-def _merge(boxes, layer):
-    if isinstance(layer, keras.layers.Add):
-        return Box(sum(b.lower for b in boxes), sum(b.upper for b in boxes))
-    if isinstance(layer, keras.layers.Subtract):
-        first, second = boxes
-        return Box(first.lower - second.upper, first.upper - second.lower)
-    if isinstance(layer, keras.layers.Average):
-        count = len(boxes)
-        return Box(
-            sum(b.lower for b in boxes) / count, sum(b.upper for b in boxes) / count
-        )
-    # Concatenate
-    return Box(
-        np.concatenate([b.lower for b in boxes], axis=layer.axis),
-        np.concatenate([b.upper for b in boxes], axis=layer.axis),
-    )
-
-
-_MERGES = (
-    keras.layers.Add,
-    keras.layers.Subtract,
-    keras.layers.Average,
-    keras.layers.Concatenate,
-)
-_IDENTITIES = (
-    keras.layers.InputLayer,
-    keras.layers.Dropout,
-    keras.layers.GaussianNoise,
-    keras.layers.GaussianDropout,
-    keras.layers.ActivityRegularization,
-)
-
-
-def _propagate(layer, inputs, method, record=None):
-    """Bounds of `layer`'s output given a `Box` (or a list of them) as input."""
-    if isinstance(layer, keras.Sequential):
-        box = inputs
-        for sublayer in layer.layers:
-            if record is not None:
-                record[id(sublayer)] = box
-            box = _propagate(sublayer, box, method)
-        return box
-    if isinstance(layer, keras.Model):
-        return _propagate_functional(layer, inputs, method, record)
-    if isinstance(layer, _MERGES):
-        return _merge(inputs, layer)
-    box = inputs
-    if isinstance(box, (list, tuple)):
-        if len(box) != 1:
-            raise ValueError(
-                f"Layer {layer.name!r} ({type(layer).__name__}) got "
-                f"{len(box)} inputs; only merge layers take several."
-            )
-        (box,) = box
-    if isinstance(layer, BernsteinDense):
-        box = _dense(box, layer.dense)
-        if layer.batch_normalization is not None:
-            box = _batch_normalization(box, layer.batch_normalization)
-        return _bernstein(box, layer.bernstein, method)
-    if isinstance(layer, Bernstein):
-        return _bernstein(box, layer, method)
-    if isinstance(layer, keras.layers.Dense):
-        return _dense(box, layer)
-    if isinstance(layer, (keras.layers.Conv1D, keras.layers.Conv2D)):
-        return _conv(box, layer)
-    if isinstance(layer, _MAX_POOLING + _AVERAGE_POOLING):
-        return _pool(box, layer)
-    if isinstance(layer, keras.layers.BatchNormalization):
-        return _batch_normalization(box, layer)
-    if isinstance(layer, keras.layers.Rescaling):
-        return _scale_shift(box, np.asarray(layer.scale, "float64"),
-                            np.asarray(layer.offset, "float64"))
-    if isinstance(layer, keras.layers.Normalization):
-        return _normalization(box, layer)
-    if isinstance(layer, keras.layers.Flatten):
-        return _flatten(box, layer)
-    if isinstance(layer, keras.layers.Reshape):
-        return box.reshape((box.lower.shape[0],) + tuple(layer.target_shape))
-    if isinstance(layer, keras.layers.Activation):
-        return _activation(box, layer, layer.activation)
-    if isinstance(layer, keras.layers.ReLU):
-        return _relu(box, layer)
-    if isinstance(layer, keras.layers.LeakyReLU):
-        return _leaky_relu(box, layer)
-    if isinstance(layer, _IDENTITIES):
-        return box
-    raise ValueError(
-        f"Cannot bound the output of layer {getattr(layer, 'name', layer)!r} "
-        f"({type(layer).__name__}): `output_bounds` supports Dense, "
-        "BernsteinDense, Bernstein, Conv1D, Conv2D, MaxPooling1D/2D, "
-        "AveragePooling1D/2D (valid), BatchNormalization, Rescaling, "
-        "Normalization, Flatten, Reshape, monotone activations, softmax, Add, "
-        "Subtract, Average, Concatenate and Dropout."
-    )
-
-
-def _propagate_functional(model, inputs, method, record):
-    def operation_fn(operation):
-        def bound(*args, **kwargs):
-            box = args[0]
-            if record is not None:
-                record[id(operation)] = box
-            return _propagate(operation, box, method)
-
-        return bound
-
-    # Keras' own graph walker: it hands each operation the values computed
-    # for its input tensors, here `Box`es in place of tensors.
-    return model._run_through_graph(
-        inputs if isinstance(inputs, (list, tuple)) else [inputs],
-        operation_fn=operation_fn,
-    )
-
 
 def _check_box(lower, upper):
     lower = np.asarray(keras.ops.convert_to_numpy(lower), dtype="float64")
@@ -437,18 +61,40 @@ def _check_box(lower, upper):
             "`lower` must not exceed `upper`. Received: "
             f"max(lower - upper)={np.max(lower - upper)}"
         )
-    return Box(lower, upper)
+    return Box(lower, upper, FLOAT64)
 
 
-def _input_boxes(model, lower, upper):
+def _tensor_box(lower, upper):
+    """Float32 backend tensors; values are not checked (they may be traced)."""
+    lower = keras.ops.convert_to_tensor(lower, "float32")
+    upper = keras.ops.convert_to_tensor(upper, "float32")
+    if tuple(lower.shape) != tuple(upper.shape):
+        raise ValueError(
+            "`lower` and `upper` must have the same shape. "
+            f"Received: lower.shape={tuple(lower.shape)}, "
+            f"upper.shape={tuple(upper.shape)}"
+        )
+    return Box(lower, upper, TENSORS)
+
+
+def _input_boxes(lower, upper, make_box=_check_box):
     if isinstance(lower, (list, tuple)):
         if not isinstance(upper, (list, tuple)) or len(upper) != len(lower):
             raise ValueError(
                 "For several inputs pass `lower` and `upper` as lists of the "
                 f"same length. Received: {len(lower)} lower arrays"
             )
-        return [_check_box(lo, hi) for lo, hi in zip(lower, upper)]
-    return _check_box(lower, upper)
+        return [make_box(lo, hi) for lo, hi in zip(lower, upper)]
+    return make_box(lower, upper)
+
+
+def _ends(result):
+    """`(lower, upper)` of a propagated box, or lists of them for several outputs."""
+    if isinstance(result, (list, tuple)):
+        if len(result) == 1:
+            return result[0].lower, result[0].upper
+        return [b.lower for b in result], [b.upper for b in result]
+    return result.lower, result.upper
 
 
 def _check_method(method):
@@ -506,12 +152,136 @@ def output_bounds(model, lower, upper, method="subdivision"):
     """
     check_model(model)
     _check_method(method)
-    result = _propagate(model, _input_boxes(model, lower, upper), method)
-    if isinstance(result, (list, tuple)):
-        if len(result) == 1:
-            return result[0].lower, result[0].upper
-        return [b.lower for b in result], [b.upper for b in result]
-    return result.lower, result.upper
+    return _ends(propagate(model, _input_boxes(lower, upper), method))
+
+
+def interval_bounds(model, lower, upper):
+    """Differentiable interval bounds of a model's output, on backend tensors.
+
+    The twin of `output_bounds` for training: the same layer rules and the
+    same subdivision enclosure of Bernstein activations, computed with
+    `keras.ops` in float32 on the layers' variables. The result carries
+    gradients with respect to the weights (and to `lower` and `upper`), and
+    the function runs inside `jax.jit`, `tf.function`, PyTorch autograd and
+    a model's `compute_loss`. Certificates reported to users should come from
+    the float64 `output_bounds`; these bounds agree with it to float32
+    rounding.
+
+    Args:
+        model: A built model accepted by `output_bounds`.
+        lower: Tensor of the input's shape, batch first (a list of tensors
+            for a model with several inputs). Not checked for `lower <=
+            upper` or finiteness, since it may be a traced value.
+        upper: Same, with `upper >= lower`.
+
+    Returns:
+        `(lower_out, upper_out)`: float32 tensors of the model's output shape
+        (lists of them for a model with several outputs).
+
+    Raises:
+        ValueError: for a layer or activation without a bound, naming it.
+
+    Example:
+        >>> x = keras.ops.convert_to_tensor(np.random.rand(4, 784), "float32")
+        >>> low, high = interval_bounds(model, x - 0.01, x + 0.01)
+    """
+    check_model(model)
+    return _ends(propagate(model, _input_boxes(lower, upper, _tensor_box)))
+
+
+def _margins(model, box, labels, method="subdivision"):
+    """`_intervals.margins` of a one-output classifier over the input `box`."""
+    record = {}
+    output = propagate(model, box, method, record)
+    if isinstance(output, (list, tuple)):
+        (output,) = output
+    return margins(model, output, labels, record)
+
+
+def margin_bounds(model, lower, upper, y):
+    """Differentiable lower bounds of the logit margins `z_y - z_j` over input boxes.
+
+    The specification of a correct classification is `z_y - z_j > 0` for
+    every `j != y`; a batch element whose every margin bound is positive is
+    certified on its box. When the model ends in a `Dense` layer with a
+    linear or softmax activation, the margins are those of that layer's
+    logits, bounded through the weight differences `W_y - W_j` (tighter
+    than subtracting two output intervals). The loss of interval bound
+    propagation training is the cross-entropy of `-margin_bounds` (the
+    worst-case logits; Gowal et al., 2018). Float32 tensors with gradients,
+    as `interval_bounds`.
+
+    Args:
+        model: A built model accepted by `output_bounds`, with one input and
+            one output of shape `(batch, classes)`.
+        lower: Tensor of the input's shape, batch first.
+        upper: Same, with `upper >= lower`.
+        y: Integer labels, a tensor or array of shape `(batch,)`, in
+            `[0, classes)` (not checked: it may be traced).
+
+    Returns:
+        Float32 tensor `(batch, classes)`; column `y` of each row is 0.
+
+    Example:
+        >>> x, y = x_train[:32], y_train[:32]
+        >>> bounds = margin_bounds(model, x - 0.1, x + 0.1, y)
+        >>> worst_logits = -bounds  # the robust loss's logits
+    """
+    check_model(model)
+    _num_classes(model)
+    labels = keras.ops.reshape(keras.ops.convert_to_tensor(y, "int32"), (-1,))
+    result = _margins(model, _tensor_box(lower, upper), labels)
+    own = keras.ops.one_hot(labels, keras.ops.shape(result)[-1]) > 0.5
+    return keras.ops.where(own, 0.0, result)
+
+
+def activation_input_bounds(model, lower, upper):
+    """Certified intervals of every Bernstein activation's inputs over an input box.
+
+    Float64 interval bound propagation, as `output_bounds`: for each
+    Bernstein activation (a `Bernstein` layer, or the activation inside a
+    `BernsteinDense`, after its matmul and batch normalization), the
+    elementwise bounds of the values that enter it when the model's input
+    lies in `[lower, upper]`. Setting each activation's interval `[l, u]`
+    to contain them keeps in-domain inputs inside `[l, u]`.
+
+    Args:
+        model: A built model accepted by `output_bounds`.
+        lower: Array of the input's shape, batch first (a list for several
+            inputs).
+        upper: Same, with `upper >= lower`.
+
+    Returns:
+        A list of `(layer, low, high)` in the order of the layers: `layer` is
+        the `Bernstein` layer (for a `BernsteinDense`, its `bernstein`), and
+        `low`, `high` float64 arrays of shape `(batch,) + its input shape[1:]`.
+        A layer applied several times has the boxes of its uses concatenated
+        along the batch axis.
+
+    Example:
+        >>> for layer, low, high in activation_input_bounds(model, 0 * x, 0 * x + 1):
+        ...     print(layer.name, low.min(), high.max())
+    """
+    check_model(model)
+    record = {}
+    propagate(model, _input_boxes(lower, upper), "subdivision", record)
+    result = []
+    for name, layer in bernstein_activations(model):
+        boxes = record.get(id(layer))
+        if not boxes:
+            raise ValueError(
+                f"Layer {name!r} is not on a path from the model's inputs to its "
+                "outputs, so its inputs have no bound."
+            )
+        boxes = [_single(box, layer) for box in boxes]
+        result.append(
+            (
+                layer,
+                np.concatenate([box.lower for box in boxes], axis=0),
+                np.concatenate([box.upper for box in boxes], axis=0),
+            )
+        )
+    return result
 
 
 def _num_classes(model):
@@ -613,32 +383,9 @@ def certified_margins(model, x, y, epsilon, input_range=(0.0, 1.0), method="subd
     if input_range is not None:
         lower = np.clip(lower, *input_range)
         upper = np.clip(upper, *input_range)
-    record = {}
-    box = _propagate(model, _check_box(lower, upper), method, record)
-    if isinstance(box, (list, tuple)):
-        (box,) = box
-    rows = np.arange(len(y))
-    outputs = output_layers(model)
-    last = outputs[0] if len(outputs) == 1 else None
-    if (
-        type(last) is keras.layers.Dense
-        and activation_name(last.activation) in ("linear", "softmax")
-        and id(last) in record
-    ):
-        hidden = record[id(last)]
-        if isinstance(hidden, (list, tuple)):
-            (hidden,) = hidden
-        kernel = as_float64(last.kernel)
-        bias = as_float64(last.bias) if last.use_bias else np.zeros(kernel.shape[1])
-        # difference[b, :, j] = W[:, y_b] - W[:, j]
-        difference = kernel[:, y].T[:, :, None] - kernel[None, :, :]
-        center = np.einsum("bi,bij->bj", hidden.center, difference)
-        radius = np.einsum("bi,bij->bj", hidden.radius, np.abs(difference))
-        margins = center - radius + (bias[y][:, None] - bias[None, :])
-    else:
-        margins = box.lower[rows, y][:, None] - box.upper
-    margins[rows, y] = np.inf
-    return margins.min(axis=-1)
+    result = _margins(model, _check_box(lower, upper), y, method)
+    result[np.arange(len(y)), y] = np.inf
+    return result.min(axis=-1)
 
 
 def certified_accuracy(model, x, y, epsilon, input_range=(0.0, 1.0), method="subdivision"):

@@ -388,3 +388,186 @@ def test_derivative_certificate_of_nested_layers_in_order():
     )
     names = [c.layer_name for c in verification.derivative_certificate(model)]
     assert names == ["bd", "b1", "b2", "in_block", "b3"]
+
+
+# The differentiable twin: float32 tensors, the same rules as the float64 path.
+
+
+def _random_box(rng, model, batch=2, radius=(0.01, 1.0)):
+    input_shape = tuple(model.inputs[0].shape[1:])
+    centre = rng.normal(size=(batch,) + input_shape)
+    half = rng.uniform(*radius, size=(batch,) + input_shape)
+    return (centre - half).astype("float32"), (centre + half).astype("float32")
+
+
+def _float32_slack(*arrays):
+    return 1e-5 * (1.0 + max(np.abs(a).max() for a in arrays))
+
+
+@pytest.mark.parametrize("builder", BUILDERS, ids=lambda b: b.__name__.strip("_"))
+def test_interval_bounds_agree_with_float64_and_contain_outputs(builder):
+    rng = np.random.default_rng(1)
+    model = _randomize(builder(rng), rng)
+    lower, upper = _random_box(rng, model)
+    low, high = verification.output_bounds(model, lower, upper)
+    tensor_low, tensor_high = verification.interval_bounds(
+        model, ops.convert_to_tensor(lower), ops.convert_to_tensor(upper)
+    )
+    tensor_low = ops.convert_to_numpy(tensor_low)
+    tensor_high = ops.convert_to_numpy(tensor_high)
+    assert tensor_low.dtype == np.float32 and tensor_low.shape == low.shape
+    slack = _float32_slack(low, high)
+    np.testing.assert_allclose(tensor_low, low, rtol=0, atol=slack)
+    np.testing.assert_allclose(tensor_high, high, rtol=0, atol=slack)
+    points = np.stack([_sample_box(rng, lower[i], upper[i], 500) for i in (0, 1)])
+    outputs = ops.convert_to_numpy(
+        model(points.reshape((-1,) + points.shape[2:]).astype("float32"))
+    ).reshape(points.shape[:2] + low.shape[1:])
+    assert np.all(outputs >= tensor_low[:, None] - slack)
+    assert np.all(outputs <= tensor_high[:, None] + slack)
+
+
+def _float64_objective(model, lower, upper, weights):
+    low, high = verification.output_bounds(model, lower, upper)
+    return float(np.sum(weights * high) - np.sum(weights * low) + np.sum(low))
+
+
+def _tensor_objective(model, weights):
+    def objective(lower, upper):
+        low, high = verification.interval_bounds(model, lower, upper)
+        return ops.sum(weights * high) - ops.sum(weights * low) + ops.sum(low)
+
+    return objective
+
+
+@pytest.mark.parametrize(
+    "builder", [_functional_add_model, _conv1d_model], ids=lambda b: b.__name__.strip("_")
+)
+def test_interval_bounds_gradients_match_finite_differences(builder):
+    from keras_bernstein._autodiff import gradients
+
+    rng = np.random.default_rng(2)
+    model = _randomize(builder(rng), rng)
+    lower, upper = _random_box(rng, model, batch=1, radius=(0.05, 0.5))
+    weights = rng.uniform(0.5, 1.5, size=model.outputs[0].shape[1:]).astype("float32")
+    grads = gradients(
+        _tensor_objective(model, ops.convert_to_tensor(weights)),
+        [ops.convert_to_tensor(lower), ops.convert_to_tensor(upper)],
+    )
+    grads = [ops.convert_to_numpy(g).astype("float64") for g in grads]
+    # Central differences in float64 on a few coordinates of each end; the
+    # bounds are piecewise smooth, so a kink inside the step is skipped.
+    lower64, upper64 = lower.astype("float64"), upper.astype("float64")
+    step = 1e-6
+    checked = 0
+    for which, grad in ((0, grads[0]), (1, grads[1])):
+        for flat in rng.choice(lower.size, size=min(6, lower.size), replace=False):
+            index = np.unravel_index(flat, lower.shape)
+            values = []
+            for sign in (1.0, -1.0):
+                ends = [lower64.copy(), upper64.copy()]
+                ends[which][index] += sign * step
+                if np.any(ends[0] > ends[1]):
+                    break
+                values.append(_float64_objective(model, *ends, weights))
+            if len(values) < 2:
+                continue
+            numeric = (values[0] - values[1]) / (2 * step)
+            one_sided = (values[0] - _float64_objective(model, lower64, upper64, weights)) / step
+            if abs(numeric - one_sided) > 1e-3 * (1.0 + abs(numeric)):
+                continue  # a kink (max, clip, piece boundary) within the step
+            assert abs(grad[index] - numeric) <= 2e-3 * (1.0 + abs(numeric)), (
+                which, index, grad[index], numeric,
+            )
+            checked += 1
+    assert checked >= 4
+
+
+def test_interval_bounds_gradients_reach_the_weights():
+    """Gradients with respect to the layer variables (what training uses)
+    match float64 finite differences of `output_bounds`."""
+    from keras_bernstein._autodiff import gradients
+
+    rng = np.random.default_rng(4)
+    model = _randomize(_dense_model(rng), rng)
+    lower, upper = _random_box(rng, model, batch=2, radius=(0.05, 0.3))
+    bernstein = model.layers[2]
+    variables = [model.layers[0].kernel, bernstein.coefficients]
+    weights = rng.uniform(0.5, 1.5, size=model.outputs[0].shape[1:]).astype("float32")
+    objective = _tensor_objective(model, ops.convert_to_tensor(weights))
+
+    def of_variables(*values):
+        with keras.StatelessScope(state_mapping=list(zip(variables, values))):
+            return objective(ops.convert_to_tensor(lower), ops.convert_to_tensor(upper))
+
+    grads = gradients(of_variables, [ops.convert_to_tensor(v) for v in variables])
+    checked = 0
+    for variable, grad in zip(variables, grads):
+        grad = ops.convert_to_numpy(grad)
+        original = ops.convert_to_numpy(variable).copy()
+        for flat in rng.choice(original.size, size=4, replace=False):
+            index = np.unravel_index(flat, original.shape)
+            values = []
+            for step in (1e-3, -1e-3):
+                changed = original.copy()
+                changed[index] += step
+                variable.assign(changed)
+                values.append(_float64_objective(model, lower, upper, weights))
+            variable.assign(original)
+            numeric = (values[0] - values[1]) / 2e-3
+            assert abs(grad[index] - numeric) <= 1e-2 * (1.0 + abs(numeric)), (
+                variable.path, index, grad[index], numeric,
+            )
+            checked += 1
+    assert checked == 8
+
+
+@pytest.mark.parametrize("softmax", [True, False])
+def test_margin_bounds_match_certified_margins(softmax):
+    model = _small_classifier(classes=4)
+    if not softmax:
+        model = keras.Sequential([*model.layers[:-1], keras.layers.Dense(4)])
+        model.build((None, 4))
+        _randomize(model, np.random.default_rng(5))
+    rng = np.random.default_rng(6)
+    x = rng.uniform(size=(16, 4)).astype("float32")
+    y = rng.integers(0, 4, size=16)
+    bounds = ops.convert_to_numpy(
+        verification.margin_bounds(model, x - 0.05, x + 0.05, ops.convert_to_tensor(y))
+    )
+    assert bounds.shape == (16, 4) and bounds.dtype == np.float32
+    assert np.all(bounds[np.arange(16), y] == 0.0)
+    others = np.where(np.eye(4, dtype=bool)[y], np.inf, bounds).min(axis=-1)
+    expected = verification.certified_margins(model, x, y, 0.05, input_range=None)
+    np.testing.assert_allclose(others, expected, rtol=0, atol=_float32_slack(expected))
+
+
+def test_margin_bounds_need_a_classifier():
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    with pytest.raises(ValueError, match="classes"):
+        verification.margin_bounds(model, np.zeros((1, 3)), np.ones((1, 3)), [0])
+
+
+def test_activation_input_bounds_contain_the_activation_inputs():
+    rng = np.random.default_rng(7)
+    model = _randomize(_functional_add_model(rng), rng)
+    lower = rng.normal(size=(1, 4)) - 0.5
+    upper = lower + 1.0
+    result = verification.activation_input_bounds(model, lower, upper)
+    names = [layer.path for layer, _, _ in result]
+    activations = [layer for layer in model.layers if isinstance(layer, (Bernstein, BernsteinDense))]
+    assert len(result) == 2 and result[0][0] is activations[0].bernstein
+    assert result[1][0] is activations[1], names
+    # The values entering the activations at sampled in-box points.
+    points = _sample_box(rng, lower[0], upper[0], 400).astype("float32")
+    entering = keras.Model(model.inputs[0], [activations[0].input, activations[1].input])
+    normalized, merged = entering(points)
+    dense = activations[0]
+    dense_out = ops.convert_to_numpy(
+        dense.batch_normalization(dense.dense(normalized), training=False)
+    )
+    merged = ops.convert_to_numpy(merged)
+    slack = 1e-5 * (1.0 + np.abs(merged).max())
+    for (_, low, high), values in zip(result, (dense_out, merged)):
+        assert low.shape == (1,) + values.shape[1:]
+        assert np.all(values >= low - slack) and np.all(values <= high + slack)

@@ -10,7 +10,8 @@ observed quantiles), `dead_units` / `dead_neuron_ratio` and
 `out_of_bounds_ratio`, and the callbacks `DeadNeuronRatio` and
 `BoundsCoverage` that write those figures into the `logs` of `model.fit`.
 `BoundsUpdate` widens the Bernstein intervals toward the probed `z` with
-`keras_bernstein.transforms.rebound`.
+`keras_bernstein.transforms.rebound`; `DomainBounds` sets them from an input
+domain with `keras_bernstein.transforms.bounds_from_domain`.
 
 Probing never changes training: layers run with `training=False` (batch
 normalization statistics are not updated, dropout draws no random numbers),
@@ -28,6 +29,7 @@ from keras_bernstein import _autodiff
 from keras_bernstein._arguments import check_interval
 from keras_bernstein._arguments import check_nonnegative_number
 from keras_bernstein._arguments import check_positive_integer
+from keras_bernstein._arguments import describe
 from keras_bernstein._probing import ACTIVATION_LAYERS  # noqa: F401
 from keras_bernstein._probing import DEFAULT_BATCH_SIZE
 from keras_bernstein._probing import DEFAULT_MAX_BATCHES
@@ -41,6 +43,7 @@ from keras_bernstein._probing import bernstein_layers
 from keras_bernstein._probing import collect_pre_activations  # noqa: F401
 from keras_bernstein._probing import monitored_layers
 from keras_bernstein._probing import probe_batches
+from keras_bernstein.transforms import _domain_bounds
 from keras_bernstein.transforms import _widen_toward_data
 
 CRITERIA = ("derivative", "gradient")
@@ -747,3 +750,156 @@ class BoundsUpdate(_ProbeCallback):
             )
             print(f"BoundsUpdate (epoch {epoch}): widened neurons {widened}")
         return record
+
+
+def _relative_change(old, new):
+    """Largest `max(|l' - l|, |u' - u|) / (u - l)` over the neurons."""
+    width = old[..., 1] - old[..., 0]
+    return float(np.max(np.max(np.abs(new - old), axis=-1) / width))
+
+
+class DomainBounds(keras.callbacks.Callback):
+    """Keeps every Bernstein interval covering its inputs over an input domain during `fit`.
+
+    Calls `keras_bernstein.transforms.bounds_from_domain(model, lower,
+    upper, margin, min_width)` at the start of training and then after every
+    epoch (`frequency="epoch"`) or every `frequency` training batches: each
+    neuron's `[l, u]` becomes the certified interval of its inputs when the
+    model's input lies in the box `lower <= x <= upper` (plus `margin`), so
+    that in-domain inputs never leave their intervals, as in DeepBern-Nets.
+    Training moves the weights, and with them the pre-activations, which
+    may leave their intervals between updates; each update brings the
+    intervals back over them. Intervals shrink as well as widen, and each
+    update keeps each neuron's function on the overlap of its old and new
+    intervals (`rebound`). With `frequency="epoch"` the model ends `fit`
+    with intervals that cover the domain.
+
+    After each epoch it writes `"domain_bounds_change"` into `logs`: the
+    largest relative move `max(|l' - l|, |u' - u|) / (u - l)` of any
+    interval end over that epoch's updates (NaN for an epoch without one),
+    a measure of how far training drifts from the intervals.
+
+    Args:
+        lower: Array of the model's input shape, batch first (a list for
+            several inputs): the lower corners of the domain's boxes, e.g.
+            `np.zeros((1, 784))` for pixels in `[0, 1]`.
+        upper: Same shape, with `upper >= lower`.
+        frequency: `"epoch"` (default) to update after every epoch, or a
+            positive integer: update after every `frequency`-th training
+            batch, counted across epochs.
+        margin: Finite number `>= 0`: the fraction of each interval's width
+            added on each side; see `bounds_from_domain`.
+        min_width: Positive number, the smallest width of an interval; see
+            `bounds_from_domain`.
+        verbose: 0 or 1 (one line per epoch with an update).
+
+    Attributes:
+        updates: A list with one dict per update: `epoch`, `batch` (`None`
+            for an update at an epoch's end or before training), and
+            `"change"`: per layer name the largest relative move of its
+            intervals' ends.
+
+    Raises:
+        ValueError: at construction for invalid arguments; at an update when
+            a layer cannot take its new intervals (see
+            `bounds_from_domain`), naming the layer.
+
+    Example:
+        >>> domain = DomainBounds(np.zeros((1, 784)), np.ones((1, 784)), margin=0.05)
+        >>> model.fit(x, y, epochs=5, callbacks=[domain])
+    """
+
+    key = "domain_bounds_change"
+
+    def __init__(self, lower, upper, frequency="epoch", margin=0.0, min_width=1e-3, verbose=0):
+        super().__init__()
+        if frequency != "epoch":
+            try:
+                check_positive_integer(frequency, "frequency")
+            except ValueError:
+                raise ValueError(
+                    '`frequency` must be "epoch" or a positive integer number of '
+                    f"batches. Received: frequency={frequency!r}"
+                ) from None
+            frequency = int(frequency)
+        self.frequency = frequency
+        _, self.verbose = _check_frequency_and_verbose(1, verbose)
+        self.margin = check_nonnegative_number(margin, "margin")
+        self.min_width = check_nonnegative_number(min_width, "min_width", positive=True)
+        self.lower, self.upper = _check_domain(lower, upper)
+        self.updates = []
+        self._epoch = None
+        self._epoch_change = None
+        self._batches = 0
+
+    def update(self, epoch=None, batch=None):
+        """Sets the intervals from the domain now; returns the update's dict."""
+        changes = _domain_bounds(
+            self.model, self.lower, self.upper, self.margin, self.min_width
+        )
+        record = {
+            "epoch": epoch,
+            "batch": batch,
+            "change": {name: _relative_change(old, new) for name, old, new in changes},
+        }
+        self.updates.append(record)
+        if record["change"]:
+            largest = max(record["change"].values())
+            self._epoch_change = max(largest, self._epoch_change or 0.0)
+        return record
+
+    def on_train_begin(self, logs=None):
+        self._batches = 0
+        self.update()
+        self._epoch_change = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+        self._epoch_change = None
+
+    def on_train_batch_end(self, batch, logs=None):
+        # Counted across epochs, so that a frequency above the epoch's
+        # length still updates.
+        self._batches += 1
+        if self.frequency != "epoch" and self._batches % self.frequency == 0:
+            self.update(self._epoch, batch)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.frequency == "epoch":
+            self.update(epoch)
+        change = float("nan") if self._epoch_change is None else self._epoch_change
+        if self.verbose and self._epoch_change is not None:
+            print(f"Epoch {epoch + 1}: {self.key} {change:.3g}")
+        if logs is not None:
+            logs[self.key] = change
+
+
+def _check_domain(lower, upper):
+    """`lower` and `upper` as float64 NumPy arrays (lists of them for several
+    inputs) of the same shapes, finite, with `lower <= upper`."""
+    if isinstance(lower, (list, tuple)) or isinstance(upper, (list, tuple)):
+        if not (
+            isinstance(lower, (list, tuple))
+            and isinstance(upper, (list, tuple))
+            and len(lower) == len(upper)
+        ):
+            raise ValueError(
+                "For several inputs pass `lower` and `upper` as lists of arrays of "
+                f"the same length. Received: lower={lower!r}, upper={upper!r}"
+            )
+        pairs = [_check_domain(low, high) for low, high in zip(lower, upper)]
+        return [low for low, _ in pairs], [high for _, high in pairs]
+    lower = np.asarray(ops.convert_to_numpy(lower), dtype="float64")
+    upper = np.asarray(ops.convert_to_numpy(upper), dtype="float64")
+    if lower.shape != upper.shape or lower.ndim < 2:
+        raise ValueError(
+            "`lower` and `upper` must be arrays of the same shape, the model's "
+            f"input shape, batch first. Received: lower.shape={lower.shape}, "
+            f"upper.shape={upper.shape}"
+        )
+    if not (np.all(np.isfinite(lower)) and np.all(np.isfinite(upper)) and np.all(lower <= upper)):
+        raise ValueError(
+            "`lower` and `upper` must be finite with `lower <= upper`. Received: "
+            f"lower={describe(lower)}, upper={describe(upper)}"
+        )
+    return lower, upper

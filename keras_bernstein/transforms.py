@@ -7,7 +7,9 @@ let a model grow capacity or move its activation intervals mid-training at
 the function it has learned (to float32 rounding, which bounds how far one
 rebound may widen); `keras_bernstein.callbacks.BoundsUpdate` uses `rebound`
 to widen the intervals toward the observed pre-activation range, the
-Bernstein counterpart of KAN's grid update.
+Bernstein counterpart of KAN's grid update. `bounds_from_domain` sets the
+intervals from an input domain instead, by certified interval propagation
+(`keras_bernstein.callbacks.DomainBounds` repeats it during training).
 
 After a transform, compile the model again before training further: the
 optimizer's slots belong to the old variables (`elevate_degree`) or to the
@@ -20,10 +22,14 @@ import keras
 import numpy as np
 
 from keras_bernstein import ops as bernstein_ops
+from keras_bernstein import verification
 from keras_bernstein._arguments import bounds_problem
+from keras_bernstein._arguments import check_nonnegative_number
 from keras_bernstein._coefficient_algebra import _de_casteljau_step
 from keras_bernstein._model_layers import as_float64
 from keras_bernstein._model_layers import bernstein_activation
+from keras_bernstein._model_layers import bernstein_activations
+from keras_bernstein._model_layers import check_model
 from keras_bernstein._model_layers import is_bernstein
 from keras_bernstein.layers.bernstein import check_degree
 
@@ -395,6 +401,155 @@ def rebound(layer, new_bounds):
         )
     plan.assign()
     return layer
+
+
+def bounds_from_domain(model, lower, upper, margin=0.0, min_width=1e-3):
+    """Sets every Bernstein interval to cover its inputs over an input domain.
+
+    For each Bernstein activation in model order (a `Bernstein` layer, or
+    the activation of a `BernsteinDense`, nested models included), computes
+    the certified float64 interval of its inputs when the model's input lies
+    in the box `lower <= x <= upper`
+    (`keras_bernstein.verification.activation_input_bounds`), takes the
+    smallest and largest value per neuron over the boxes of the batch (and
+    over shared axes), widens it by `margin` times its width on each side,
+    widens intervals narrower than `min_width` symmetrically to `min_width`,
+    rounds the ends outward to float32 and `rebound`s the layer to it, then
+    propagates the domain again for the next layer (a rebound changes the
+    function where inputs used to be extrapolated). As in the DeepBern-Nets
+    reference, in-domain inputs then never leave their intervals (up to the
+    float32 rounding of evaluating the model), where the range and
+    derivative guarantees of `Bernstein` hold and certified bounds are
+    tightest.
+
+    `rebound` keeps each neuron's function on the overlap of its old and new
+    intervals (to `REBOUND_TOLERANCE`) and changes it only where the old
+    layer extrapolated, so on in-domain inputs the model is unchanged when
+    every old interval already covered the layer's in-domain inputs (and
+    everywhere with `"polynomial"` extrapolation). Batch normalization is
+    propagated in inference mode (its moving statistics). The domain is
+    propagated once per activation, so the cost grows with the square of
+    the number of Bernstein layers.
+
+    Args:
+        model: A built model accepted by
+            `keras_bernstein.verification.output_bounds`.
+        lower: Array of the model's input shape, batch first (a list for
+            several inputs): the lower corners of the domain's boxes. The
+            intervals cover the union of the boxes.
+        upper: Same shape, with `upper >= lower`.
+        margin: Finite number `>= 0`: the fraction of each interval's width
+            added on each side.
+        min_width: Positive number, the smallest width `u - l` of a new
+            interval (a neuron whose input is constant on the domain gets an
+            interval of this width around it). A layer with trainable bounds
+            uses at least its bounds constraint's `min_width`.
+
+    Returns:
+        `model`, with new `coefficients` and `bounds` in its Bernstein layers.
+        Recompile it before training further (see `rebound`).
+
+    Raises:
+        ValueError: for invalid arguments, or when a layer cannot take its
+            new intervals (`rebound` refuses a widening float32 cannot
+            honour, or the interval is not finite in float32), naming the
+            layer; then no layer of the model is changed.
+
+    Example:
+        >>> lower, upper = np.zeros((1, 784)), np.ones((1, 784))  # pixels in [0, 1]
+        >>> bounds_from_domain(model, lower, upper, margin=0.05)
+    """
+    _domain_bounds(model, lower, upper, margin, min_width)
+    return model
+
+
+def _domain_bounds(model, lower, upper, margin, min_width):
+    """`bounds_from_domain`; returns `(name, old bounds, new bounds)` per
+    activation, float64 arrays `param_shape + (2,)`."""
+    check_model(model)
+    margin = check_nonnegative_number(margin, "margin")
+    min_width = check_nonnegative_number(min_width, "min_width", positive=True)
+    activations = bernstein_activations(model)
+    saved = [
+        (variable, keras.ops.convert_to_numpy(variable))
+        for _, bernstein in activations
+        for variable in (bernstein.coefficients, bernstein.bounds)
+    ]
+    changes = []
+    try:
+        for name, bernstein in activations:
+            # Again for every layer: the rebounds before it change what it sees.
+            low, high = next(
+                (low, high)
+                for layer, low, high in verification.activation_input_bounds(
+                    model, lower, upper
+                )
+                if layer is bernstein
+            )
+            old = as_float64(bernstein.bounds)
+            width = min_width
+            if bernstein.trainable_bounds:
+                # Narrower intervals the bounds constraint would widen at the
+                # next step, without re-expressing the coefficients.
+                width = max(width, getattr(bernstein.bounds_constraint, "min_width", 0.0))
+            new = _covering_bounds(
+                low, high, old.shape[:-1], margin, width, bernstein.bounds.dtype
+            )
+            try:
+                rebound(bernstein, new)
+            except ValueError as error:
+                raise ValueError(
+                    f"`bounds_from_domain` cannot set the intervals of layer "
+                    f"{name!r} to cover its inputs on the domain: {error}"
+                ) from None
+            changes.append((name, old, as_float64(bernstein.bounds)))
+    except Exception:
+        for variable, value in saved:
+            variable.assign(value)
+        raise
+    return changes
+
+
+def _covering_bounds(low, high, parameter_shape, margin, min_width, dtype):
+    """Rows `(l, u)` of shape `parameter_shape + (2,)`, representable in
+    `dtype`, that contain `[low, high]` (`(batch,) + input shape`) per
+    neuron, widened by `margin` and to `min_width`."""
+    low = np.asarray(low, "float64")
+    high = np.asarray(high, "float64")
+    # Samples of one neuron: the boxes and the shared axes.
+    axes = (0,) + tuple(
+        axis + 1 for axis, size in enumerate(parameter_shape) if size == 1
+    )
+    low = np.min(low, axis=axes, keepdims=True)[0]
+    high = np.max(high, axis=axes, keepdims=True)[0]
+    if low.shape != tuple(parameter_shape):
+        raise ValueError(
+            f"Internal error: activation input bounds of shape {low.shape} for "
+            f"neurons of shape {tuple(parameter_shape)}."
+        )
+    with np.errstate(all="ignore"):
+        padding = margin * (high - low)
+        lower, upper = low - padding, high + padding
+        centre = 0.5 * (lower + upper)
+        narrow = ~(upper - lower >= min_width)
+        lower = np.where(narrow, np.minimum(lower, centre - 0.5 * min_width), lower)
+        upper = np.where(narrow, np.maximum(upper, centre + 0.5 * min_width), upper)
+        # Outward to the dtype the layer stores, so that the stored interval
+        # still contains the float64 one.
+        dtype = np.dtype(keras.backend.standardize_dtype(dtype))
+        down, up = dtype.type(-np.inf), dtype.type(np.inf)
+        stored_lower = lower.astype(dtype)
+        stored_upper = upper.astype(dtype)
+        stored_lower = np.where(
+            stored_lower > lower, np.nextafter(stored_lower, down), stored_lower
+        )
+        stored_upper = np.where(
+            stored_upper < upper, np.nextafter(stored_upper, up), stored_upper
+        )
+        stored_upper = np.where(
+            stored_upper <= stored_lower, np.nextafter(stored_lower, up), stored_upper
+        )
+    return np.stack([stored_lower, stored_upper], axis=-1).astype("float64")
 
 
 def _summary(values):

@@ -512,3 +512,95 @@ def test_bounds_update_is_a_callback_of_this_module():
     assert callbacks.BoundsUpdate.__module__ == "keras_bernstein.callbacks"
     assert issubclass(callbacks.BoundsUpdate, keras.callbacks.Callback)
     assert not hasattr(transforms, "BoundsUpdate")
+
+
+# --- DomainBounds -------------------------------------------------------------
+
+
+def _domain_classifier(extrapolation="linear"):
+    model = keras.Sequential(
+        [
+            keras.Input((3,)),
+            BernsteinDense(6, degree=4, extrapolation=extrapolation, name="hidden"),
+            Bernstein(degree=3, extrapolation=extrapolation, name="activation"),
+            keras.layers.Dense(2),
+        ]
+    )
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    return model
+
+
+class _RecordingDomainBounds(callbacks.DomainBounds):
+    """Keeps the hidden layer's bounds after each update."""
+
+    def update(self, epoch=None, batch=None):
+        record = super().update(epoch, batch)
+        self.snapshots = getattr(self, "snapshots", [])
+        self.snapshots.append(np.array(keras.ops.convert_to_numpy(self.model.layers[0].bounds)))
+        return record
+
+
+def _covered(model, x):
+    z = callbacks.collect_pre_activations(model, x, layers=["hidden", "activation"])
+    for name, values in z.items():
+        bounds = np.asarray(keras.ops.convert_to_numpy(model.get_layer(name).bounds), "float64")
+        slack = 1e-5 * (1.0 + np.abs(values))
+        if np.any(values < bounds[..., 0] - slack) or np.any(values > bounds[..., 1] + slack):
+            return False
+    return True
+
+
+@pytest.mark.parametrize("extrapolation", ["linear", "clip", "polynomial"])
+def test_domain_bounds_keeps_the_intervals_covering_the_domain_during_fit(extrapolation):
+    model = _domain_classifier(extrapolation)
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-2.0, 2.0, (32, 3)).astype("float32")
+    y = (x[:, 0] > 0).astype("int32")
+    domain = callbacks.DomainBounds(np.full((1, 3), -2.0), np.full((1, 3), 2.0), margin=0.05)
+    history = model.fit(x, y, batch_size=16, epochs=2, verbose=0, callbacks=[domain])
+    changes = history.history["domain_bounds_change"]
+    assert len(changes) == 2 and all(np.isfinite(change) and change > 0 for change in changes)
+    assert [(record["epoch"], record["batch"]) for record in domain.updates] == [
+        (None, None), (0, None), (1, None)
+    ]
+    assert set(domain.updates[-1]["change"]) == {"hidden", "activation"}
+    assert _covered(model, x)
+
+
+def test_domain_bounds_every_few_batches_updates_mid_epoch():
+    model = _domain_classifier()
+    rng = np.random.default_rng(1)
+    x = rng.uniform(-1.0, 1.0, (32, 3)).astype("float32")
+    y = (x[:, 1] > 0).astype("int32")
+    domain = _RecordingDomainBounds(-np.ones((1, 3)), np.ones((1, 3)), frequency=3)
+    history = model.fit(x, y, batch_size=8, epochs=2, verbose=0, callbacks=[domain])
+    # 4 batches an epoch: after the 3rd (epoch 0) and the 6th (epoch 1).
+    assert [(record["epoch"], record["batch"]) for record in domain.updates] == [
+        (None, None), (0, 2), (1, 1)
+    ]
+    assert np.all(np.isfinite(history.history["domain_bounds_change"]))
+    # The last update, mid-epoch, is what the model holds after `fit`.
+    assert np.any(domain.snapshots[-1] != domain.snapshots[0])
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(model.layers[0].bounds), domain.snapshots[-1]
+    )
+
+
+@pytest.mark.parametrize(
+    "argument, value",
+    [
+        ("frequency", 0),
+        ("frequency", 1.5),
+        ("frequency", "batch"),
+        ("margin", -1.0),
+        ("min_width", 0.0),
+        ("verbose", 2),
+    ],
+)
+def test_domain_bounds_validation(argument, value):
+    with pytest.raises(ValueError, match=re.escape(f"Received: {argument}={value!r}")):
+        callbacks.DomainBounds(np.zeros((1, 3)), np.ones((1, 3)), **{argument: value})
+    with pytest.raises(ValueError, match="`lower` and `upper` must be arrays of the same shape"):
+        callbacks.DomainBounds(np.zeros((1, 3)), np.ones((1, 4)))
+    with pytest.raises(ValueError, match="`lower <= upper`"):
+        callbacks.DomainBounds(np.ones((1, 3)), np.zeros((1, 3)))

@@ -437,3 +437,154 @@ def test_rebound_counts_the_rounding_of_t_far_from_zero():
     transforms.rebound(layer, (-1.0, 1e5))  # there t ~ 0: exact enough
     x = np.linspace(-1.0, 1.0, 101, dtype="float32")[:, None] * np.ones((1, 2), "float32")
     np.testing.assert_allclose(_numpy(layer(x)), x, atol=1e-6)
+
+
+# --- Bounds from an input domain -------------------------------------------
+
+
+def _domain_model(extrapolation, seed=0):
+    """Dense/BernsteinDense/Bernstein layers, with shared axes and random
+    coefficients."""
+    inputs = keras.Input((2, 3))
+    hidden = BernsteinDense(5, degree=4, extrapolation=extrapolation, name="first")(inputs)
+    hidden = keras.layers.Dense(4, name="dense")(hidden)
+    hidden = Bernstein(
+        degree=5, shared_axes=[1], extrapolation=extrapolation, name="middle"
+    )(hidden)
+    hidden = keras.layers.Flatten()(hidden)
+    outputs = BernsteinDense(
+        3, degree=3, normalization=None, extrapolation=extrapolation, name="last"
+    )(hidden)
+    model = keras.Model(inputs, outputs)
+    for index, name in enumerate(("first", "middle", "last")):
+        layer = model.get_layer(name)
+        _random_coefficients(getattr(layer, "bernstein", layer), seed + index)
+    return model
+
+
+def _in_domain(lower, upper, count, seed=0):
+    """Uniform points of the box `[lower, upper]` (one box), and its corners."""
+    rng = np.random.default_rng(seed)
+    points = rng.uniform(lower[0], upper[0], (count,) + lower.shape[1:])
+    corners = np.where(rng.integers(0, 2, (count,) + lower.shape[1:]), lower[0], upper[0])
+    return np.concatenate([points, corners]).astype("float32")
+
+
+def _covers(model, x, tolerance=1e-5):
+    """Whether every pre-activation of every Bernstein layer on `x` lies in
+    its neuron's interval, up to `tolerance` relative float32 rounding."""
+    names = ["first", "middle", "last"]
+    z = callbacks.collect_pre_activations(model, x, layers=names)
+    for name in names:
+        bounds = _numpy(model.get_layer(name).bounds).astype("float64")
+        bounds = bounds.reshape((1,) * (z[name].ndim - bounds.ndim + 1) + bounds.shape)
+        slack = tolerance * (1.0 + np.abs(z[name]))
+        if np.any(z[name] < bounds[..., 0] - slack) or np.any(z[name] > bounds[..., 1] + slack):
+            return False
+    return True
+
+
+@pytest.mark.parametrize("extrapolation", MODES)
+def test_bounds_from_domain_covers_in_domain_pre_activations(extrapolation):
+    model = _domain_model(extrapolation)
+    lower, upper = np.full((1, 2, 3), -2.0), np.full((1, 2, 3), 2.0)
+    x = _in_domain(lower, upper, 256)
+    assert not _covers(model, x)  # the default (-3, 3) intervals do not
+    assert transforms.bounds_from_domain(model, lower, upper, margin=0.1) is model
+    assert _covers(model, x)
+    assert _numpy(model.get_layer("middle").bounds).shape == (1, 4, 2)
+    # Several boxes: the intervals cover their union.
+    boxes = np.stack([lower[0], 0.5 * upper[0]]), np.stack([0.5 * lower[0], upper[0]])
+    transforms.bounds_from_domain(model, *boxes)
+    inside = [
+        _in_domain(low[None], high[None], 64, seed)
+        for seed, (low, high) in enumerate(zip(*boxes))
+    ]
+    assert _covers(model, np.concatenate(inside))
+
+
+@pytest.mark.parametrize("extrapolation", MODES)
+def test_bounds_from_domain_keeps_outputs_where_the_old_intervals_were_used(extrapolation):
+    model = _domain_model(extrapolation)
+    # A domain small enough that every pre-activation lies inside the old
+    # (-3, 3): shrinking to it keeps the function on it.
+    lower, upper = np.full((1, 2, 3), -0.3), np.full((1, 2, 3), 0.3)
+    x = _in_domain(lower, upper, 256)
+    assert _covers(model, x)
+    before = _numpy(model(x))
+    old = {name: _numpy(model.get_layer(name).bounds) for name in ("first", "middle", "last")}
+    transforms.bounds_from_domain(model, lower, upper, margin=0.05)
+    for name, bounds in old.items():  # every interval shrank
+        new = _numpy(model.get_layer(name).bounds)
+        assert np.all(new[..., 1] - new[..., 0] < bounds[..., 1] - bounds[..., 0])
+    after = _numpy(model(x))
+    assert _covers(model, x)
+    assert _relative_error(after, before) < 1e-5
+
+
+def test_bounds_from_domain_with_polynomial_extrapolation_keeps_the_function_anywhere():
+    model = _domain_model("polynomial")
+    lower, upper = np.full((1, 2, 3), -2.0), np.full((1, 2, 3), 2.0)
+    x = _in_domain(lower, upper, 256)
+    before = _numpy(model(x))
+    transforms.bounds_from_domain(model, lower, upper)
+    assert _relative_error(_numpy(model(x)), before) < 1e-5
+
+
+def test_bounds_from_domain_in_nested_models_and_narrow_domains():
+    inner = keras.Sequential(
+        [keras.Input((3,)), BernsteinDense(4, degree=3, normalization=None, name="inner")]
+    )
+    inputs = keras.Input((3,))
+    outputs = Bernstein(degree=3, name="outer")(inner(inputs))
+    model = keras.Model(inputs, outputs)
+    inner.get_layer("inner").dense.kernel.assign(np.zeros((3, 4), "float32"))
+    inner.get_layer("inner").dense.bias.assign(np.array([0.0, 1.0, -2.0, 1e5], "float32"))
+    point = np.full((1, 3), 0.5)
+    transforms.bounds_from_domain(model, point, point, min_width=0.25)
+    bounds = _numpy(inner.get_layer("inner").bounds).astype("float64")
+    # A constant input gets an interval of `min_width` around it, in float32.
+    np.testing.assert_allclose(bounds[:3, 1] - bounds[:3, 0], 0.25, rtol=1e-6)
+    constants = np.array([0.0, 1.0, -2.0, 1e5])
+    assert np.all((bounds[:, 0] <= constants) & (constants <= bounds[:, 1]))
+    assert bounds[3, 1] - bounds[3, 0] >= 0.25
+    outer = _numpy(model.get_layer("outer").bounds)
+    assert np.all(outer[:, 1] - outer[:, 0] >= 0.25)
+
+
+def test_bounds_from_domain_keeps_the_bounds_constraints_min_width():
+    from keras_bernstein.constraints import OrderedBounds
+
+    model = keras.Sequential(
+        [
+            keras.Input((2,)),
+            Bernstein(degree=3, trainable_bounds=True, bounds_constraint=OrderedBounds(0.5)),
+        ]
+    )
+    transforms.bounds_from_domain(model, np.full((1, 2), 0.25), np.full((1, 2), 0.5))
+    bounds = _numpy(model.layers[0].bounds)
+    np.testing.assert_allclose(bounds[:, 1] - bounds[:, 0], 0.5, rtol=1e-6)
+    np.testing.assert_allclose(bounds.mean(axis=-1), 0.375, rtol=1e-6)
+
+
+def test_bounds_from_domain_refusal_names_the_layer_and_changes_nothing():
+    model = _domain_model("linear")
+    weights = [_numpy(w).copy() for w in model.weights]
+    lower, upper = np.full((1, 2, 3), -1e4), np.full((1, 2, 3), 1e4)
+    with pytest.raises(ValueError, match="cannot set the intervals of layer 'first'"):
+        transforms.bounds_from_domain(model, lower, upper)
+    for weight, value in zip(model.weights, weights):
+        np.testing.assert_array_equal(_numpy(weight), value)
+
+
+@pytest.mark.parametrize(
+    "argument, value",
+    [("margin", -0.1), ("margin", math.inf), ("min_width", 0.0), ("min_width", "1")],
+)
+def test_bounds_from_domain_validation(argument, value):
+    model = _domain_model("linear")
+    lower, upper = np.zeros((1, 2, 3)), np.ones((1, 2, 3))
+    with pytest.raises(ValueError, match=f"Received: {argument}="):
+        transforms.bounds_from_domain(model, lower, upper, **{argument: value})
+    with pytest.raises(ValueError, match="must be a built Keras `Model`"):
+        transforms.bounds_from_domain(model.get_layer("first"), lower, upper)

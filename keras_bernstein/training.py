@@ -19,7 +19,8 @@ positive, i.e. when the whole ball is certified.
 
 Both `epsilon` and the robust weight `w` may follow a schedule of the
 training step: Gowal et al. warm up on the clean loss, then ramp `epsilon`
-and `w` linearly (`LinearRamp`). The step is a variable of the wrapper
+and `w` linearly (`LinearRamp`), which they found needed for stable
+training; they also train at a somewhat larger ε than they certify. The step is a variable of the wrapper
 (`schedule_step`) that counts training batches; evaluation reads the
 schedules at the current step without advancing it.
 
@@ -52,7 +53,6 @@ from keras import ops
 
 from keras_bernstein import verification
 from keras_bernstein._arguments import check_interval
-from keras_bernstein._arguments import check_nonnegative_number
 from keras_bernstein._arguments import is_finite_real
 from keras_bernstein._model_layers import check_model
 
@@ -226,8 +226,9 @@ class CertifiedTraining(keras.Model):
     resumes its schedules). `evaluate` reads the schedules at the current
     step without incrementing it.
 
-    Besides `loss` and the compiled metrics, the logs of `fit` and
-    `evaluate` hold, averaged over the epoch's batches:
+    Besides `loss` (the total above) and the compiled metrics, the logs of
+    `fit` and `evaluate` hold, averaged over the epoch's batches (so under a
+    ramp `epsilon` is the epoch's mean ε):
 
     - `robust_loss`: the robust cross-entropy above;
     - `certified_fraction`: the fraction of inputs whose margin bounds are
@@ -278,15 +279,17 @@ class CertifiedTraining(keras.Model):
             missing or malformed labels.
 
     Example:
+        >>> from keras_bernstein.training import CertifiedTraining, LinearRamp
         >>> classifier = keras.Sequential([
         ...     keras.Input((784,)),
         ...     keras_bernstein.BernsteinDense(64, degree=4, normalization=None),
         ...     keras.layers.Dense(10),
         ... ])
-        >>> trainer = keras_bernstein.training.CertifiedTraining(
+        >>> ramp = dict(ramp_steps=2000, start_step=500)  # warm-up, then ramp
+        >>> trainer = CertifiedTraining(
         ...     classifier,
-        ...     epsilon=LinearRamp(end_value=0.1, ramp_steps=2000, start_step=500),
-        ...     robust_weight=LinearRamp(end_value=0.5, ramp_steps=2000, start_step=500),
+        ...     epsilon=LinearRamp(end_value=0.1, **ramp),
+        ...     robust_weight=LinearRamp(end_value=0.5, **ramp),
         ... )
         >>> trainer.compile("adam", loss=keras.losses.SparseCategoricalCrossentropy(
         ...     from_logits=True), metrics=["accuracy"])

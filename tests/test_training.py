@@ -291,6 +291,39 @@ def test_zero_epsilon_robust_loss_is_the_clean_cross_entropy():
     assert logs["loss"] == pytest.approx(clean.mean(), rel=TOLERANCE)
 
 
+def test_sample_weights_and_regularization():
+    x, y = _toy_problem(count=32)
+    model = keras.Sequential(
+        [
+            keras.Input((2,)),
+            keras.layers.Dense(8, activation="relu", kernel_regularizer="l2"),
+            keras.layers.Dense(2),
+        ]
+    )
+    # Only the robust loss: at epsilon 0 it is the weighted clean cross-entropy.
+    trainer = _compiled(CertifiedTraining(model, epsilon=0.0, robust_weight=1.0))
+    weights = np.repeat(np.array([1.0, 0.0], "float32"), len(x) // 2)
+    logs = trainer.evaluate(
+        x, y, sample_weight=weights, batch_size=len(x), return_dict=True, verbose=0
+    )
+    logits = model(x)
+    weighted = float(
+        ops.convert_to_numpy(
+            keras.losses.SparseCategoricalCrossentropy(from_logits=True)(
+                y, logits, sample_weight=weights
+            )
+        )
+    )
+    assert logs["robust_loss"] == pytest.approx(weighted, rel=TOLERANCE)
+    # Regularization keeps its full weight even with no clean loss.
+    regularization = sum(float(ops.convert_to_numpy(loss)) for loss in model.losses)
+    assert regularization > 0
+    assert logs["loss"] == pytest.approx(weighted + regularization, rel=TOLERANCE)
+    # At epsilon 0 the certified inputs are the correctly classified ones.
+    correct = np.argmax(ops.convert_to_numpy(logits), axis=-1) == y
+    assert logs["certified_fraction"] == pytest.approx(correct[: len(x) // 2].mean())
+
+
 def test_input_range_clips_the_ball():
     x = np.array([[0.0, 1.0], [0.02, 0.5]], "float32")
     y = ops.convert_to_tensor(np.array([0, 1], "int32"))

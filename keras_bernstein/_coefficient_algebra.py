@@ -75,19 +75,25 @@ def _blossom_values(coefficients, start, stop):
     """The `n + 1` blossom values `B(start^(n-k), stop^k)`, `k = 0..n`: de
     Casteljau steps at `stop`, then at `start`. Works on NumPy arrays and
     backend tensors alike; each value has the broadcast shape of its inputs."""
-    start = start[..., None]
-    stop = stop[..., None]
     degree = _degree_of(coefficients)
+    # One array per coefficient: elementwise steps on whole arrays, where
+    # slices of a short last axis vectorize (and differentiate) poorly.
+    at_stop = [coefficients[..., i] for i in range(degree + 1)]
+    stop_weights = (1.0 - stop, stop)
+    start_weights = (1.0 - start, start)
     values_by_k = []
-    at_stop = coefficients
     for k in range(degree + 1):
         if k:
-            at_stop = _de_casteljau_step(at_stop, stop)
+            at_stop = _de_casteljau_columns(at_stop, *stop_weights)
         values = at_stop
         for _ in range(degree - k):
-            values = _de_casteljau_step(values, start)
-        values_by_k.append(values[..., 0])
+            values = _de_casteljau_columns(values, *start_weights)
+        values_by_k.append(values[0])
     return values_by_k
+
+
+def _de_casteljau_columns(columns, one_minus_t, t):
+    return [one_minus_t * a + t * b for a, b in zip(columns[:-1], columns[1:])]
 
 
 def subdivide_coefficients(coefficients, start, stop):

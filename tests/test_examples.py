@@ -16,6 +16,7 @@ EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__
 sys.path.insert(0, EXAMPLES)
 
 import _common  # noqa: E402
+import certified  # noqa: E402
 import depth_sweep  # noqa: E402
 import higgs  # noqa: E402
 import mnist  # noqa: E402
@@ -294,3 +295,43 @@ def test_higgs_default_ensemble_finishes_on_jax(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     with open(tmp_path / "metrics.json") as f:
         assert len(json.load(f)["member_test_roc_auc"]) == 3
+
+
+@pytest.mark.parametrize("activation", ["bernstein", "relu"])
+def test_certified_end_to_end_and_reload(activation, mnist_file, tmp_path):
+    out = str(tmp_path / "out")
+    record = certified.main([
+        "--data", mnist_file, "--activation", activation, "--epsilon", "0.05",
+        "--report-epsilons", "0.2", "--epochs", "2", "--warmup-epochs", "0.5",
+        "--ramp-epochs", "1", "--batch-size", "32", "--pgd-steps", "3",
+        "--degree", "3", "--output-dir", out, "--verbose", "0"])
+    with open(os.path.join(out, "metrics.json")) as f:
+        metrics = json.load(f)
+    assert metrics["evaluation_size"] == 32 and metrics["train_size"] == 64
+    for values in (metrics, metrics["by_epsilon"]["0.2"]):
+        assert (values["certified_accuracy"] <= values["pgd_accuracy"]
+                <= values["clean_accuracy"])
+    assert metrics["clean_accuracy"] == record["clean_accuracy"]
+
+    model = keras.saving.load_model(os.path.join(out, "model.keras"))
+    with np.load(mnist_file) as data:
+        images, labels = data["x_test"] / 255.0, data["y_test"]  # pixels in [0, 1]
+    probabilities = model.predict(images, verbose=0)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+    accuracy = np.mean(probabilities.argmax(axis=1) == labels)
+    assert accuracy == pytest.approx(metrics["clean_accuracy"], abs=1e-6)
+    certificates = keras_bernstein.verification.certified_accuracy(
+        model, images, labels, 0.05)
+    assert certificates == pytest.approx(metrics["certified_accuracy"], abs=1e-6)
+
+
+def test_certified_relu_baseline_has_the_same_shape():
+    parser = certified.make_parser()
+    shapes = {}
+    for activation in certified.ACTIVATIONS:
+        args = parser.parse_args(["--activation", activation])
+        certified.check_args(parser, args)
+        model = certified.build_model(args)
+        shapes[activation] = [tuple(layer.output.shape) for layer in model.layers]
+    assert shapes["bernstein"] == shapes["relu"]
+    assert args.train_epsilon == pytest.approx(0.2)

@@ -438,3 +438,28 @@ def test_config_round_trip_with_constant_schedules():
     assert rebuilt.epsilon == 0.1 and rebuilt.robust_weight == 0.25
     unclipped = CertifiedTraining.from_config({**config, "input_range": None})
     assert unclipped.input_range is None
+
+
+def test_the_guides_ten_lines_run():
+    """The code of docs/certified-training.md, on a few images."""
+    import os
+    import re
+
+    path = os.path.join(os.path.dirname(__file__), "..", "docs", "certified-training.md")
+    with open(path) as file:
+        code = re.search(r"```python\n(.*?)```", file.read(), re.S).group(1)
+    assert len([line for line in code.splitlines() if line.strip()]) <= 14
+    rng = np.random.default_rng(0)
+    namespace = {
+        "x_train": rng.uniform(size=(20, 28, 28, 1)).astype("float32"),
+        "y_train": rng.integers(0, 10, 20),
+        "x_test": rng.uniform(size=(4, 28, 28, 1)).astype("float32"),
+        "y_test": rng.integers(0, 10, 4),
+    }
+    code = code.replace("epochs=30", "epochs=2, verbose=0")
+    exec(code, namespace)
+    trainer = namespace["trainer"]
+    assert int(ops.convert_to_numpy(trainer.schedule_step)) == 2
+    assert {"robust_loss", "certified_fraction", "epsilon"} <= set(
+        trainer.history.history
+    )

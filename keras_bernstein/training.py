@@ -181,23 +181,12 @@ def _check_classifier(model):
             f"Received: model={model!r}"
         )
     inputs = keras.tree.flatten(model.inputs)
-    outputs = keras.tree.flatten(model.outputs)
-    output_shapes = [tuple(t.shape) for t in outputs]
     if len(inputs) != 1:
         raise ValueError(
             "`model` must have exactly one input. Received: model with "
             f"{len(inputs)} inputs"
         )
-    if (
-        len(output_shapes) != 1
-        or len(output_shapes[0]) != 2
-        or not (output_shapes[0][1] or 0) >= 2
-    ):
-        raise ValueError(
-            "`model` must have one output of shape (batch, classes) with at "
-            f"least 2 classes. Received: model with output shapes {output_shapes}"
-        )
-    return tuple(inputs[0].shape), output_shapes[0][1]
+    return tuple(inputs[0].shape), verification._num_classes(model)
 
 
 @keras.saving.register_keras_serializable(package="keras_bernstein")

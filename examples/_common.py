@@ -17,6 +17,8 @@ import numpy as np
 import keras_bernstein
 
 ACTIVATIONS = ("bernstein", "relu", "leaky_relu", "selu", "gelu")
+# Activations of the dense blocks that are BernsteinDense layers.
+BERNSTEIN_ACTIVATIONS = ("bernstein", "monotone_bernstein")
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The offline data of the project, next to the repository (absent in a fresh
 # clone; the examples then say what they use instead).
@@ -29,35 +31,44 @@ NOT_DECAYED = ["coefficients", "bounds", "bias", "gamma", "beta"]
 PROBE_SIZE = 1024
 
 
-def make_parser(description, **defaults):
-    """The options common to the examples; `defaults` sets per-task defaults."""
+def make_parser(description, omit=(), **defaults):
+    """The options common to the examples; `defaults` sets per-task defaults.
+
+    `omit` names options (by destination, e.g. `"learning_rate"`) that a
+    script replaces by its own, such as the sweep's lists of values.
+    """
     parser = argparse.ArgumentParser(
         description=description,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--activation", choices=ACTIVATIONS, default="bernstein",
-                        help="hidden activation; the baselines keep the same "
-                        "Dense -> BatchNorm -> activation blocks")
-    parser.add_argument("--depth", type=int, help="number of hidden layers")
-    parser.add_argument("--width", type=int, help="units per hidden layer "
-                        "(MNIST CNN: channels of the first block)")
-    parser.add_argument("--degree", type=int, help="Bernstein polynomial degree")
-    parser.add_argument("--dropout", type=float, help="dropout after each hidden "
-                        "layer (MNIST CNN: before the head)")
-    parser.add_argument("--epochs", type=int)
-    parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--learning-rate", type=float,
-                        help="peak learning rate of Adam (cosine decay to 0)")
-    parser.add_argument("--weight-decay", type=float,
-                        help="decoupled weight decay (AdamW); 0 for Adam")
-    parser.add_argument("--output-dir")
-    parser.add_argument("--seed", type=int, default=0,
-                        help="seed of the weights, the shuffles and the splits")
-    parser.add_argument("--distribute", action="store_true",
-                        help="data parallel over all local devices "
-                        "(keras.distribution.DataParallel; JAX backend only)")
-    parser.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2),
-                        help="Keras fit verbosity (1: progress bar)")
+
+    def add(flag, *args, **kwargs):
+        if flag[2:].replace("-", "_") not in omit:
+            parser.add_argument(flag, *args, **kwargs)
+
+    add("--activation", choices=ACTIVATIONS, default="bernstein",
+        help="hidden activation; the baselines keep the same "
+        "Dense -> BatchNorm -> activation blocks")
+    add("--depth", type=int, help="number of hidden layers")
+    add("--width", type=int, help="units per hidden layer "
+        "(MNIST CNN: channels of the first block)")
+    add("--degree", type=int, help="Bernstein polynomial degree")
+    add("--dropout", type=float, help="dropout after each hidden "
+        "layer (MNIST CNN: before the head)")
+    add("--epochs", type=int)
+    add("--batch-size", type=int)
+    add("--learning-rate", type=float,
+        help="peak learning rate of Adam (cosine decay to 0)")
+    add("--weight-decay", type=float,
+        help="decoupled weight decay (AdamW); 0 for Adam")
+    add("--output-dir")
+    add("--seed", type=int, default=0,
+        help="seed of the weights, the shuffles and the splits")
+    add("--distribute", action="store_true",
+        help="data parallel over all local devices "
+        "(keras.distribution.DataParallel; JAX backend only)")
+    add("--verbose", type=int, default=1, choices=(0, 1, 2),
+        help="Keras fit verbosity (1: progress bar)")
     parser.set_defaults(**defaults)
     return parser
 
@@ -118,21 +129,29 @@ def _default_device():
     return "cpu"
 
 
-def hidden_block(activation, width, degree, dropout, name):
-    """One hidden layer: Dense -> BatchNorm -> activation (-> Dropout).
+def hidden_block(activation, width, degree, dropout, name, normalization="batch",
+                 min_gap=0.0):
+    """One hidden layer: Dense -> [BatchNorm] -> activation (-> Dropout).
 
     The Bernstein block is `BernsteinDense` (the paper's block); a baseline
-    is the same three steps with a fixed activation, so only the activation
-    differs between the networks compared.
+    is the same steps with a fixed activation, so only the activation
+    differs between the networks compared. `"monotone_bernstein"` is the
+    Bernstein block with `MonotonicCoefficients(min_gap)`, whose slope is
+    at least `degree * min_gap / (u - l)` on the whole line (the
+    non-vanishing gradient theorem). `normalization=None` drops the
+    BatchNorm, and the matmul then has a bias.
     """
-    if activation == "bernstein":
-        block = [keras_bernstein.BernsteinDense(width, degree=degree, name=name)]
+    if activation in BERNSTEIN_ACTIVATIONS:
+        constraint = (keras_bernstein.constraints.MonotonicCoefficients(min_gap)
+                      if activation == "monotone_bernstein" else None)
+        block = [keras_bernstein.BernsteinDense(
+            width, degree=degree, normalization=normalization,
+            coefficient_constraint=constraint, name=name)]
     else:
-        block = [
-            keras.layers.Dense(width, name=f"{name}_dense"),
-            keras.layers.BatchNormalization(momentum=0.9, name=f"{name}_bn"),
-            keras.layers.Activation(activation, name=name),
-        ]
+        block = [keras.layers.Dense(width, name=f"{name}_dense")]
+        if normalization == "batch":
+            block.append(keras.layers.BatchNormalization(momentum=0.9, name=f"{name}_bn"))
+        block.append(keras.layers.Activation(activation, name=name))
     if dropout:
         block.append(keras.layers.Dropout(dropout, name=f"{name}_dropout"))
     return block
@@ -147,7 +166,7 @@ def build_mlp(inputs, preprocessing, args, head):
             normalization, flattening); they are saved with the model, so
             the saved model takes raw data.
         args: Parsed options (`activation`, `depth`, `width`, `degree`,
-            `dropout`).
+            `dropout`, and optionally `normalization`, `min_gap`).
         head: The output layer.
     """
     x = inputs
@@ -155,7 +174,9 @@ def build_mlp(inputs, preprocessing, args, head):
         x = layer(x)
     for index in range(args.depth):
         for layer in hidden_block(args.activation, args.width, args.degree,
-                                  args.dropout, name=f"hidden_{index + 1}"):
+                                  args.dropout, name=f"hidden_{index + 1}",
+                                  normalization=getattr(args, "normalization", "batch"),
+                                  min_gap=getattr(args, "min_gap", 0.0)):
             x = layer(x)
     name = f"{args.activation}_mlp_depth{args.depth}"
     return keras.Model(inputs, head(x), name=name)

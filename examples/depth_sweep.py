@@ -1,26 +1,35 @@
 """Depth sweep: plain deep MLPs, Bernstein vs ReLU-family, on MNIST and HIGGS.
 
 Reproduces the depth study of the Deep Bernstein Networks paper: for every
-data set, depth and activation, a plain stack of Dense -> BatchNorm ->
-activation blocks (no skip connections) is trained, then measured:
+data set, depth, activation, normalization, learning rate and seed, a plain
+stack of Dense -> [BatchNorm ->] activation blocks (no skip connections) is
+trained, then measured:
 
 - test accuracy (and exact ROC AUC for HIGGS);
 - dead-neuron ratio under the `derivative` criterion (|σ'(z)| <= 1e-6 on every
   probe input) and the `gradient` criterion (|dL/dz| <= 1e-6 for every probe
-  sample), on held-out probe inputs;
+  sample), on held-out probe inputs, after every epoch;
 - gradient-norm ratio ||dL/dW_first|| / ||dL/dW_last|| of the kernels of the
-  first and last hidden layers on a probe batch (far below 1: gradients
-  vanish towards the input; far above 1: they explode).
+  first and last hidden layers on a probe batch, at initialization and after
+  training (far below 1: gradients vanish towards the input; far above 1:
+  they explode);
+- for Bernstein networks, the certified minimum slope of every activation
+  (`verification.derivative_certificate`): positive for `monotone_bernstein`,
+  whose coefficients are constrained by `MonotonicCoefficients(--min-gap)`.
 
-    python examples/depth_sweep.py                       # everything (50 runs)
-    python examples/depth_sweep.py --datasets mnist --depths 2,16 --activations bernstein,relu
+    python examples/depth_sweep.py                       # the BatchNorm sweep (50 runs)
+    python examples/depth_sweep.py --normalizations none --depths 8,16,32 \
+        --activations relu,leaky_relu,selu,gelu,bernstein,monotone_bernstein \
+        --learning-rates 1e-3,1e-2 --seeds 0,1
 
 Each run appends one JSON line to <output-dir>/results.jsonl; at the end (or
-with --table-only) the file is turned into results.md and one PNG per data set.
+with --table-only) the file is turned into results.md (mean and range over
+seeds) and one PNG per data set.
 """
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -35,25 +44,51 @@ import mnist  # noqa: E402
 
 from keras_bernstein import _autodiff  # noqa: E402
 from keras_bernstein import callbacks  # noqa: E402
+from keras_bernstein import verification  # noqa: E402
 
 DATASETS = ("mnist", "higgs")
+ACTIVATIONS = _common.ACTIVATIONS + ("monotone_bernstein",)
+NORMALIZATIONS = {"batch": "batch", "none": None}
 
 
-def csv_list(cast):
+def csv_list(cast, choices=None):
     def parse(text):
-        return [cast(item) for item in text.split(",") if item]
+        values = [cast(item) for item in text.split(",") if item]
+        for value in values:
+            if choices is not None and value not in choices:
+                raise argparse.ArgumentTypeError(
+                    f"takes values in {tuple(choices)}. Received: {value}")
+        if not values:
+            raise argparse.ArgumentTypeError(f"needs at least one value. Received: {text!r}")
+        return values
     return parse
 
 
 def make_parser():
     parser = _common.make_parser(
-        __doc__.splitlines()[0], depth=None, width=128, degree=8, dropout=0.0,
-        epochs=None, batch_size=128, learning_rate=1e-3, weight_decay=0.0,
+        __doc__.splitlines()[0],
+        omit=("activation", "depth", "epochs", "learning_rate", "seed"),
+        width=128, degree=8, dropout=0.0, batch_size=128, weight_decay=0.0,
         output_dir="outputs/depth_sweep", verbose=0)
-    parser.add_argument("--datasets", type=csv_list(str), default=list(DATASETS))
+    parser.add_argument("--datasets", type=csv_list(str, DATASETS),
+                        default=list(DATASETS))
     parser.add_argument("--depths", type=csv_list(int), default=[2, 4, 8, 16, 32])
-    parser.add_argument("--activations", type=csv_list(str),
-                        default=list(_common.ACTIVATIONS))
+    parser.add_argument("--activations", type=csv_list(str, ACTIVATIONS),
+                        default=list(_common.ACTIVATIONS),
+                        help=f"comma-separated, from {ACTIVATIONS}")
+    parser.add_argument("--normalizations", type=csv_list(str, NORMALIZATIONS),
+                        default=["batch"],
+                        help="comma-separated: 'batch' (Dense -> BatchNorm -> "
+                        "activation) and/or 'none' (Dense -> activation)")
+    parser.add_argument("--learning-rates", type=csv_list(float), default=[1e-3],
+                        help="comma-separated peak learning rates of Adam "
+                        "(cosine decay to 0)")
+    parser.add_argument("--seeds", type=csv_list(int), default=[0],
+                        help="comma-separated seeds of the weights and shuffles "
+                        "(the data split is the same for every seed)")
+    parser.add_argument("--min-gap", type=float, default=0.075,
+                        help="MonotonicCoefficients(min_gap) of monotone_bernstein: "
+                        "slope >= degree * min_gap / (u - l) everywhere")
     parser.add_argument("--mnist-epochs", type=int, default=10)
     parser.add_argument("--higgs-epochs", type=int, default=20)
     parser.add_argument("--mnist-data", default="sample",
@@ -67,9 +102,24 @@ def make_parser():
     return parser
 
 
+def check_args(parser, args):
+    """Rejects values that would fail later with a less helpful message."""
+    for name in ("width", "degree", "batch_size", "mnist_epochs", "higgs_epochs"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1. "
+                         f"Received: {getattr(args, name)}")
+    for name in ("depths", "learning_rates"):
+        if min(getattr(args, name)) <= 0:
+            parser.error(f"--{name.replace('_', '-')} must be > 0. "
+                         f"Received: {getattr(args, name)}")
+    if not (args.min_gap >= 0 and math.isfinite(args.min_gap)):
+        parser.error(f"--min-gap must be a finite number >= 0. Received: {args.min_gap}")
+
+
 def load(dataset, args):
+    # The same split for every seed: the seeds vary the weights and shuffles.
     if dataset == "mnist":
-        train, test, description = mnist.load_data(args.mnist_data, args.seed)
+        train, test, description = mnist.load_data(args.mnist_data, 0)
     else:
         train, test, description = higgs.load_data(args.higgs_data, args.max_rows, 0)
     return train, test, description
@@ -113,6 +163,8 @@ def gradient_norm_ratio(model, x, y):
 
     first, last = _autodiff.gradients(loss, [values[p] for p in positions])
     norms = [float(keras.ops.convert_to_numpy(keras.ops.norm(g))) for g in (first, last)]
+    if not all(math.isfinite(n) for n in norms):
+        return float("nan")  # a diverged network
     return norms[0] / norms[1] if norms[1] > 0 else float("inf")
 
 
@@ -122,38 +174,97 @@ def _kernel(model, layer):
     return model.get_layer(f"{layer.name}_dense").kernel
 
 
-def run_one(dataset, depth, activation, args, data):
+class DeadUnitsPerEpoch(keras.callbacks.Callback):
+    """Measures the dead ratio under both criteria after every epoch.
+
+    Two `DeadNeuronRatio` monitors (one per criterion) are probed directly,
+    so that both figures are kept under keys of their own:
+    `dead_derivative` and `dead_gradient`, one float per epoch.
+    """
+
+    def __init__(self, x, y):
+        super().__init__()
+        self.monitors = {
+            "dead_derivative": callbacks.DeadNeuronRatio(x, criterion="derivative"),
+            "dead_gradient": callbacks.DeadNeuronRatio(x, y, criterion="gradient"),
+        }
+        self.history = {key: [] for key in self.monitors}
+
+    def set_model(self, model):
+        super().set_model(model)
+        for monitor in self.monitors.values():
+            monitor.set_model(model)
+
+    def measure(self):
+        return {key: monitor.measure()["dead_neuron_ratio"]
+                for key, monitor in self.monitors.items()}
+
+    def on_epoch_end(self, epoch, logs=None):
+        for key, value in self.measure().items():
+            self.history[key].append(value)
+            if logs is not None:
+                logs[key] = value
+
+
+def certified_min_slope(model):
+    """The smallest certified slope of all Bernstein activations (float64)."""
+    certificates = verification.derivative_certificate(model)
+    return {
+        "certified_min_slope": min(c.min_slope for c in certificates),
+        "monotone_fraction": float(np.mean([c.monotone_fraction for c in certificates])),
+        "certificate_domain": certificates[0].domain,
+    }
+
+
+def run_one(dataset, depth, activation, normalization, learning_rate, seed, args, data):
     (x_train, y_train), (x_test, y_test) = data
     run_args = argparse.Namespace(**vars(args))
     run_args.depth, run_args.activation = depth, activation
+    run_args.normalization = NORMALIZATIONS[normalization]
+    run_args.learning_rate, run_args.seed = learning_rate, seed
     run_args.epochs = args.mnist_epochs if dataset == "mnist" else args.higgs_epochs
     run_args.input_transform = "none"  # plain stacks: nothing but the blocks
-    keras.utils.set_random_seed(args.seed)
+    keras.utils.set_random_seed(seed)
     model = build(dataset, run_args, x_train)
+    x_probe, y_probe = x_test[:_common.PROBE_SIZE], y_test[:_common.PROBE_SIZE]
+    initial_ratio = gradient_norm_ratio(model, x_probe[:256], y_probe[:256])
+    dead_units = DeadUnitsPerEpoch(x_probe, y_probe)
+    dead_units.set_model(model)
+    initial_dead = dead_units.measure()
     start = time.perf_counter()
-    model.fit(x_train, y_train, batch_size=args.batch_size, epochs=run_args.epochs,
-              verbose=args.verbose)
+    history = model.fit(x_train, y_train, batch_size=args.batch_size,
+                        epochs=run_args.epochs, callbacks=[dead_units],
+                        verbose=args.verbose)
     seconds = time.perf_counter() - start
     results = model.evaluate(x_test, y_test, batch_size=1024, verbose=0,
                              return_dict=True)
-    x_probe, y_probe = x_test[:_common.PROBE_SIZE], y_test[:_common.PROBE_SIZE]
     record = {
         "dataset": dataset, "depth": depth, "activation": activation,
+        "normalization": normalization, "learning_rate": learning_rate,
         "test_accuracy": float(results["accuracy"]),
         "test_loss": float(results["loss"]),
-        "dead_derivative": callbacks.dead_neuron_ratio(
-            model, x_probe, criterion="derivative")["dead_neuron_ratio"],
-        "dead_gradient": callbacks.dead_neuron_ratio(
-            model, x_probe, y_probe, criterion="gradient")["dead_neuron_ratio"],
+        "train_loss": [float(v) for v in history.history["loss"]],
+        "dead_derivative": dead_units.history["dead_derivative"][-1],
+        "dead_gradient": dead_units.history["dead_gradient"][-1],
+        "dead_derivative_initial": initial_dead["dead_derivative"],
+        "dead_gradient_initial": initial_dead["dead_gradient"],
+        "dead_derivative_per_epoch": dead_units.history["dead_derivative"],
+        "dead_gradient_per_epoch": dead_units.history["dead_gradient"],
+        "gradient_norm_ratio_initial": initial_ratio,
         "gradient_norm_ratio": gradient_norm_ratio(model, x_probe[:256], y_probe[:256]),
+        "diverged": not math.isfinite(history.history["loss"][-1]),
         "training_seconds": seconds,
         "epochs": run_args.epochs, "width": args.width, "degree": args.degree,
-        "train_size": len(x_train), "test_size": len(x_test), "seed": args.seed,
+        "min_gap": args.min_gap if activation == "monotone_bernstein" else None,
+        "train_size": len(x_train), "test_size": len(x_test), "seed": seed,
         "backend": keras.backend.backend(),
     }
+    if activation in _common.BERNSTEIN_ACTIVATIONS:
+        record.update(certified_min_slope(model))
     if dataset == "higgs":
-        record["test_roc_auc"] = _common.roc_auc(
-            y_test, model.predict(x_test, batch_size=1024, verbose=0)[:, 0])
+        scores = model.predict(x_test, batch_size=1024, verbose=0)[:, 0]
+        record["test_roc_auc"] = (_common.roc_auc(y_test, scores)
+                                  if np.all(np.isfinite(scores)) else float("nan"))
     return record
 
 
@@ -162,28 +273,88 @@ def read_records(path):
         return [json.loads(line) for line in f if line.strip()]
 
 
+def _score_key(dataset):
+    return "test_roc_auc" if dataset == "higgs" else "test_accuracy"
+
+
+def _condition(record):
+    """(normalization, learning rate) of a record; old records: BatchNorm, 1e-3."""
+    return record.get("normalization", "batch"), record.get("learning_rate", 1e-3)
+
+
+def _spread(values, form):
+    """`mean [min, max]` over seeds, or one figure when they all print alike."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return "–"
+    if any(not math.isfinite(v) for v in values):
+        finite = [v for v in values if math.isfinite(v)]
+        note = f"{len(values) - len(finite)}/{len(values)} diverged"
+        return note if not finite else f"{_spread(finite, form)} ({note})"
+    mean = float(np.mean(values))
+    if len(set(form(v) for v in values)) == 1:
+        return form(mean)  # the same figure for every seed
+    return f"{form(mean)} [{form(min(values))}, {form(max(values))}]"
+
+
+def _percent(value):
+    return f"{value:.1%}"
+
+
+def _three_digits(value):
+    return f"{value:.3g}"
+
+
+def _four_decimals(value):
+    return f"{value:.4f}"
+
+
+def _cells(records):
+    """Records grouped by (dataset, normalization, rate, depth, activation)."""
+    cells = {}
+    for r in records:
+        key = (r["dataset"], *_condition(r), r["depth"], r["activation"])
+        cells.setdefault(key, []).append(r)
+    return cells
+
+
 def write_table(records, path):
-    """Markdown table: one row per data set and depth, one column group per metric."""
+    """Markdown tables: one per data set and condition, one row per depth and activation.
+
+    Cells are the mean over seeds with the range `[min, max]` when there
+    are several seeds.
+    """
+    cells = _cells(records)
     lines = []
-    for dataset in DATASETS:
-        rows = [r for r in records if r["dataset"] == dataset]
-        if not rows:
-            continue
-        score = "test_roc_auc" if dataset == "higgs" else "test_accuracy"
+    conditions = sorted({key[:3] for key in cells},
+                        key=lambda k: (DATASETS.index(k[0]), k[1] != "batch", k[2]))
+    for dataset, normalization, rate in conditions:
+        keys = sorted((k for k in cells if k[:3] == (dataset, normalization, rate)),
+                      key=lambda k: (k[3], _order(k[4])))
+        first = cells[keys[0]][0]
+        seeds = sorted({r["seed"] for k in keys for r in cells[k]})
         label = "ROC AUC" if dataset == "higgs" else "accuracy"
-        first = rows[0]
-        lines += [f"### {dataset.upper()}: {first['train_size']} training, "
-                  f"{first['test_size']} test examples, width {first['width']}, "
-                  f"{first['epochs']} epochs, seed {first['seed']}, "
-                  f"backend {first['backend']}", "",
-                  "| depth | activation | test " + label + " | dead (derivative) "
-                  "| dead (gradient) | grad-norm ratio first/last | train s |",
-                  "| ---: | --- | ---: | ---: | ---: | ---: | ---: |"]
-        for r in sorted(rows, key=lambda r: (r["depth"], _order(r["activation"]))):
+        block = ("Dense → BatchNorm → activation" if normalization == "batch"
+                 else "Dense → activation, no normalization")
+        lines += [f"### {dataset.upper()}, {block}, learning rate {rate:g}", "",
+                  f"{first['train_size']} training, {first['test_size']} test "
+                  f"examples, width {first['width']}, {first['epochs']} epochs, "
+                  f"seeds {', '.join(map(str, seeds))}, backend {first['backend']}.", "",
+                  f"| depth | activation | test {label} | dead (derivative) "
+                  "| dead (gradient) | grad-norm ratio first/last | certified min slope "
+                  "| train s |",
+                  "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for key in keys:
+            rows = cells[key]
+            scores = [r[_score_key(dataset)] for r in rows]
+            slopes = [r.get("certified_min_slope") for r in rows]
             lines.append(
-                f"| {r['depth']} | {r['activation']} | {r[score]:.4f} | "
-                f"{r['dead_derivative']:.1%} | {r['dead_gradient']:.1%} | "
-                f"{r['gradient_norm_ratio']:.3g} | {r['training_seconds']:.0f} |")
+                f"| {key[3]} | {key[4]} | {_spread(scores, _four_decimals)} | "
+                f"{_spread([r['dead_derivative'] for r in rows], _percent)} | "
+                f"{_spread([r['dead_gradient'] for r in rows], _percent)} | "
+                f"{_spread([r['gradient_norm_ratio'] for r in rows], _three_digits)} | "
+                f"{_spread(slopes, _three_digits)} | "
+                f"{np.mean([r['training_seconds'] for r in rows]):.0f} |")
         lines.append("")
     with open(path, "w") as f:
         f.write("\n".join(lines))
@@ -191,40 +362,62 @@ def write_table(records, path):
 
 
 def _order(activation):
-    return _common.ACTIVATIONS.index(activation)
+    return ACTIVATIONS.index(activation)
 
 
 def plot(records, directory):
+    """Per data set: dead ratios and score against depth, one column per condition.
+
+    Points are the mean over seeds, error bars the range.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [("score", "test accuracy / ROC AUC"),
-              ("dead_derivative", "dead ratio (derivative)"),
+    cells = _cells(records)
+    panels = [("dead_derivative", "dead ratio (derivative)"),
               ("dead_gradient", "dead ratio (gradient)"),
-              ("gradient_norm_ratio", "||dL/dW_first|| / ||dL/dW_last||")]
+              ("score", "test accuracy / ROC AUC")]
     for dataset in DATASETS:
-        rows = [r for r in records if r["dataset"] == dataset]
-        if not rows:
+        conditions = sorted({k[1:3] for k in cells if k[0] == dataset},
+                            key=lambda c: (c[0] != "batch", c[1]))
+        if not conditions:
             continue
-        figure, axes = plt.subplots(1, 4, figsize=(16, 3.6))
-        for activation in _common.ACTIVATIONS:
-            mine = sorted((r for r in rows if r["activation"] == activation),
-                          key=lambda r: r["depth"])
-            if not mine:
-                continue
-            depths = [r["depth"] for r in mine]
-            for axis, (key, title) in zip(axes, panels):
-                if key == "score":
-                    key = "test_roc_auc" if dataset == "higgs" else "test_accuracy"
-                axis.plot(depths, [r[key] for r in mine], marker="o", label=activation)
-                axis.set_xscale("log", base=2)
-                axis.set_xlabel("depth")
-                axis.set_title(title)
-        axes[3].set_yscale("log")
-        axes[0].legend()
-        figure.suptitle(f"{dataset.upper()}: plain MLPs, no skip connections")
+        figure, axes = plt.subplots(len(panels), len(conditions), squeeze=False,
+                                    figsize=(4.2 * len(conditions), 2.8 * len(panels)),
+                                    sharey="row")
+        for column, (normalization, rate) in enumerate(conditions):
+            for activation in ACTIVATIONS:
+                keys = sorted((k for k in cells
+                               if k[:3] == (dataset, normalization, rate)
+                               and k[4] == activation), key=lambda k: k[3])
+                if not keys:
+                    continue
+                depths = [k[3] for k in keys]
+                for row, (name, title) in enumerate(panels):
+                    name = _score_key(dataset) if name == "score" else name
+                    values = [np.array([r[name] for r in cells[k]], dtype=float)
+                              for k in keys]
+                    means = np.array([np.nanmean(v) if np.isfinite(v).any() else np.nan
+                                      for v in values])
+                    low = np.array([np.nanmin(v) if np.isfinite(v).any() else np.nan
+                                    for v in values])
+                    high = np.array([np.nanmax(v) if np.isfinite(v).any() else np.nan
+                                     for v in values])
+                    axis = axes[row, column]
+                    axis.errorbar(depths, means, yerr=[means - low, high - means],
+                                  marker="o", capsize=3, label=activation)
+                    axis.set_xscale("log", base=2)
+                    axis.set_xticks(depths, [str(d) for d in depths])
+                    axis.set_ylabel(title if column == 0 else "")
+                    if row == len(panels) - 1:
+                        axis.set_xlabel("depth")
+            block = "BatchNorm" if normalization == "batch" else "no normalization"
+            axes[0, column].set_title(f"{block}, learning rate {rate:g}")
+        axes[0, -1].legend(fontsize=8)
+        figure.suptitle(f"{dataset.upper()}: plain MLPs, no skip connections "
+                        "(mean and range over seeds)")
         figure.tight_layout()
         figure.savefig(os.path.join(directory, f"depth_sweep_{dataset}.png"), dpi=100)
         plt.close(figure)
@@ -233,24 +426,24 @@ def plot(records, directory):
 def main(argv=None):
     parser = make_parser()
     args = parser.parse_args(argv)
-    for name in args.datasets:
-        if name not in DATASETS:
-            parser.error(f"--datasets takes {DATASETS}. Received: {name}")
-    for name in args.activations:
-        if name not in _common.ACTIVATIONS:
-            parser.error(f"--activations takes {_common.ACTIVATIONS}. Received: {name}")
+    check_args(parser, args)
     os.makedirs(args.output_dir, exist_ok=True)
     results_path = os.path.join(args.output_dir, "results.jsonl")
     if not args.table_only:
         _common.configure_distribution(args.distribute, args.batch_size)
         for dataset in args.datasets:
             train, test, _ = load(dataset, args)
-            for depth in args.depths:
-                for activation in args.activations:
-                    record = run_one(dataset, depth, activation, args, (train, test))
-                    with open(results_path, "a") as f:
-                        f.write(json.dumps(record) + "\n")
-                    print(json.dumps(record), flush=True)
+            for normalization in args.normalizations:
+                for learning_rate in args.learning_rates:
+                    for depth in args.depths:
+                        for activation in args.activations:
+                            for seed in args.seeds:
+                                record = run_one(dataset, depth, activation,
+                                                 normalization, learning_rate, seed,
+                                                 args, (train, test))
+                                with open(results_path, "a") as f:
+                                    f.write(json.dumps(record) + "\n")
+                                print(json.dumps(record), flush=True)
     records = read_records(results_path)
     table = write_table(records, os.path.join(args.output_dir, "results.md"))
     plot(records, args.output_dir)

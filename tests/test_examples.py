@@ -181,6 +181,90 @@ def test_depth_sweep_writes_table_and_plots(mnist_file, higgs_file, tmp_path):
     assert len(depth_sweep.main(["--table-only", "--output-dir", out])) == 4
 
 
+@pytest.mark.slow
+def test_depth_sweep_without_normalization_and_monotone(mnist_file, tmp_path):
+    out = str(tmp_path / "sweep")
+    records = depth_sweep.main([
+        "--datasets", "mnist", "--mnist-data", mnist_file, "--depths", "2",
+        "--normalizations", "none", "--activations", "monotone_bernstein,relu",
+        "--learning-rates", "1e-3,1e-2", "--seeds", "0,1", "--min-gap", "0.05",
+        "--width", "8", "--degree", "3", "--mnist-epochs", "2", "--batch-size", "32",
+        "--output-dir", out])
+    assert len(records) == 2 * 2 * 2
+    assert {(r["learning_rate"], r["seed"]) for r in records} == {
+        (1e-3, 0), (1e-3, 1), (1e-2, 0), (1e-2, 1)}
+    for record in records:
+        assert record["normalization"] == "none"
+        for key in ("dead_derivative_per_epoch", "dead_gradient_per_epoch", "train_loss"):
+            assert len(record[key]) == 2
+        assert record["dead_derivative"] == record["dead_derivative_per_epoch"][-1]
+        assert 0.0 <= record["dead_gradient_initial"] <= 1.0
+        assert record["gradient_norm_ratio_initial"] > 0
+    monotone = [r for r in records if r["activation"] == "monotone_bernstein"]
+    for record in monotone:
+        # The theorem: slope >= degree * min_gap / (u - l) everywhere, so no
+        # unit can be dead by the derivative criterion.
+        assert record["certified_min_slope"] >= 3 * 0.05 / 6.0 * (1 - 1e-6)
+        assert record["monotone_fraction"] == 1.0
+        assert record["certificate_domain"] == "all real inputs"
+        assert record["dead_derivative"] == 0.0
+        assert record["min_gap"] == 0.05
+    assert all("certified_min_slope" not in r for r in records
+               if r["activation"] == "relu")
+    with open(os.path.join(out, "results.md")) as f:
+        table = f.read()
+    assert table.count("Dense → activation, no normalization") == 2
+    rows = [line for line in table.splitlines()
+            if line.startswith("| 2 | monotone_bernstein |")]
+    assert len(rows) == 2  # one table per learning rate
+    for row in rows:
+        assert row.split(" | ")[3] == "0.0%"  # dead by the derivative criterion
+    assert os.path.getsize(os.path.join(out, "depth_sweep_mnist.png")) > 0
+
+
+def test_depth_sweep_blocks_follow_the_normalization():
+    plain = _common.hidden_block("relu", 4, 3, 0.0, "hidden_1", normalization=None)
+    assert [type(layer).__name__ for layer in plain] == ["Dense", "Activation"]
+    assert plain[0].use_bias
+    normalized = _common.hidden_block("gelu", 4, 3, 0.0, "hidden_1")
+    assert [type(layer).__name__ for layer in normalized] == [
+        "Dense", "BatchNormalization", "Activation"]
+    (monotone,) = _common.hidden_block("monotone_bernstein", 4, 3, 0.0, "hidden_1",
+                                       normalization=None, min_gap=0.1)
+    assert monotone.normalization is None and monotone.use_bias
+    constraint = monotone.bernstein.coefficient_constraint
+    assert isinstance(constraint, keras_bernstein.constraints.MonotonicCoefficients)
+    assert constraint.min_gap == 0.1
+    (plain_bernstein,) = _common.hidden_block("bernstein", 4, 3, 0.0, "hidden_1")
+    assert plain_bernstein.bernstein.coefficient_constraint is None
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--normalizations", "layer"], "takes values in ('batch', 'none'). Received: layer"),
+    (["--activations", "relu,swish"], "Received: swish"),
+    (["--learning-rates", "1e-3,0"], "--learning-rates must be > 0"),
+    (["--depths", "0"], "--depths must be > 0"),
+    (["--min-gap", "-0.1"], "--min-gap must be a finite number >= 0. Received: -0.1"),
+    (["--min-gap", "nan"], "--min-gap must be a finite number >= 0"),
+    (["--seeds", ","], "needs at least one value"),
+])
+def test_depth_sweep_rejects_bad_options(argv, message, capsys, tmp_path):
+    with pytest.raises(SystemExit):
+        depth_sweep.main([*argv, "--output-dir", str(tmp_path)])
+    assert message in capsys.readouterr().err
+
+
+def test_depth_sweep_cells_show_mean_and_range_over_seeds():
+    assert depth_sweep._spread([0.5, 0.7, 0.6], depth_sweep._four_decimals) == (
+        "0.6000 [0.5000, 0.7000]")
+    assert depth_sweep._spread([0.0, 0.0], depth_sweep._percent) == "0.0%"
+    assert depth_sweep._spread([0.91], depth_sweep._four_decimals) == "0.9100"
+    assert depth_sweep._spread([None], depth_sweep._three_digits) == "–"
+    assert depth_sweep._spread([0.5, float("nan")], depth_sweep._four_decimals) == (
+        "0.5000 (1/2 diverged)")
+    assert depth_sweep._spread([float("nan")] * 2, depth_sweep._percent) == "2/2 diverged"
+
+
 def test_gradient_norm_ratio_of_a_vanishing_network():
     # A deep sigmoid stack without normalization: gradients shrink towards the
     # input, so the ratio first/last is far below 1.

@@ -252,13 +252,13 @@ def run_one(dataset, depth, activation, normalization, learning_rate, seed, args
         "dead_gradient_per_epoch": dead_units.history["dead_gradient"],
         "gradient_norm_ratio_initial": initial_ratio,
         "gradient_norm_ratio": gradient_norm_ratio(model, x_probe[:256], y_probe[:256]),
-        "diverged": not math.isfinite(history.history["loss"][-1]),
         "training_seconds": seconds,
         "epochs": run_args.epochs, "width": args.width, "degree": args.degree,
         "min_gap": args.min_gap if activation == "monotone_bernstein" else None,
         "train_size": len(x_train), "test_size": len(x_test), "seed": seed,
         "backend": keras.backend.backend(),
     }
+    record["diverged"] = diverged(record)
     if activation in _common.BERNSTEIN_ACTIVATIONS:
         record.update(certified_min_slope(model))
     if dataset == "higgs":
@@ -266,6 +266,23 @@ def run_one(dataset, depth, activation, normalization, learning_rate, seed, args
         record["test_roc_auc"] = (_common.roc_auc(y_test, scores)
                                   if np.all(np.isfinite(scores)) else float("nan"))
     return record
+
+
+# Cross-entropy of the uniform prediction: ln(classes).
+CHANCE_LOSS = {"mnist": math.log(10), "higgs": math.log(2)}
+
+
+def diverged(record):
+    """Whether training blew up: a final training loss that is not finite or
+    is more than twice the loss of predicting every class equally likely.
+
+    Such networks sit at saturated outputs (cross-entropy at its clipping
+    value, zero gradient at the head), so their other figures mean nothing.
+    """
+    if "train_loss" not in record:
+        return False  # records that keep only the final figures
+    final = record["train_loss"][-1]
+    return not math.isfinite(final) or final > 2 * CHANCE_LOSS[record["dataset"]]
 
 
 def read_records(path):
@@ -289,7 +306,7 @@ def _spread(values, form):
         return "–"
     if any(not math.isfinite(v) for v in values):
         finite = [v for v in values if math.isfinite(v)]
-        note = f"{len(values) - len(finite)}/{len(values)} diverged"
+        note = f"{len(values) - len(finite)}/{len(values)} not finite"
         return note if not finite else f"{_spread(finite, form)} ({note})"
     mean = float(np.mean(values))
     if len(set(form(v) for v in values)) == 1:
@@ -321,8 +338,9 @@ def _cells(records):
 def write_table(records, path):
     """Markdown tables: one per data set and condition, one row per depth and activation.
 
-    Cells are the mean over seeds with the range `[min, max]` when there
-    are several seeds.
+    Cells are the mean over the seeds whose training did not diverge (see
+    `diverged`), with the range `[min, max]` when there are several; the
+    `diverged` column counts the others.
     """
     cells = _cells(records)
     lines = []
@@ -341,20 +359,24 @@ def write_table(records, path):
                   f"examples, width {first['width']}, {first['epochs']} epochs, "
                   f"seeds {', '.join(map(str, seeds))}, backend {first['backend']}.", "",
                   f"| depth | activation | test {label} | dead (derivative) "
-                  "| dead (gradient) | grad-norm ratio first/last | certified min slope "
-                  "| train s |",
-                  "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+                  "| dead (gradient) | grad-norm ratio at init | grad-norm ratio "
+                  "trained | certified min slope | diverged | train s |",
+                  "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
         for key in keys:
-            rows = cells[key]
-            scores = [r[_score_key(dataset)] for r in rows]
-            slopes = [r.get("certified_min_slope") for r in rows]
+            runs = cells[key]
+            rows = [r for r in runs if not diverged(r)]
+
+            def cell(name, form):
+                return _spread([r.get(name) for r in rows], form)
+
             lines.append(
-                f"| {key[3]} | {key[4]} | {_spread(scores, _four_decimals)} | "
-                f"{_spread([r['dead_derivative'] for r in rows], _percent)} | "
-                f"{_spread([r['dead_gradient'] for r in rows], _percent)} | "
-                f"{_spread([r['gradient_norm_ratio'] for r in rows], _three_digits)} | "
-                f"{_spread(slopes, _three_digits)} | "
-                f"{np.mean([r['training_seconds'] for r in rows]):.0f} |")
+                f"| {key[3]} | {key[4]} | {cell(_score_key(dataset), _four_decimals)} | "
+                f"{cell('dead_derivative', _percent)} | {cell('dead_gradient', _percent)} | "
+                f"{cell('gradient_norm_ratio_initial', _three_digits)} | "
+                f"{cell('gradient_norm_ratio', _three_digits)} | "
+                f"{cell('certified_min_slope', _three_digits)} | "
+                f"{len(runs) - len(rows)}/{len(runs)} | "
+                f"{np.mean([r['training_seconds'] for r in runs]):.0f} |")
         lines.append("")
     with open(path, "w") as f:
         f.write("\n".join(lines))
@@ -368,7 +390,8 @@ def _order(activation):
 def plot(records, directory):
     """Per data set: dead ratios and score against depth, one column per condition.
 
-    Points are the mean over seeds, error bars the range.
+    Points are the mean over the seeds that did not diverge, error bars the
+    range; a cell where every seed diverged has no point.
     """
     import matplotlib
 
@@ -397,7 +420,8 @@ def plot(records, directory):
                 depths = [k[3] for k in keys]
                 for row, (name, title) in enumerate(panels):
                     name = _score_key(dataset) if name == "score" else name
-                    values = [np.array([r[name] for r in cells[k]], dtype=float)
+                    values = [np.array([r[name] for r in cells[k]
+                                        if not diverged(r)], dtype=float)
                               for k in keys]
                     means = np.array([np.nanmean(v) if np.isfinite(v).any() else np.nan
                                       for v in values])

@@ -261,8 +261,20 @@ def test_depth_sweep_cells_show_mean_and_range_over_seeds():
     assert depth_sweep._spread([0.91], depth_sweep._four_decimals) == "0.9100"
     assert depth_sweep._spread([None], depth_sweep._three_digits) == "–"
     assert depth_sweep._spread([0.5, float("nan")], depth_sweep._four_decimals) == (
-        "0.5000 (1/2 diverged)")
-    assert depth_sweep._spread([float("nan")] * 2, depth_sweep._percent) == "2/2 diverged"
+        "0.5000 (1/2 not finite)")
+    assert depth_sweep._spread([float("nan")] * 2, depth_sweep._percent) == "2/2 not finite"
+
+
+def test_depth_sweep_counts_blown_up_runs_as_diverged():
+    def record(dataset, final_loss):
+        return {"dataset": dataset, "train_loss": [2.0, final_loss]}
+
+    assert not depth_sweep.diverged(record("mnist", 2.31))  # stuck at chance
+    assert depth_sweep.diverged(record("mnist", 14.5))  # saturated softmax
+    assert depth_sweep.diverged(record("higgs", float("nan")))
+    assert not depth_sweep.diverged(record("higgs", 0.69))
+    assert depth_sweep.diverged(record("higgs", 8.5))
+    assert not depth_sweep.diverged({"dataset": "mnist"})  # final figures only
 
 
 def test_gradient_norm_ratio_of_a_vanishing_network():

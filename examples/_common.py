@@ -130,7 +130,7 @@ def _default_device():
 
 
 def hidden_block(activation, width, degree, dropout, name, normalization="batch",
-                 min_gap=0.0):
+                 min_gap=0.0, coefficient_initializer="relu"):
     """One hidden layer: Dense -> [BatchNorm] -> activation (-> Dropout).
 
     The Bernstein block is `BernsteinDense` (the paper's block); a baseline
@@ -139,13 +139,15 @@ def hidden_block(activation, width, degree, dropout, name, normalization="batch"
     Bernstein block with `MonotonicCoefficients(min_gap)`, whose slope is
     at least `degree * min_gap / (u - l)` on the whole line (the
     non-vanishing gradient theorem). `normalization=None` drops the
-    BatchNorm, and the matmul then has a bias.
+    BatchNorm, and the matmul then has a bias. `coefficient_initializer`
+    is that of the Bernstein blocks.
     """
     if activation in BERNSTEIN_ACTIVATIONS:
         constraint = (keras_bernstein.constraints.MonotonicCoefficients(min_gap)
                       if activation == "monotone_bernstein" else None)
         block = [keras_bernstein.BernsteinDense(
             width, degree=degree, normalization=normalization,
+            coefficient_initializer=coefficient_initializer,
             coefficient_constraint=constraint, name=name)]
     else:
         block = [keras.layers.Dense(width, name=f"{name}_dense")]
@@ -166,7 +168,8 @@ def build_mlp(inputs, preprocessing, args, head):
             normalization, flattening); they are saved with the model, so
             the saved model takes raw data.
         args: Parsed options (`activation`, `depth`, `width`, `degree`,
-            `dropout`, and optionally `normalization`, `min_gap`).
+            `dropout`, and optionally `normalization`, `min_gap`,
+            `coefficient_initializer`).
         head: The output layer.
     """
     x = inputs
@@ -176,7 +179,9 @@ def build_mlp(inputs, preprocessing, args, head):
         for layer in hidden_block(args.activation, args.width, args.degree,
                                   args.dropout, name=f"hidden_{index + 1}",
                                   normalization=getattr(args, "normalization", "batch"),
-                                  min_gap=getattr(args, "min_gap", 0.0)):
+                                  min_gap=getattr(args, "min_gap", 0.0),
+                                  coefficient_initializer=getattr(
+                                      args, "coefficient_initializer", "relu")):
             x = layer(x)
     name = f"{args.activation}_mlp_depth{args.depth}"
     return keras.Model(inputs, head(x), name=name)

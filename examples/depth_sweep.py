@@ -89,6 +89,10 @@ def make_parser():
     parser.add_argument("--min-gap", type=float, default=0.075,
                         help="MonotonicCoefficients(min_gap) of monotone_bernstein: "
                         "slope >= degree * min_gap / (u - l) everywhere")
+    parser.add_argument("--coefficient-initializer", choices=("relu", "identity"),
+                        default="relu",
+                        help="initial shape of the Bernstein activations "
+                        "(BernsteinDense's default: relu)")
     parser.add_argument("--mnist-epochs", type=int, default=10)
     parser.add_argument("--higgs-epochs", type=int, default=20)
     parser.add_argument("--mnist-data", default="sample",
@@ -255,6 +259,9 @@ def run_one(dataset, depth, activation, normalization, learning_rate, seed, args
         "training_seconds": seconds,
         "epochs": run_args.epochs, "width": args.width, "degree": args.degree,
         "min_gap": args.min_gap if activation == "monotone_bernstein" else None,
+        "coefficient_initializer": (args.coefficient_initializer
+                                    if activation in _common.BERNSTEIN_ACTIVATIONS
+                                    else None),
         "train_size": len(x_train), "test_size": len(x_test), "seed": seed,
         "backend": keras.backend.backend(),
     }
@@ -294,6 +301,10 @@ def _score_key(dataset):
     return "test_roc_auc" if dataset == "higgs" else "test_accuracy"
 
 
+def _score_name(dataset):
+    return "ROC AUC" if dataset == "higgs" else "accuracy"
+
+
 def _condition(record):
     """(normalization, learning rate) of a record; old records: BatchNorm, 1e-3."""
     return record.get("normalization", "batch"), record.get("learning_rate", 1e-3)
@@ -326,11 +337,24 @@ def _four_decimals(value):
     return f"{value:.4f}"
 
 
+def _label(record):
+    """The activation, and the initial shape of a Bernstein one when not the default."""
+    initializer = record.get("coefficient_initializer") or "relu"
+    if initializer == "relu":
+        return record["activation"]
+    return f"{record['activation']} ({initializer} init)"
+
+
+def _order(label):
+    activation, _, initializer = label.partition(" ")
+    return ACTIVATIONS.index(activation), initializer
+
+
 def _cells(records):
-    """Records grouped by (dataset, normalization, rate, depth, activation)."""
+    """Records grouped by (dataset, normalization, rate, depth, activation label)."""
     cells = {}
     for r in records:
-        key = (r["dataset"], *_condition(r), r["depth"], r["activation"])
+        key = (r["dataset"], *_condition(r), r["depth"], _label(r))
         cells.setdefault(key, []).append(r)
     return cells
 
@@ -351,7 +375,7 @@ def write_table(records, path):
                       key=lambda k: (k[3], _order(k[4])))
         first = cells[keys[0]][0]
         seeds = sorted({r["seed"] for k in keys for r in cells[k]})
-        label = "ROC AUC" if dataset == "higgs" else "accuracy"
+        label = _score_name(dataset)
         block = ("Dense → BatchNorm → activation" if normalization == "batch"
                  else "Dense → activation, no normalization")
         lines += [f"### {dataset.upper()}, {block}, learning rate {rate:g}", "",
@@ -383,10 +407,6 @@ def write_table(records, path):
     return "\n".join(lines)
 
 
-def _order(activation):
-    return ACTIVATIONS.index(activation)
-
-
 def plot(records, directory):
     """Per data set: dead ratios and score against depth, one column per condition.
 
@@ -401,22 +421,25 @@ def plot(records, directory):
     cells = _cells(records)
     panels = [("dead_derivative", "dead ratio (derivative)"),
               ("dead_gradient", "dead ratio (gradient)"),
-              ("score", "test accuracy / ROC AUC")]
+              ("score", None)]
     for dataset in DATASETS:
         conditions = sorted({k[1:3] for k in cells if k[0] == dataset},
                             key=lambda c: (c[0] != "batch", c[1]))
         if not conditions:
             continue
+        # One colour per activation across the columns.
+        every_label = sorted({k[4] for k in cells if k[0] == dataset}, key=_order)
+        handles = {}
         figure, axes = plt.subplots(len(panels), len(conditions), squeeze=False,
                                     figsize=(4.2 * len(conditions), 2.8 * len(panels)),
                                     sharey="row")
         for column, (normalization, rate) in enumerate(conditions):
-            for activation in ACTIVATIONS:
+            labels = sorted({k[4] for k in cells if k[:3] == (dataset, normalization, rate)},
+                            key=_order)
+            for label in labels:
                 keys = sorted((k for k in cells
                                if k[:3] == (dataset, normalization, rate)
-                               and k[4] == activation), key=lambda k: k[3])
-                if not keys:
-                    continue
+                               and k[4] == label), key=lambda k: k[3])
                 depths = [k[3] for k in keys]
                 for row, (name, title) in enumerate(panels):
                     name = _score_key(dataset) if name == "score" else name
@@ -430,19 +453,23 @@ def plot(records, directory):
                     high = np.array([np.nanmax(v) if np.isfinite(v).any() else np.nan
                                      for v in values])
                     axis = axes[row, column]
-                    axis.errorbar(depths, means, yerr=[means - low, high - means],
-                                  marker="o", capsize=3, label=activation)
+                    handles[label] = axis.errorbar(
+                        depths, means, yerr=[means - low, high - means], marker="o",
+                        capsize=3, color=f"C{every_label.index(label) % 10}")
                     axis.set_xscale("log", base=2)
                     axis.set_xticks(depths, [str(d) for d in depths])
-                    axis.set_ylabel(title if column == 0 else "")
+                    if column == 0:
+                        axis.set_ylabel(title or f"test {_score_name(dataset)}")
                     if row == len(panels) - 1:
                         axis.set_xlabel("depth")
             block = "BatchNorm" if normalization == "batch" else "no normalization"
             axes[0, column].set_title(f"{block}, learning rate {rate:g}")
-        axes[0, -1].legend(fontsize=8)
+        figure.legend([handles[label] for label in every_label], every_label,
+                      loc="lower center", ncol=min(len(every_label), 4), fontsize=9)
         figure.suptitle(f"{dataset.upper()}: plain MLPs, no skip connections "
                         "(mean and range over seeds)")
-        figure.tight_layout()
+        rows_of_legend = -(-len(every_label) // 4)
+        figure.tight_layout(rect=(0, 0.035 * rows_of_legend, 1, 1))
         figure.savefig(os.path.join(directory, f"depth_sweep_{dataset}.png"), dpi=100)
         plt.close(figure)
 

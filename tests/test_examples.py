@@ -237,6 +237,22 @@ def test_depth_sweep_blocks_follow_the_normalization():
     assert constraint.min_gap == 0.1
     (plain_bernstein,) = _common.hidden_block("bernstein", 4, 3, 0.0, "hidden_1")
     assert plain_bernstein.bernstein.coefficient_constraint is None
+    (identity,) = _common.hidden_block("bernstein", 4, 3, 0.0, "hidden_1",
+                                       coefficient_initializer="identity")
+    identity.build((None, 2))
+    # The activation starts as sigma(x) = x: coefficients on the line.
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(identity.bernstein.coefficients),
+                               np.tile(np.linspace(-3, 3, 4), (4, 1)), atol=1e-6)
+
+
+def test_depth_sweep_labels_a_non_default_initial_shape():
+    records = [{"dataset": "mnist", "depth": 8, "activation": "bernstein",
+                "coefficient_initializer": init, "normalization": "none",
+                "learning_rate": 1e-3} for init in ("relu", "identity")]
+    records.append({**records[0], "activation": "relu", "coefficient_initializer": None})
+    labels = [key[4] for key in depth_sweep._cells(records)]
+    assert sorted(labels, key=depth_sweep._order) == [
+        "bernstein", "bernstein (identity init)", "relu"]
 
 
 @pytest.mark.parametrize("argv, message", [

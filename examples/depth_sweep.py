@@ -436,6 +436,8 @@ def plot(records, directory):
         for column, (normalization, rate) in enumerate(conditions):
             labels = sorted({k[4] for k in cells if k[:3] == (dataset, normalization, rate)},
                             key=_order)
+            column_depths = sorted({k[3] for k in cells
+                                    if k[:3] == (dataset, normalization, rate)})
             for label in labels:
                 keys = sorted((k for k in cells
                                if k[:3] == (dataset, normalization, rate)
@@ -455,9 +457,11 @@ def plot(records, directory):
                     axis = axes[row, column]
                     handles[label] = axis.errorbar(
                         depths, means, yerr=[means - low, high - means], marker="o",
-                        capsize=3, color=f"C{every_label.index(label) % 10}")
+                        capsize=3, color=f"C{every_label.index(label) % 10}",
+                        # A non-default initial shape: dashed, beside its solid twin.
+                        linestyle="--" if "(" in label else "-")
                     axis.set_xscale("log", base=2)
-                    axis.set_xticks(depths, [str(d) for d in depths])
+                    axis.set_xticks(column_depths, [str(d) for d in column_depths])
                     if column == 0:
                         axis.set_ylabel(title or f"test {_score_name(dataset)}")
                     if row == len(panels) - 1:

@@ -393,10 +393,16 @@ def write_table(records, path):
             def cell(name, form):
                 return _spread([r.get(name) for r in rows], form)
 
+            # In inference mode a fresh BatchNorm is the identity (moving
+            # statistics 0 and 1), so its ratio at initialization would be
+            # the unnormalized network's: not shown.
+            initial_ratio = ("–" if normalization == "batch"
+                             else cell("gradient_norm_ratio_initial", _three_digits))
+
             lines.append(
                 f"| {key[3]} | {key[4]} | {cell(_score_key(dataset), _four_decimals)} | "
                 f"{cell('dead_derivative', _percent)} | {cell('dead_gradient', _percent)} | "
-                f"{cell('gradient_norm_ratio_initial', _three_digits)} | "
+                f"{initial_ratio} | "
                 f"{cell('gradient_norm_ratio', _three_digits)} | "
                 f"{cell('certified_min_slope', _three_digits)} | "
                 f"{len(runs) - len(rows)}/{len(runs)} | "

@@ -293,6 +293,28 @@ def test_depth_sweep_counts_blown_up_runs_as_diverged():
     assert not depth_sweep.diverged({"dataset": "mnist"})  # final figures only
 
 
+def test_results_page_tables_match_the_shipped_depth_sweep_records(tmp_path):
+    # Every row of the tables in docs/results.md is what depth_sweep makes
+    # of the records shipped beside it.
+    docs = os.path.join(os.path.dirname(EXAMPLES), "docs")
+    records = depth_sweep.read_records(
+        os.path.join(docs, "data", "depth_sweep_normalization.jsonl"))
+    assert len(records) == 336
+    with open(os.path.join(docs, "results.md")) as f:
+        page = f.read()
+    rows = [line for line in depth_sweep.write_table(records, str(tmp_path / "t.md"))
+            .splitlines() if line.startswith("| ") and line[2].isdigit()]
+    # The rows of the identity-initialized runs at 1e-2 are summarized in a
+    # sentence instead (all diverged).
+    shown = [row for row in rows if row in page]
+    missing = [row for row in rows if row not in page]
+    # One row per cell: 72 without normalization, 12 identity-initialized at
+    # 1e-3, 36 with BatchNorm.
+    assert len(shown) == 72 + 12 + 36
+    assert len(missing) == 12
+    assert all("identity init" in row and "| 2/2 |" in row for row in missing)
+
+
 def test_gradient_norm_ratio_of_a_vanishing_network():
     # A deep sigmoid stack without normalization: gradients shrink towards the
     # input, so the ratio first/last is far below 1.

@@ -21,6 +21,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from performance import one_torch_thread  # noqa: E402
 from performance import run_backend_child  # noqa: E402
 
 
@@ -32,10 +33,7 @@ def child(args):
     import keras_bernstein
     from keras_bernstein.callbacks import DeadNeuronRatio
 
-    if keras.backend.backend() == "torch":
-        import torch
-
-        torch.set_num_threads(1)
+    one_torch_thread()
     images, labels = mnist_data()
     x = np.tile(images.astype("float32") / 255.0, (12, 1))
     y = np.tile(labels, 12)

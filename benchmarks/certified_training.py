@@ -21,6 +21,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from performance import one_torch_thread  # noqa: E402
 from performance import run_backend_child  # noqa: E402
 
 KINDS = ("relu clean", "relu certified", "bernstein clean", "bernstein certified")
@@ -34,10 +35,7 @@ def child(args):
     from keras_bernstein import Bernstein
     from keras_bernstein.training import CertifiedTraining
 
-    if keras.backend.backend() == "torch":
-        import torch
-
-        torch.set_num_threads(1)
+    one_torch_thread()
     images, labels = mnist_data()
     x = (images[: 100 * args.steps].astype("float32") / 255.0).reshape(-1, 28, 28)
     y = labels[: 100 * args.steps].astype("int32")

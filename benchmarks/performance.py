@@ -320,13 +320,21 @@ def activation_bandwidth(args):
     return result
 
 
-def child(args):
+def one_torch_thread():
+    """One intra-op thread for torch on CPU, as the other backends get from the env."""
     import keras
 
-    if keras.backend.backend() == "torch" and args.device == "cpu":
+    if keras.backend.backend() == "torch":
         import torch
 
         torch.set_num_threads(1)
+
+
+def child(args):
+    import keras
+
+    if args.device == "cpu":
+        one_torch_thread()
     result = {"backend": keras.backend.backend(), "keras": keras.__version__}
     if args.memory_model:
         result["peak_bytes"] = peak_memory(args, args.memory_model)

@@ -22,6 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from performance import data  # noqa: E402
 from performance import make_model  # noqa: E402
 from performance import ratios_apart_from_power_form  # noqa: E402
+from performance import one_torch_thread  # noqa: E402
 from performance import run_backend_child  # noqa: E402
 from performance import train_times  # noqa: E402
 
@@ -31,10 +32,7 @@ MODELS = ("relu", "bernstein", "bernstein_no_bn", "power_form")
 def child(args):
     import keras
 
-    if keras.backend.backend() == "torch":
-        import torch
-
-        torch.set_num_threads(1)
+    one_torch_thread()
     models = {name: make_model(args, name) for name in MODELS}
     x, y = data(args, args.batch_size)
     step_ratios, speedup = ratios_apart_from_power_form(

@@ -132,19 +132,12 @@ def load(dataset, args):
 def build(dataset, args, x_train):
     if dataset == "mnist":
         model = mnist.build_model(args)
-        model.compile(optimizer=_optimizer(args, len(x_train)),
-                      loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        loss = "sparse_categorical_crossentropy"
     else:
         model = higgs.build_model(args, x_train, args.seed)
-        model.compile(optimizer=_optimizer(args, len(x_train)),
-                      loss="binary_crossentropy", metrics=["accuracy"])
+        loss = "binary_crossentropy"
+    _common.compile_model(model, args, len(x_train), loss, ["accuracy"])
     return model
-
-
-def _optimizer(args, train_size):
-    steps = args.epochs * int(np.ceil(train_size / args.batch_size))
-    return keras.optimizers.Adam(
-        keras.optimizers.schedules.CosineDecay(args.learning_rate, steps))
 
 
 def gradient_norm_ratio(model, x, y):
